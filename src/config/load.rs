@@ -1,0 +1,331 @@
+//! From a YAML file to a checked [`Config`].
+//!
+//! Two passes over the same text. The first walks a position-keeping YAML
+//! tree so that every problem is reported with `file:line:column` and its
+//! key path. The second builds the typed config with the `config` crate,
+//! which layers `FIELDGATE__SECTION__KEY` environment variables over the
+//! file. Whole-config checks (duplicate names, ranges that involve two
+//! keys) run on the final result and are located in the tree by path.
+
+use std::fmt;
+use std::path::Path;
+
+use super::yaml::{self, Diagnostic, Node, Value};
+use super::{Config, DEVICE_KINDS, DeviceConfig};
+
+/// One problem in a configuration: where, which key, what was expected.
+pub type Problem = Diagnostic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", Rendered(.file, .problems))]
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
+}
+
+/// `file:line:column: path: message`, one problem per line.
+struct Rendered<'a>(&'a str, &'a [Problem]);
+
+impl fmt::Display for Rendered<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.1.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match p.mark {
+                Some(m) => write!(f, "{}:{}:{}: ", self.0, m.line, m.col)?,
+                None => write!(f, "{}: ", self.0)?,
+            }
+            if p.path.is_empty() {
+                write!(f, "{}", p.message)?;
+            } else {
+                write!(f, "{}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks a configuration file, environment overrides included.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    load_str(&text, &path.display().to_string())
+}
+
+/// Checks configuration text; `file` names it in error messages.
+pub fn load_str(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let invalid = |problems: Vec<Problem>| ConfigError::Invalid {
+        file: file.to_owned(),
+        problems,
+    };
+    let root = yaml::parse(text).map_err(|d| invalid(vec![d]))?;
+
+    let mut problems = check_tree(&root);
+    if !problems.is_empty() {
+        sort(&mut problems);
+        return Err(invalid(problems));
+    }
+
+    let mut config = with_environment(text).map_err(|p| invalid(vec![p]))?;
+    config.version = format!("local-{:016x}", fnv1a(text.as_bytes()));
+    let mut problems = config.problems();
+    for p in &mut problems {
+        p.mark = Some(root.locate(&p.path).mark);
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        sort(&mut problems);
+        Err(invalid(problems))
+    }
+}
+
+/// A stable hash (unlike std's, which may change between releases).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn sort(problems: &mut Vec<Problem>) {
+    problems.sort_by_key(|p| p.mark.map(|m| (m.line, m.col)));
+    problems.dedup();
+}
+
+/// Type-checks the tree: the fixed sections through serde, then each device
+/// through the type its `kind` names, so that a problem deep inside a device
+/// keeps its own position.
+fn check_tree(root: &Node) -> Vec<Problem> {
+    if !matches!(root.value, Value::Map(_) | Value::Null) {
+        return vec![at(
+            root,
+            "",
+            "expected a mapping with gateway, mqtt and devices".into(),
+        )];
+    }
+    let mut problems = yaml::from_node::<Config>(&root.without("devices"), "")
+        .err()
+        .unwrap_or_default();
+
+    let Some(devices) = root.get("devices") else {
+        return problems;
+    };
+    let items: &[Node] = match &devices.value {
+        Value::Seq(items) => items,
+        Value::Null => &[],
+        _ => {
+            problems.push(at(devices, "devices", "expected a list of devices".into()));
+            return problems;
+        }
+    };
+    for (i, device) in items.iter().enumerate() {
+        let path = format!("devices[{i}]");
+        if !matches!(device.value, Value::Map(_)) {
+            problems.push(at(device, &path, "expected a device (a mapping)".into()));
+            continue;
+        }
+        let Some(kind) = device.get("kind") else {
+            problems.push(at(device, &path, "missing field `kind`".into()));
+            continue;
+        };
+        let kind_text = match &kind.value {
+            Value::Scalar { text, .. } => text.as_str(),
+            _ => "",
+        };
+        match DeviceConfig::from_node(kind_text, device, &path) {
+            Some(Ok(_)) => {}
+            Some(Err(found)) => problems.extend(found),
+            None => problems.push(at(
+                kind,
+                &format!("{path}.kind"),
+                format!(
+                    "unknown kind `{kind_text}`, expected one of {}",
+                    quoted(DEVICE_KINDS)
+                ),
+            )),
+        }
+    }
+    problems
+}
+
+fn at(node: &Node, path: &str, message: String) -> Problem {
+    Diagnostic {
+        mark: Some(node.mark),
+        path: path.to_owned(),
+        message,
+    }
+}
+
+fn quoted(words: &[&str]) -> String {
+    words
+        .iter()
+        .map(|w| format!("`{w}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The typed config from the file text with `FIELDGATE__…` variables on top.
+fn with_environment(text: &str) -> Result<Config, Problem> {
+    // The file alone passed the first pass, so a failure here comes from
+    // an environment variable.
+    let problem = |e: config::ConfigError| Diagnostic {
+        mark: None,
+        path: String::new(),
+        message: format!("with FIELDGATE__… environment overrides: {e}"),
+    };
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Yaml))
+        .add_source(
+            config::Environment::with_prefix("FIELDGATE")
+                .prefix_separator("__")
+                .separator("__"),
+        )
+        .build()
+        .map_err(problem)?
+        .try_deserialize::<Config>()
+        .map_err(problem)
+}
+
+impl Config {
+    /// Checks that span several keys, as (path, message) problems.
+    fn problems(&self) -> Vec<Problem> {
+        let mut found = Vec::new();
+        let mut push = |path: String, message: String| {
+            found.push(Diagnostic {
+                mark: None,
+                path,
+                message,
+            });
+        };
+        let mqtt = &self.mqtt;
+        if mqtt.backoff_min > mqtt.backoff_max {
+            push(
+                "mqtt.backoff_min".into(),
+                format!("must not exceed mqtt.backoff_max ({})", mqtt.backoff_max),
+            );
+        }
+        if mqtt.backoff_min.get().is_zero() {
+            push("mqtt.backoff_min".into(), "must be at least 1ms".into());
+        }
+        let keep_alive = mqtt.keep_alive.get();
+        if !keep_alive.is_zero() && keep_alive < std::time::Duration::from_secs(1) {
+            push(
+                "mqtt.keep_alive".into(),
+                "expected 0 (off) or at least 1s".into(),
+            );
+        }
+        if self.store.flush_interval.get().is_zero() {
+            push("store.flush_interval".into(), "must be at least 1ms".into());
+        }
+        let mut seen = std::collections::HashMap::new();
+        for (i, device) in self.devices.iter().enumerate() {
+            if let Some(first) = seen.insert(device.name().clone(), i) {
+                push(
+                    format!("devices[{i}].name"),
+                    format!(
+                        "duplicate device name `{}`, already used by devices[{first}]",
+                        device.name()
+                    ),
+                );
+                seen.insert(device.name().clone(), first);
+            }
+            for (below, message) in device.problems() {
+                push(format!("devices[{i}].{below}"), message);
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "\
+gateway:
+  id: gw-1
+  state_dir: /tmp/x
+mqtt:
+  url: mqtt://127.0.0.1:1883
+devices:
+  - name: demo
+    kind: simulated
+    poll: 1s
+    points:
+      - { name: wave, signal: sine, min: 0, max: 100, period: 60s }
+";
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match load_str(text, "f.yaml") {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let config = load_str(MINIMAL, "f.yaml").unwrap();
+        assert_eq!(config.gateway.id.as_str(), "gw-1");
+        assert_eq!(config.mqtt.url.port, 1883);
+        assert_eq!(
+            config.store.flush_interval,
+            super::super::Duration::from_millis(200)
+        );
+        assert_eq!(config.devices.len(), 1);
+    }
+
+    #[test]
+    fn wrong_type_is_reported_at_its_line_and_column() {
+        let text = MINIMAL.replace("poll: 1s", "poll: fast");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let p = &found[0];
+        assert_eq!(p.path, "devices[0].poll");
+        assert_eq!(p.mark.map(|m| (m.line, m.col)), Some((9, 11)));
+        assert!(p.message.contains("expected a duration"), "{}", p.message);
+    }
+
+    #[test]
+    fn unknown_kind_and_unknown_key_are_both_reported() {
+        let text = MINIMAL.replace("kind: simulated", "kind: telepathy")
+            + "  - name: b\n    kind: simulated\n    colour: red\n    points: [{ name: x, signal: ramp }]\n";
+        let found = problems(&text);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].path, "devices[0].kind");
+        assert!(found[0].message.contains("unknown kind `telepathy`"));
+        assert_eq!(found[1].path, "devices[1].colour");
+        assert_eq!(found[1].mark.map(|m| m.line), Some(14));
+    }
+
+    #[test]
+    fn duplicate_device_names_point_at_the_second() {
+        let text = MINIMAL.to_owned()
+            + "  - name: demo\n    kind: simulated\n    points: [{ name: x, signal: ramp }]\n";
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "devices[1].name");
+        assert_eq!(found[0].mark.map(|m| m.line), Some(12));
+        assert!(found[0].message.contains("duplicate device name `demo`"));
+    }
+
+    #[test]
+    fn rendered_errors_name_file_line_and_column() {
+        let err = load_str(&MINIMAL.replace("1883", "x"), "site.yaml").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("site.yaml:5:8: mqtt.url: invalid port"),
+            "{text}"
+        );
+    }
+}

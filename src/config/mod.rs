@@ -1,0 +1,434 @@
+//! The gateway's configuration: typed sections, and the loader that turns a
+//! YAML file (plus `FIELDGATE__…` environment overrides) into them.
+//!
+//! Every source keeps the config of its devices beside its code
+//! (`sources/<kind>/config.rs`); this module holds the sections shared by
+//! the whole gateway and the names, QoS and priorities every device has.
+
+mod load;
+pub mod units;
+pub mod yaml;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer};
+
+pub use load::{ConfigError, Problem, load, load_str};
+pub use units::{ByteSize, Duration};
+
+use crate::sources::simulated::SimulatedDevice;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+    /// Identifies this configuration in the birth message: `local-` and a
+    /// hash of the file text.
+    #[serde(skip)]
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Identity of this gateway: the default MQTT client id and a topic segment.
+    pub id: Name,
+    /// Where the store and caches live.
+    #[serde(default = "GatewayConfig::default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl GatewayConfig {
+    fn default_state_dir() -> PathBuf {
+        PathBuf::from("/var/lib/fieldgate")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Readings wait at most this long in memory before they are committed:
+    /// the most a power cut or a crash can lose.
+    #[serde(default = "StoreConfig::default_flush_interval")]
+    pub flush_interval: Duration,
+    /// A batch is committed early once it holds this many readings.
+    #[serde(default = "StoreConfig::default_flush_rows")]
+    pub flush_rows: Bounded<1, 100_000>,
+}
+
+impl StoreConfig {
+    fn default_flush_interval() -> Duration {
+        Duration::from_millis(200)
+    }
+    fn default_flush_rows() -> Bounded<1, 100_000> {
+        Bounded(1_000)
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            flush_interval: Self::default_flush_interval(),
+            flush_rows: Self::default_flush_rows(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` (port 1883 by default).
+    pub url: BrokerUrl,
+    /// Defaults to `gateway.id`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default = "MqttConfig::default_keep_alive")]
+    pub keep_alive: Duration,
+    /// QoS of devices that do not set their own.
+    #[serde(default = "MqttConfig::default_qos")]
+    pub qos: Qos,
+    #[serde(default = "MqttConfig::default_topic_prefix")]
+    pub topic_prefix: TopicSegment,
+    /// Readings published and not yet acknowledged, at most.
+    #[serde(default = "MqttConfig::default_max_inflight")]
+    pub max_inflight: Bounded<1, 65_000>,
+    /// First reconnect delay; doubles on every failure up to `backoff_max`.
+    #[serde(default = "MqttConfig::default_backoff_min")]
+    pub backoff_min: Duration,
+    #[serde(default = "MqttConfig::default_backoff_max")]
+    pub backoff_max: Duration,
+}
+
+impl MqttConfig {
+    fn default_keep_alive() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_qos() -> Qos {
+        Qos::AtLeastOnce
+    }
+    fn default_topic_prefix() -> TopicSegment {
+        TopicSegment("fieldgate".into())
+    }
+    fn default_max_inflight() -> Bounded<1, 65_000> {
+        Bounded(100)
+    }
+    fn default_backoff_min() -> Duration {
+        Duration::from_millis(500)
+    }
+    fn default_backoff_max() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `fieldgate=debug`; `RUST_LOG` wins.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// One device; `kind` selects the source that owns it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DeviceConfig {
+    Simulated(SimulatedDevice),
+}
+
+/// The device kinds this build knows, for error messages.
+pub const DEVICE_KINDS: &[&str] = &["simulated"];
+
+impl DeviceConfig {
+    pub fn name(&self) -> &Name {
+        match self {
+            DeviceConfig::Simulated(d) => &d.name,
+        }
+    }
+
+    /// QoS and priority of this device's readings.
+    pub fn delivery(&self, default_qos: Qos) -> Delivery {
+        let (qos, priority) = match self {
+            DeviceConfig::Simulated(d) => (d.qos, d.priority),
+        };
+        Delivery {
+            qos: qos.unwrap_or(default_qos),
+            priority,
+        }
+    }
+
+    /// Type-checks one device node by its `kind`, keeping positions.
+    fn from_node(
+        kind: &str,
+        node: &yaml::Node,
+        path: &str,
+    ) -> Option<Result<DeviceConfig, Vec<yaml::Diagnostic>>> {
+        let body = node.without("kind");
+        match kind {
+            "simulated" => Some(yaml::from_node(&body, path).map(DeviceConfig::Simulated)),
+            _ => None,
+        }
+    }
+
+    /// Checks that need the whole device: problems as (path below the device, message).
+    fn problems(&self) -> Vec<(String, String)> {
+        match self {
+            DeviceConfig::Simulated(d) => d.problems(),
+        }
+    }
+}
+
+/// How a device's readings travel: MQTT QoS and store priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub qos: Qos,
+    pub priority: Priority,
+}
+
+/// MQTT quality of service, written 0, 1 or 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Qos {
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+impl Qos {
+    pub fn from_u8(v: u8) -> Option<Qos> {
+        match v {
+            0 => Some(Qos::AtMostOnce),
+            1 => Some(Qos::AtLeastOnce),
+            2 => Some(Qos::ExactlyOnce),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Qos {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        u8::try_from(v).ok().and_then(Qos::from_u8).ok_or_else(|| {
+            serde::de::Error::invalid_value(serde::de::Unexpected::Unsigned(v), &"0, 1 or 2")
+        })
+    }
+}
+
+/// Which readings leave first when a backlog drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High = 0,
+    #[default]
+    Normal = 1,
+    Low = 2,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    pub fn from_rank(rank: i64) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| *p as i64 == rank)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+/// A device or point name: `[a-z0-9_-]+`, at most 64 characters, so it is
+/// safe as an MQTT topic segment and a JSON key without escaping.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(String);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn parse(text: &str) -> Result<Name, String> {
+        let ok = !text.is_empty()
+            && text.len() <= 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Name(text.to_owned()))
+        } else {
+            Err(format!(
+                "invalid name `{text}`, expected 1 to 64 characters of a-z, 0-9, `_` or `-`"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Name::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A piece of an MQTT topic: no wildcards, no `/` at either end, not empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSegment(String);
+
+impl TopicSegment {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for TopicSegment {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let bad = text.is_empty()
+            || text.starts_with('/')
+            || text.ends_with('/')
+            || text.contains(['+', '#', '\0']);
+        if bad {
+            return Err(serde::de::Error::custom(format!(
+                "invalid topic prefix `{text}`, expected topic levels without `+`, `#` or a leading or trailing `/`"
+            )));
+        }
+        Ok(TopicSegment(text))
+    }
+}
+
+/// An integer that must lie in `MIN..=MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounded<const MIN: u64, const MAX: u64>(pub u64);
+
+impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        if (MIN..=MAX).contains(&v) {
+            Ok(Bounded(v))
+        } else {
+            Err(serde::de::Error::invalid_value(
+                serde::de::Unexpected::Unsigned(v),
+                &format!("an integer from {MIN} to {MAX}").as_str(),
+            ))
+        }
+    }
+}
+
+/// Where the broker is: only plain TCP (`mqtt://`) in this build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(text: &str) -> Result<BrokerUrl, String> {
+        let expected = "expected mqtt://host or mqtt://host:port";
+        let rest = match text.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "unsupported scheme `{scheme}` in `{text}`, {expected}"
+                ));
+            }
+            None => return Err(format!("invalid broker URL `{text}`, {expected}")),
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            // An IPv6 literal keeps its colons inside brackets.
+            Some((host, port)) if !port.contains(']') => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("invalid port `{port}` in `{text}`, {expected}"))?;
+                (host, port)
+            }
+            _ => (rest, 1883),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+            return Err(format!("invalid host in `{text}`, {expected}"));
+        }
+        Ok(BrokerUrl {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "mqtt://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BrokerUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BrokerUrl::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let url = |t: &str| BrokerUrl::parse(t).map(|u| (u.host, u.port));
+        assert_eq!(url("mqtt://127.0.0.1:1884"), Ok(("127.0.0.1".into(), 1884)));
+        assert_eq!(
+            url("mqtt://broker.local"),
+            Ok(("broker.local".into(), 1883))
+        );
+        assert_eq!(url("mqtt://[::1]:1885"), Ok(("::1".into(), 1885)));
+        assert!(
+            url("http://x")
+                .unwrap_err()
+                .contains("unsupported scheme `http`")
+        );
+        assert!(url("mqtt://x:0").unwrap_err().contains("invalid port"));
+        assert!(
+            url("broker:1883")
+                .unwrap_err()
+                .contains("invalid broker URL")
+        );
+    }
+
+    #[test]
+    fn names_are_topic_safe() {
+        assert!(Name::parse("boiler_01-a").is_ok());
+        for bad in ["", "Boiler", "a/b", "a b", "#", &"x".repeat(65)] {
+            assert!(Name::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The YAML of a `kind: simulated` device.
+
+use serde::Deserialize;
+
+use super::Signal;
+use crate::config::{Duration, Name, Priority, Qos};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedDevice {
+    pub name: Name,
+    /// One reading per interval.
+    #[serde(default = "SimulatedDevice::default_poll")]
+    pub poll: Duration,
+    /// MQTT QoS of this device's readings; `mqtt.qos` when unset.
+    #[serde(default)]
+    pub qos: Option<Qos>,
+    #[serde(default)]
+    pub priority: Priority,
+    /// Stop after this many readings (demos and load tests); unset: forever.
+    #[serde(default)]
+    pub count: Option<u64>,
+    pub points: Vec<SimulatedPoint>,
+}
+
+impl SimulatedDevice {
+    fn default_poll() -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// Checks across fields, as (path below the device, message).
+    pub(crate) fn problems(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        if self.poll.get().is_zero() {
+            found.push(("poll".into(), "must be at least 1ms".into()));
+        }
+        if self.points.is_empty() {
+            found.push(("points".into(), "expected at least one point".into()));
+        }
+        for (i, point) in self.points.iter().enumerate() {
+            if let Some(first) = self.points[..i].iter().position(|p| p.name == point.name) {
+                found.push((
+                    format!("points[{i}].name"),
+                    format!(
+                        "duplicate point name `{}`, already used by points[{first}]",
+                        point.name
+                    ),
+                ));
+            }
+            for (key, v) in [("min", point.min), ("max", point.max)] {
+                if !v.is_finite() {
+                    found.push((
+                        format!("points[{i}].{key}"),
+                        "expected a finite number".into(),
+                    ));
+                }
+            }
+            if point.min > point.max {
+                found.push((
+                    format!("points[{i}].max"),
+                    format!("must not be below min ({})", point.min),
+                ));
+            }
+            if point.period.get().is_zero() {
+                found.push((format!("points[{i}].period"), "must be at least 1ms".into()));
+            }
+        }
+        found
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedPoint {
+    pub name: Name,
+    pub signal: Signal,
+    #[serde(default)]
+    pub min: f64,
+    #[serde(default = "SimulatedPoint::default_max")]
+    pub max: f64,
+    /// Period of `sine` and `ramp`.
+    #[serde(default = "SimulatedPoint::default_period")]
+    pub period: Duration,
+    /// The value of a `constant` signal; `min` when unset.
+    #[serde(default)]
+    pub value: Option<f64>,
+}
+
+impl SimulatedPoint {
+    fn default_max() -> f64 {
+        100.0
+    }
+    fn default_period() -> Duration {
+        Duration::from_secs(60)
+    }
+}

@@ -1,0 +1,102 @@
+//! Topics and JSON payloads, as fixed in DESIGN.md.
+
+use serde_json::json;
+
+use crate::store::Row;
+
+/// Topics under `P = {topic_prefix}/{gateway.id}`.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    base: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str, gateway_id: &str) -> Topics {
+        Topics {
+            base: format!("{prefix}/{gateway_id}"),
+        }
+    }
+
+    pub fn telemetry(&self, device: &str) -> String {
+        format!("{}/telemetry/{device}", self.base)
+    }
+
+    pub fn status(&self) -> String {
+        format!("{}/status", self.base)
+    }
+}
+
+/// `2026-11-25T10:00:00.123Z` for a time in milliseconds since the epoch.
+pub fn timestamp(ts_ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ts_ms)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// `{"seq":42,"ts":"…","device":"boiler","values":{…},"quality":"good"}`.
+/// The values are spliced in as stored: they were serialized once, at ingest.
+pub fn telemetry(row: &Row) -> String {
+    format!(
+        r#"{{"seq":{},"ts":"{}","device":{},"values":{},"quality":"{}"}}"#,
+        row.seq,
+        timestamp(row.ts_ms),
+        serde_json::Value::from(row.device.as_str()),
+        row.values,
+        row.quality.as_str(),
+    )
+}
+
+/// The retained birth message on `P/status`.
+pub fn birth(version: &str, config_version: &str, queued_rows: u64) -> String {
+    json!({
+        "state": "online",
+        "version": version,
+        "config_version": config_version,
+        "queue": { "rows": queued_rows },
+    })
+    .to_string()
+}
+
+/// The retained last will, also sent on a clean shutdown.
+pub fn offline() -> String {
+    json!({ "state": "offline" }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Priority, Qos};
+    use crate::sources::Quality;
+
+    #[test]
+    fn telemetry_payload_matches_the_design() {
+        let row = Row {
+            seq: 42,
+            priority: Priority::Normal,
+            qos: Qos::AtLeastOnce,
+            ts_ms: 1_795_600_800_123,
+            device: "boiler".into(),
+            values: r#"{"temperature":21.5}"#.into(),
+            quality: Quality::Good,
+        };
+        let text = telemetry(&row);
+        assert_eq!(
+            text,
+            r#"{"seq":42,"ts":"2026-11-25T10:00:00.123Z","device":"boiler","values":{"temperature":21.5},"quality":"good"}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["values"]["temperature"], 21.5);
+    }
+
+    #[test]
+    fn topics_and_status_payloads() {
+        let t = Topics::new("fieldgate", "pi-01");
+        assert_eq!(t.telemetry("boiler"), "fieldgate/pi-01/telemetry/boiler");
+        assert_eq!(t.status(), "fieldgate/pi-01/status");
+        let b: serde_json::Value = serde_json::from_str(&birth("0.1.0", "local-ab", 7)).unwrap();
+        assert_eq!(b["state"], "online");
+        assert_eq!(b["queue"]["rows"], 7);
+        assert_eq!(offline(), r#"{"state":"offline"}"#);
+    }
+}

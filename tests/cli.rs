@@ -1,0 +1,143 @@
+//! The command line as users meet it: `check`, `version`, exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fieldgate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fieldgate"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run fieldgate")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let out = fieldgate(&["check", "--config", path.to_str().unwrap()], &[]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                text(&out.stderr)
+            );
+            assert_eq!(text(&out.stdout).trim(), "OK");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "expected the demo and the example in config/");
+}
+
+const BROKEN: &str = "\
+gateway:
+  id: gw-1
+mqtt:
+  url: mqtt://127.0.0.1:1883
+  qos: 1
+  retain_everything: true
+devices:
+  - name: pump
+    kind: simulated
+    poll: 1s
+    points:
+      - { name: flow, signal: sine, min: 0, max: 10 }
+  - name: tank
+    kind: simulated
+    poll: often
+    points:
+      - name: level
+        signal: constant
+        value: [1, 2]
+";
+
+#[test]
+fn check_names_file_line_column_and_key_of_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(&file, BROKEN).unwrap();
+    let out = fieldgate(&["check", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let f = file.display();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{f}:6:3: mqtt.retain_everything: unknown key `retain_everything`, expected one of"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{f}:15:11: devices[1].poll: invalid duration `often`"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "{f}:19:16: devices[1].points[0].value: invalid type: sequence"
+        )),
+        "{stderr}"
+    );
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[test]
+fn environment_overrides_are_applied_and_checked() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.yaml");
+    let ok = fieldgate(
+        &["check", "--config", demo],
+        &[
+            ("FIELDGATE__MQTT__PASSWORD", "s3cret"),
+            ("FIELDGATE__MQTT__USERNAME", "u"),
+        ],
+    );
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+
+    let bad = fieldgate(
+        &["check", "--config", demo],
+        &[("FIELDGATE__MQTT__QOS", "5")],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = text(&bad.stderr);
+    assert!(
+        stderr.contains("environment") && stderr.contains("mqtt.qos"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_refuses_an_invalid_config_with_exit_2_and_a_missing_one_with_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(&file, BROKEN).unwrap();
+    let out = fieldgate(&["run", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("devices[1].poll"));
+
+    let missing = dir.path().join("nope.yaml");
+    let out = fieldgate(&["check", "--config", missing.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn version_and_usage() {
+    let out = fieldgate(&["version"], &[]);
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("fieldgate {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = fieldgate(&["frobnicate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,308 @@
+//! End to end: simulated sources → store → uplink → a real mosquitto →
+//! a subscriber. Each test starts its own broker on a free port.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(120);
+
+#[test]
+fn ten_thousand_qos1_readings_arrive_complete_and_in_order() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::connect(broker.port, "check-10k", "fieldgate/gw/telemetry/#");
+    let devices: String = (0..10)
+        .map(|i| sim_device(&format!("dev{i}"), "1ms", 1_000, "    qos: 1\n"))
+        .collect();
+    let config = write_config(dir.path(), broker.port, "", &devices);
+
+    let started = Instant::now();
+    let mut gw = Gateway::start(&config, dir.path());
+    let complete = sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 10_000);
+    let elapsed = started.elapsed();
+    assert!(
+        complete,
+        "only {} readings arrived\n{}",
+        sub.count(),
+        gw.log()
+    );
+    let messages = sub.messages();
+    let seqs = distinct_seqs(&messages);
+    assert_eq!(
+        seqs,
+        (1..=10_000).collect(),
+        "a seq is missing or unexpected"
+    );
+    assert_ordered_per_device(&messages);
+    assert!(telemetry(&messages).iter().all(|(_, _, qos)| *qos == 1));
+    eprintln!(
+        "10,000 readings end to end in {elapsed:?} ({:.0} readings/s)",
+        10_000.0 / elapsed.as_secs_f64()
+    );
+
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    assert_eq!(stored_rows(dir.path()), 0, "the store must be empty");
+}
+
+#[test]
+fn broker_restart_mid_flow_loses_nothing() {
+    let mut broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A persistent session, so the broker queues for the subscriber while
+    // it is away, too.
+    let sub = Subscriber::connect(broker.port, "check-restart", "fieldgate/gw/telemetry/#");
+    let devices =
+        sim_device("a", "2ms", 2_000, "") + &sim_device("b", "2ms", 2_000, "    qos: 2\n");
+    let config = write_config(dir.path(), broker.port, "", &devices);
+    let mut gw = Gateway::start(&config, dir.path());
+
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 500),
+        "{}",
+        gw.log()
+    );
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        gw.is_running(),
+        "the gateway must survive the outage\n{}",
+        gw.log()
+    );
+    broker.restart();
+
+    let complete = sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 4_000);
+    assert!(
+        complete,
+        "{} of 4000 arrived\n{}",
+        distinct_seqs(&sub.messages()).len(),
+        gw.log()
+    );
+    let messages = sub.messages();
+    assert_eq!(distinct_seqs(&messages), (1..=4_000).collect());
+    assert_ordered_per_device(&messages);
+    let log = gw.log();
+    assert!(
+        log.contains("down"),
+        "the outage must have been noticed\n{log}"
+    );
+
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    assert_eq!(stored_rows(dir.path()), 0);
+}
+
+#[test]
+fn without_a_broker_readings_accumulate_then_drain() {
+    // Create the subscriber's session first, then take the broker away.
+    let mut broker = Broker::start();
+    let sub = Subscriber::connect(broker.port, "check-late", "fieldgate/gw/telemetry/#");
+    broker.stop();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        broker.port,
+        "",
+        &sim_device("late", "5ms", 300, ""),
+    );
+    let mut gw = Gateway::start_logging(&config, dir.path(), "fieldgate=debug");
+    assert!(
+        gw.wait_for_log("down", Duration::from_secs(20)),
+        "{}",
+        gw.log()
+    );
+    let outage_started = Instant::now();
+
+    // The queue grows while there is nowhere to send it.
+    let fieldgate = env!("CARGO_BIN_EXE_fieldgate");
+    let queued = || {
+        let out = std::process::Command::new(fieldgate)
+            .args(["queue", "--config"])
+            .arg(&config)
+            .arg("stats")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("rows"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no rows line in {text}"))
+    };
+    let deadline = Instant::now() + LONG;
+    while queued() < 300 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(queued(), 300, "all readings must wait in the store");
+    assert!(gw.is_running());
+    assert_eq!(sub.count(), 0);
+
+    // rumqttc retries at once, forever; the uplink must pace its attempts
+    // (backoff 100ms doubling to 1s here): a handful per second, not a
+    // busy loop. The bound is generous: one attempt per 50ms, the lower
+    // end of the jitter.
+    let attempts = gw.log().matches("reconnecting in").count();
+    let allowed = 2 + (outage_started.elapsed().as_millis() / 50) as usize;
+    assert!(
+        (2..=allowed).contains(&attempts),
+        "{attempts} attempts, at most {allowed} allowed"
+    );
+    // Logged once per change of state, not once per attempt.
+    assert_eq!(gw.log().matches("WARN").count(), 1, "{}", gw.log());
+
+    broker.restart();
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 300),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(distinct_seqs(&sub.messages()), (1..=300).collect());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    assert_eq!(stored_rows(dir.path()), 0);
+}
+
+#[test]
+fn kill_9_loses_no_committed_reading() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::connect(broker.port, "check-kill", "fieldgate/gw/telemetry/#");
+    let devices = sim_device("k1", "1ms", 100_000, "") + &sim_device("k2", "1ms", 100_000, "");
+    let config = write_config(dir.path(), broker.port, "", &devices);
+
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 1_000),
+        "{}",
+        gw.log()
+    );
+    gw.kill9();
+    // Every seq below this was committed before the kill.
+    let committed_below = next_seq(dir.path());
+    assert!(committed_below > 1_000);
+
+    // The restarted gateway sends what the first one could not.
+    let config = write_config(dir.path(), broker.port, "", &sim_device("k1", "1s", 1, ""));
+    let mut gw = Gateway::start(&config, dir.path());
+    let all = |m: &[Message]| {
+        let seqs = distinct_seqs(m);
+        (1..committed_below).all(|s| seqs.contains(&s))
+    };
+    let complete = sub.wait_until(LONG, all);
+    let seqs = distinct_seqs(&sub.messages());
+    let missing: Vec<i64> = (1..committed_below)
+        .filter(|s| !seqs.contains(s))
+        .take(10)
+        .collect();
+    assert!(
+        complete,
+        "committed seqs missing, e.g. {missing:?}\n{}",
+        gw.log()
+    );
+    assert_ordered_per_device(&sub.messages());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    assert_eq!(stored_rows(dir.path()), 0, "{}", gw.log());
+}
+
+#[test]
+fn devices_publish_with_their_own_qos() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::connect(broker.port, "check-qos", "fieldgate/gw/telemetry/#");
+    let status = Subscriber::connect(broker.port, "check-status", "fieldgate/gw/status");
+    let devices = sim_device("q0", "5ms", 50, "    qos: 0\n")
+        + &sim_device("q1", "5ms", 50, "    qos: 1\n")
+        + &sim_device("q2", "5ms", 50, "    qos: 2\n");
+    let config = write_config(dir.path(), broker.port, "", &devices);
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 150),
+        "{}",
+        gw.log()
+    );
+    for (device, _, qos) in telemetry(&sub.messages()) {
+        let expected = device[1..].parse::<u8>().unwrap();
+        assert_eq!(qos, expected, "{device} arrived with QoS {qos}");
+    }
+    let births = status.messages();
+    assert_eq!(births.len(), 1);
+    let birth = births[0].json();
+    assert_eq!(birth["state"], "online");
+    assert_eq!(birth["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        birth["config_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("local-")
+    );
+    assert!(birth["queue"]["rows"].is_u64());
+
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    // A clean shutdown replaces the retained birth with `offline` itself.
+    let offline = status.wait_until(Duration::from_secs(10), |m| m.len() == 2);
+    assert!(offline, "{}", gw.log());
+    assert_eq!(
+        status.messages()[1].json(),
+        serde_json::json!({ "state": "offline" })
+    );
+    assert!(gw.log().contains("stopped"));
+    let late = Subscriber::connect(broker.port, "check-retained", "fieldgate/gw/status");
+    assert!(late.wait_until(Duration::from_secs(10), |m| !m.is_empty()));
+    assert!(late.messages()[0].retain, "the status must be retained");
+    assert_eq!(late.messages()[0].json()["state"], "offline");
+    assert_eq!(stored_rows(dir.path()), 0);
+}
+
+/// rumqttc reuses a packet id while an older QoS 2 message with that id
+/// awaits PUBCOMP. With one id→row map that deletes the wrong row and then
+/// meets an ack it cannot place; here every row must be delivered exactly
+/// once on a single connection and deleted exactly once.
+#[test]
+fn mixed_qos_1_and_2_with_inflight_100_delete_exactly_the_acked_rows() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::connect(broker.port, "check-mixed", "fieldgate/gw/telemetry/#");
+    let devices: String = (0..10)
+        .map(|i| {
+            sim_device(
+                &format!("m{i}"),
+                "1ms",
+                1_000,
+                &format!("    qos: {}\n", 1 + i % 2),
+            )
+        })
+        .collect();
+    let config = write_config(dir.path(), broker.port, "  max_inflight: 100\n", &devices);
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 10_000),
+        "{}",
+        gw.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    let messages = sub.messages();
+    let received = telemetry(&messages);
+    assert_eq!(
+        received.len(),
+        10_000,
+        "no row may be sent twice on one connection"
+    );
+    assert_eq!(distinct_seqs(&messages), (1..=10_000).collect());
+    let qos2 = received.iter().filter(|(_, _, q)| *q == 2).count();
+    assert_eq!(qos2, 5_000);
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    let log = gw.log();
+    assert_eq!(
+        log.matches("connected to").count(),
+        1,
+        "one connection only\n{log}"
+    );
+    assert!(!log.contains("bookkeeping"), "{log}");
+    assert_eq!(stored_rows(dir.path()), 0);
+}
