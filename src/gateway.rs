@@ -32,7 +32,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             path: path.display().to_string(),
             source,
         })?;
-    let queued = store.totals().await.map(|t| t.rows).unwrap_or_default();
+    let queued = store.status().await.map(|s| s.rows).unwrap_or_default();
     tracing::info!(
         gateway = %config.gateway.id,
         devices = config.devices.len(),

@@ -225,8 +225,21 @@ impl Config {
                 "expected 0 (off) or at least 1s".into(),
             );
         }
-        if self.store.flush_interval.get().is_zero() {
+        let store = &self.store;
+        if store.flush_interval.get().is_zero() {
             push("store.flush_interval".into(), "must be at least 1ms".into());
+        }
+        if store.max_bytes.is_some_and(|b| b.0 < 1 << 20) {
+            push("store.max_bytes".into(), "must be at least 1MiB".into());
+        }
+        if store.max_rows == Some(0) {
+            push("store.max_rows".into(), "must be at least 1".into());
+        }
+        if store
+            .max_age
+            .is_some_and(|a| a.get() < std::time::Duration::from_secs(1))
+        {
+            push("store.max_age".into(), "must be at least 1s".into());
         }
         let mut seen = std::collections::HashMap::new();
         for (i, device) in self.devices.iter().enumerate() {

@@ -54,31 +54,32 @@ impl GatewayConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Readings wait at most this long in memory before they are committed:
     /// the most a power cut or a crash can lose.
-    #[serde(default = "StoreConfig::default_flush_interval")]
     pub flush_interval: Duration,
-    /// A batch is committed early once it holds this many readings.
-    #[serde(default = "StoreConfig::default_flush_rows")]
+    /// A batch is committed early once it holds this many changes.
     pub flush_rows: Bounded<1, 100_000>,
-}
-
-impl StoreConfig {
-    fn default_flush_interval() -> Duration {
-        Duration::from_millis(200)
-    }
-    fn default_flush_rows() -> Bounded<1, 100_000> {
-        Bounded(1_000)
-    }
+    /// Disk space the queue may use (pages in use in the database file).
+    pub max_bytes: Option<ByteSize>,
+    /// Readings the queue may hold.
+    pub max_rows: Option<u64>,
+    /// Readings older than this are dropped.
+    pub max_age: Option<Duration>,
+    /// Readings held in memory while the disk refuses writes (disk full).
+    pub memory_buffer: Bounded<1, 10_000_000>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            flush_interval: Self::default_flush_interval(),
-            flush_rows: Self::default_flush_rows(),
+            flush_interval: Duration::from_millis(200),
+            flush_rows: Bounded(1_000),
+            max_bytes: Some(ByteSize(512 << 20)),
+            max_rows: None,
+            max_age: None,
+            memory_buffer: Bounded(100_000),
         }
     }
 }

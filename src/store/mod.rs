@@ -6,17 +6,21 @@
 //! first, so the card sees few, large writes. The uplink reads committed
 //! rows only, and learns about new ones through a watch channel.
 
+mod batcher;
+mod limits;
 mod outbox;
+mod recover;
+mod schema;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use outbox::{DeviceStats, Outbox, Row, RowKey, SCHEMA_VERSION, StoreError, Totals};
+pub use limits::{Evicted, Limits};
+pub use outbox::{CommitReport, DeviceStats, Outbox, Row, RowKey, StoreError, Totals};
+pub use schema::SCHEMA_VERSION;
 
-use crate::config::{Priority, StoreConfig};
+use crate::config::StoreConfig;
 use crate::sources::Reading;
 
 /// Name of the database file inside `gateway.state_dir`.
@@ -24,6 +28,19 @@ pub const DB_FILE: &str = "fieldgate.db";
 
 pub fn db_path(state_dir: &Path) -> PathBuf {
     state_dir.join(DB_FILE)
+}
+
+/// The queue as reported on `P/status`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueStatus {
+    pub rows: u64,
+    pub bytes: u64,
+    /// Readings dropped by the limits or a full disk, per device.
+    pub evicted: Evicted,
+    /// Readings held in memory because the disk refuses writes.
+    pub buffered: usize,
+    /// Where a damaged store was moved at start, if it was.
+    pub recovered_from: Option<String>,
 }
 
 enum Command {
@@ -34,7 +51,7 @@ enum Command {
         limit: usize,
         reply: oneshot::Sender<Result<Vec<Row>, StoreError>>,
     },
-    Totals(oneshot::Sender<Result<Totals, StoreError>>),
+    Status(oneshot::Sender<Result<QueueStatus, StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -61,25 +78,14 @@ impl Store {
     /// Opens the database and starts the store thread. Must be called from
     /// within a tokio runtime.
     pub fn open(path: &Path, settings: &StoreConfig) -> Result<(Store, StoreThread), StoreError> {
-        let outbox = Outbox::open(path)?;
+        let outbox = Outbox::open(path, Limits::from_config(settings))?;
         let (tx, rx) = mpsc::channel(8_192);
         let (committed_tx, committed) = watch::channel(0);
-        let batch = Batcher {
-            outbox,
-            rx,
-            committed: committed_tx,
-            flush_interval: settings.flush_interval.get(),
-            flush_rows: settings.flush_rows.get() as usize,
-            readings: Vec::new(),
-            acks: Vec::new(),
-            acked: HashSet::new(),
-            oldest: None,
-            failing: false,
-        };
+        let batcher = batcher::Batcher::new(outbox, rx, committed_tx, settings);
         let runtime = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
             .name("fieldgate-store".into())
-            .spawn(move || batch.run(&runtime))
+            .spawn(move || batcher.run(&runtime))
             .map_err(|source| StoreError::StateDir {
                 path: "store thread".into(),
                 source,
@@ -89,10 +95,7 @@ impl Store {
 
     /// Queues a reading for the next commit; waits when the queue is full.
     pub async fn append(&self, reading: Reading) -> Result<(), StoreError> {
-        self.tx
-            .send(Command::Append(reading))
-            .await
-            .map_err(|_| StoreError::Closed)
+        self.send(Command::Append(reading)).await
     }
 
     /// Marks rows as delivered; they are deleted with the next commit.
@@ -100,36 +103,33 @@ impl Store {
         if keys.is_empty() {
             return Ok(());
         }
-        self.tx
-            .send(Command::Ack(keys))
-            .await
-            .map_err(|_| StoreError::Closed)
+        self.send(Command::Ack(keys)).await
     }
 
-    /// Committed, unacknowledged rows: highest priority first, then by
-    /// `seq`, skipping each priority's rows up to `after[priority]`.
+    /// Committed, undelivered rows: highest priority first, then by `seq`,
+    /// skipping each priority's rows up to `after[priority]`.
     pub async fn fetch(&self, after: [i64; 3], limit: usize) -> Result<Vec<Row>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.request(
-            Command::Fetch {
-                after,
-                limit,
-                reply,
-            },
-            rx,
-        )
-        .await
+        self.send(Command::Fetch {
+            after,
+            limit,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    pub async fn totals(&self) -> Result<Totals, StoreError> {
+    pub async fn status(&self) -> Result<QueueStatus, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.request(Command::Totals(reply), rx).await
+        self.send(Command::Status(reply)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Commits everything queued so far.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.request(Command::Flush(reply), rx).await
+        self.send(Command::Flush(reply)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Changes (the value counts commits) whenever new rows are committed.
@@ -137,162 +137,15 @@ impl Store {
         self.committed.clone()
     }
 
-    async fn request<T>(
-        &self,
-        command: Command,
-        rx: oneshot::Receiver<Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.tx
-            .send(command)
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
-    }
-}
-
-/// State of the store thread.
-struct Batcher {
-    outbox: Outbox,
-    rx: mpsc::Receiver<Command>,
-    committed: watch::Sender<u64>,
-    flush_interval: std::time::Duration,
-    flush_rows: usize,
-    readings: Vec<Reading>,
-    acks: Vec<RowKey>,
-    /// The same keys as `acks`, so fetches skip delivered rows not yet deleted.
-    acked: HashSet<RowKey>,
-    /// When the oldest uncommitted change arrived.
-    oldest: Option<Instant>,
-    /// The last commit failed (logged once until it succeeds again).
-    failing: bool,
-}
-
-impl Batcher {
-    fn run(mut self, runtime: &tokio::runtime::Handle) {
-        loop {
-            let deadline = self.oldest.map(|t| t + self.flush_interval);
-            let next = runtime.block_on(async {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d.into(), self.rx.recv()).await.ok(),
-                    None => Some(self.rx.recv().await),
-                }
-            });
-            match next {
-                None => {
-                    // The flush interval is up; a failure is logged and retried.
-                    let _ = self.commit();
-                }
-                Some(None) => break, // every handle dropped
-                Some(Some(command)) => self.handle(command),
-            }
-        }
-        if self.commit().is_err() {
-            tracing::error!(
-                "{} readings could not be committed at shutdown",
-                self.readings.len()
-            );
-        }
-        if let Err(e) = self.outbox.checkpoint() {
-            tracing::warn!("store checkpoint at shutdown failed: {e}");
-        }
-    }
-
-    fn handle(&mut self, command: Command) {
-        match command {
-            Command::Append(reading) => {
-                self.readings.push(reading);
-                self.oldest.get_or_insert_with(Instant::now);
-            }
-            Command::Ack(keys) => {
-                for key in keys {
-                    if self.acked.insert(key) {
-                        self.acks.push(key);
-                    }
-                }
-                self.oldest.get_or_insert_with(Instant::now);
-            }
-            Command::Fetch {
-                after,
-                limit,
-                reply,
-            } => {
-                let _ = reply.send(self.fetch(after, limit));
-            }
-            Command::Totals(reply) => {
-                let _ = reply.send(self.outbox.totals());
-            }
-            Command::Flush(reply) => {
-                let _ = reply.send(self.commit());
-            }
-        }
-        // After a failed commit, retry on the interval rather than on every message.
-        if !self.failing && self.readings.len() + self.acks.len() >= self.flush_rows {
-            let _ = self.commit();
-        }
-    }
-
-    fn fetch(&self, after: [i64; 3], limit: usize) -> Result<Vec<Row>, StoreError> {
-        let mut rows = Vec::new();
-        for priority in Priority::ALL {
-            let mut after = after[priority as usize];
-            // Delivered rows wait for the next commit to be deleted; page
-            // past them so that they never hide the rows behind them.
-            while rows.len() < limit {
-                let want = limit - rows.len();
-                let page = self.outbox.fetch(priority, after, want)?;
-                let full = page.len() == want;
-                let Some(last) = page.last() else { break };
-                after = last.seq;
-                rows.extend(page.into_iter().filter(|r| !self.acked.contains(&r.key())));
-                if !full {
-                    break;
-                }
-            }
-        }
-        Ok(rows)
-    }
-
-    fn commit(&mut self) -> Result<(), StoreError> {
-        if self.readings.is_empty() && self.acks.is_empty() {
-            self.oldest = None;
-            return Ok(());
-        }
-        match self.outbox.commit(&self.readings, &self.acks) {
-            Ok(_) => {
-                if self.failing {
-                    tracing::info!("store writes succeed again");
-                    self.failing = false;
-                }
-                let inserted = !self.readings.is_empty();
-                self.readings.clear();
-                self.acks.clear();
-                self.acked.clear();
-                self.oldest = None;
-                if inserted {
-                    self.committed.send_modify(|n| *n += 1);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // Keep the batch and try again after another interval.
-                if !self.failing {
-                    tracing::error!(
-                        "store commit failed, keeping {} readings in memory: {e}",
-                        self.readings.len()
-                    );
-                    self.failing = true;
-                }
-                self.oldest = Some(Instant::now());
-                Err(e)
-            }
-        }
+    async fn send(&self, command: Command) -> Result<(), StoreError> {
+        self.tx.send(command).await.map_err(|_| StoreError::Closed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Bounded, Delivery, Duration, Name, Qos};
+    use crate::config::{Bounded, Delivery, Duration, Name, Priority, Qos};
     use crate::sources::{Quality, Reading};
 
     fn reading(v: f64) -> Reading {
@@ -315,6 +168,7 @@ mod tests {
         StoreConfig {
             flush_interval: Duration::from_secs(3_600),
             flush_rows: Bounded(100_000),
+            ..StoreConfig::default()
         }
     }
 
@@ -341,10 +195,10 @@ mod tests {
             .unwrap();
         let rows = store.fetch([0; 3], 2).await.unwrap();
         assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [4, 5]);
-        assert_eq!(store.totals().await.unwrap().rows, 5);
+        assert_eq!(store.status().await.unwrap().rows, 5);
 
         store.flush().await.unwrap();
-        assert_eq!(store.totals().await.unwrap().rows, 2);
+        assert_eq!(store.status().await.unwrap().rows, 2);
         drop(store);
         thread.join();
     }
@@ -360,6 +214,13 @@ mod tests {
         tokio::task::spawn_blocking(move || thread.join())
             .await
             .unwrap();
-        assert_eq!(Outbox::open(&path).unwrap().totals().unwrap().rows, 2);
+        assert_eq!(
+            Outbox::open(&path, Limits::default())
+                .unwrap()
+                .totals()
+                .unwrap()
+                .rows,
+            2
+        );
     }
 }

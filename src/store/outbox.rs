@@ -7,15 +7,14 @@
 //! table has been emptied. Row and byte totals are kept by triggers, so
 //! opening a store of a million rows reads a few pages, not the table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::limits::{self, Evicted, Limits};
+use super::{recover, schema};
 use crate::config::{Priority, Qos};
 use crate::sources::{Quality, Reading};
-
-/// Schema version this binary writes; older stores are migrated forward.
-pub const SCHEMA_VERSION: i64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -27,12 +26,32 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the store is damaged: {0}")]
+    Corrupt(String),
+    #[error("cannot move the damaged store {path} aside: {source}")]
+    MoveAside {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
-        "the store has schema version {found}, newer than this binary's {SCHEMA_VERSION}: upgrade fieldgate or move the store aside"
+        "the store has schema version {found}, newer than this binary's {}: upgrade fieldgate or move the store aside",
+        schema::SCHEMA_VERSION
     )]
     NewerSchema { found: i64 },
     #[error("the store is shut down")]
     Closed,
+}
+
+impl StoreError {
+    /// The disk refused a write for lack of space.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
 }
 
 /// A stored reading, ready to publish.
@@ -84,66 +103,72 @@ pub struct DeviceStats {
 pub struct Outbox {
     conn: Connection,
     next_seq: i64,
+    limits: Limits,
+    recovered_from: Option<PathBuf>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE outbox (
-    priority INTEGER NOT NULL,
-    seq      INTEGER NOT NULL,
-    qos      INTEGER NOT NULL,
-    ts_ms    INTEGER NOT NULL,
-    device   TEXT NOT NULL,
-    quality  INTEGER NOT NULL,
-    vals     TEXT NOT NULL,
-    PRIMARY KEY (priority, seq)
-) WITHOUT ROWID;
-CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-INSERT INTO meta VALUES ('next_seq', 1), ('rows', 0), ('bytes', 0);
-CREATE TRIGGER outbox_count_insert AFTER INSERT ON outbox BEGIN
-    UPDATE meta SET value = value + 1 WHERE key = 'rows';
-    UPDATE meta SET value = value + length(NEW.vals) + length(NEW.device) + 32 WHERE key = 'bytes';
-END;
-CREATE TRIGGER outbox_count_delete AFTER DELETE ON outbox BEGIN
-    UPDATE meta SET value = value - 1 WHERE key = 'rows';
-    UPDATE meta SET value = value - length(OLD.vals) - length(OLD.device) - 32 WHERE key = 'bytes';
-END;
-";
+/// What one commit did besides appending.
+#[derive(Debug, Default, PartialEq)]
+pub struct CommitReport {
+    /// Acknowledged rows deleted.
+    pub deleted: usize,
+    /// Rows dropped to stay within the limits.
+    pub evicted: Evicted,
+}
 
 impl Outbox {
     /// Opens (creating when needed) the store at `path` for the daemon.
-    pub fn open(path: &Path) -> Result<Outbox, StoreError> {
+    /// A damaged file is moved aside and replaced by an empty store.
+    pub fn open(path: &Path, limits: Limits) -> Result<Outbox, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::StateDir {
                 path: dir.display().to_string(),
                 source,
             })?;
         }
-        let conn = Connection::open(path)?;
-        // WAL: readers (the `queue` command) never block the daemon.
-        // NORMAL: a commit survives a process crash; pulled power can lose
-        // the commits since the last checkpoint, never corrupt the file.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&conn)?;
+        let (conn, recovered_from) = recover::open_checked(path)?;
+        schema::migrate(&conn)?;
         let next_seq = next_seq(&conn)?;
-        Ok(Outbox { conn, next_seq })
+        Ok(Outbox {
+            conn,
+            next_seq,
+            limits,
+            recovered_from,
+        })
     }
 
-    /// Opens an existing store without writing to it (for inspection while
-    /// the daemon runs).
+    /// Opens an existing store for the `queue` command, next to a running
+    /// daemon: no check, no migration.
     pub fn open_read_only(path: &Path) -> Result<Outbox, StoreError> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        Self::open_existing(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    }
+
+    /// Opens an existing store to purge rows from it, next to a running daemon.
+    pub fn open_for_purge(path: &Path) -> Result<Outbox, StoreError> {
+        Self::open_existing(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+    }
+
+    fn open_existing(path: &Path, flags: OpenFlags) -> Result<Outbox, StoreError> {
+        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema { found: version });
+        if schema::ensure_readable(&conn)? < schema::SCHEMA_VERSION {
+            // The daemon migrates at start; until then, refuse to guess.
+            return Err(StoreError::Corrupt(
+                "the store has an older schema: start the gateway once to upgrade it".into(),
+            ));
         }
         let next_seq = next_seq(&conn)?;
-        Ok(Outbox { conn, next_seq })
+        Ok(Outbox {
+            conn,
+            next_seq,
+            limits: Limits::default(),
+            recovered_from: None,
+        })
+    }
+
+    /// Where a damaged store was moved when this one was opened.
+    pub fn recovered_from(&self) -> Option<&Path> {
+        self.recovered_from.as_deref()
     }
 
     /// The `seq` the next appended reading will get.
@@ -152,12 +177,18 @@ impl Outbox {
     }
 
     /// One transaction: append `readings` (in order, each with the next
-    /// `seq`) and delete the acknowledged rows `acks`. Returns the number
-    /// of rows actually deleted.
-    pub fn commit(&mut self, readings: &[Reading], acks: &[RowKey]) -> Result<usize, StoreError> {
+    /// `seq`), delete the acknowledged rows `acks`, count `dropped` (readings
+    /// lost from memory while the disk was full) and apply the limits.
+    pub fn commit(
+        &mut self,
+        readings: &[Reading],
+        acks: &[RowKey],
+        dropped: &Evicted,
+        now_ms: i64,
+    ) -> Result<CommitReport, StoreError> {
         let tx = self.conn.transaction()?;
         let mut seq = self.next_seq;
-        let mut deleted = 0;
+        let mut report = CommitReport::default();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO outbox (priority, seq, qos, ts_ms, device, quality, vals)
@@ -179,15 +210,26 @@ impl Outbox {
             let mut delete =
                 tx.prepare_cached("DELETE FROM outbox WHERE priority = ?1 AND seq = ?2")?;
             for key in acks {
-                deleted += delete.execute(params![key.priority as i64, key.seq])?;
+                report.deleted += delete.execute(params![key.priority as i64, key.seq])?;
             }
             if seq != self.next_seq {
                 tx.execute("UPDATE meta SET value = ?1 WHERE key = 'next_seq'", [seq])?;
             }
+            limits::record(&tx, dropped)?;
+            report.evicted = limits::enforce(&tx, &self.limits, now_ms)?;
         }
         tx.commit()?;
         self.next_seq = seq;
-        Ok(deleted)
+        Ok(report)
+    }
+
+    /// Drops up to `count` of the lowest-priority, oldest rows in a
+    /// transaction of their own: room for a batch on a full disk.
+    pub fn make_room(&mut self, count: u64) -> Result<Evicted, StoreError> {
+        let tx = self.conn.transaction()?;
+        let evicted = limits::make_room(&tx, count)?;
+        tx.commit()?;
+        Ok(evicted)
     }
 
     /// Up to `limit` rows of `priority` with `seq > after`, oldest first.
@@ -202,15 +244,7 @@ impl Outbox {
              WHERE priority = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![priority as i64, after, limit as i64], |r| {
-            Ok(Row {
-                seq: r.get(0)?,
-                priority,
-                qos: Qos::from_u8(r.get(1)?).unwrap_or(Qos::AtLeastOnce),
-                ts_ms: r.get(2)?,
-                device: r.get(3)?,
-                quality: Quality::from_code(r.get(4)?),
-                values: r.get(5)?,
-            })
+            row(r, priority)
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -245,6 +279,58 @@ impl Outbox {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Readings dropped by limits or a full disk since the store was
+    /// created, per device.
+    pub fn evictions(&self) -> Result<Evicted, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT device, rows FROM evictions ORDER BY device")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Bytes of the database file in use.
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        Ok(limits::used_bytes(&self.conn)?)
+    }
+
+    /// The next `limit` rows the uplink would send, optionally of one device.
+    pub fn peek(&self, limit: usize, device: Option<&str>) -> Result<Vec<Row>, StoreError> {
+        let mut rows = Vec::new();
+        for priority in Priority::ALL {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT seq, qos, ts_ms, device, quality, vals FROM outbox
+                 WHERE priority = ?1 AND (?2 IS NULL OR device = ?2) ORDER BY seq LIMIT ?3",
+            )?;
+            let found = stmt.query_map(
+                params![priority as i64, device, (limit - rows.len()) as i64],
+                |r| row(r, priority),
+            )?;
+            for r in found {
+                rows.push(r?);
+            }
+            if rows.len() >= limit {
+                break;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Deletes the rows of `device` (all devices when `None`) taken before
+    /// `before_ms` (any time when `None`). Not counted as evictions: a
+    /// person asked for it.
+    pub fn purge(
+        &mut self,
+        device: Option<&str>,
+        before_ms: Option<i64>,
+    ) -> Result<usize, StoreError> {
+        let deleted = self.conn.execute(
+            "DELETE FROM outbox WHERE (?1 IS NULL OR device = ?1) AND (?2 IS NULL OR ts_ms < ?2)",
+            params![device, before_ms],
+        )?;
+        Ok(deleted)
+    }
+
     /// Moves the WAL back into the database file (at clean shutdown).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.conn
@@ -259,18 +345,16 @@ const READ_NEXT_SEQ: &str = "SELECT value FROM meta WHERE key = 'next_seq'";
 const READ_MAX_SEQ: &str = "SELECT max(seq) FROM outbox WHERE priority = ?1";
 const READ_META: &str = "SELECT value FROM meta WHERE key = ?1";
 
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema { found: version });
-    }
-    if version == 0 {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(SCHEMA)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        tx.commit()?;
-    }
-    Ok(())
+fn row(r: &rusqlite::Row<'_>, priority: Priority) -> rusqlite::Result<Row> {
+    Ok(Row {
+        seq: r.get(0)?,
+        priority,
+        qos: Qos::from_u8(r.get(1)?).unwrap_or(Qos::AtLeastOnce),
+        ts_ms: r.get(2)?,
+        device: r.get(3)?,
+        quality: Quality::from_code(r.get(4)?),
+        values: r.get(5)?,
+    })
 }
 
 /// The stored counter, or one past the highest row should the counter ever
@@ -293,7 +377,7 @@ mod tests {
     use super::*;
     use crate::config::{Delivery, Name};
 
-    pub(crate) fn reading(device: &str, priority: Priority, qos: Qos, v: f64) -> Reading {
+    fn reading(device: &str, priority: Priority, qos: Qos, v: f64) -> Reading {
         let mut values = serde_json::Map::new();
         values.insert("v".into(), v.into());
         Reading {
@@ -305,53 +389,68 @@ mod tests {
         }
     }
 
+    fn open(dir: &tempfile::TempDir, limits: Limits) -> Outbox {
+        Outbox::open(&dir.path().join("s.db"), limits).unwrap()
+    }
+
+    fn append(store: &mut Outbox, readings: &[Reading]) -> CommitReport {
+        store
+            .commit(readings, &[], &Evicted::new(), 1_700_000_000_000)
+            .unwrap()
+    }
+
+    fn seqs(rows: &[Row]) -> Vec<i64> {
+        rows.iter().map(|r| r.seq).collect()
+    }
+
     #[test]
     fn seq_keeps_increasing_across_reopen_even_when_emptied() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let mut store = Outbox::open(&path).unwrap();
+        let mut store = open(&dir, Limits::default());
         let r = reading("a", Priority::Normal, Qos::AtLeastOnce, 1.0);
-        store
-            .commit(&[r.clone(), r.clone(), r.clone()], &[])
-            .unwrap();
+        append(&mut store, &[r.clone(), r.clone(), r.clone()]);
         let rows = store.fetch(Priority::Normal, 0, 10).unwrap();
-        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(seqs(&rows), [1, 2, 3]);
         let keys: Vec<_> = rows.iter().map(Row::key).collect();
-        assert_eq!(store.commit(&[], &keys).unwrap(), 3);
+        let report = store.commit(&[], &keys, &Evicted::new(), 0).unwrap();
+        assert_eq!(report.deleted, 3);
         drop(store);
 
-        let mut store = Outbox::open(&path).unwrap();
+        let mut store = open(&dir, Limits::default());
         assert_eq!(store.totals().unwrap(), Totals::default());
-        store.commit(&[r], &[]).unwrap();
+        append(&mut store, &[r]);
         assert_eq!(store.fetch(Priority::Normal, 0, 10).unwrap()[0].seq, 4);
     }
 
     #[test]
     fn fetch_is_per_priority_and_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Outbox::open(&dir.path().join("s.db")).unwrap();
+        let mut store = open(&dir, Limits::default());
         let batch = [
             reading("low", Priority::Low, Qos::AtMostOnce, 1.0),
             reading("high", Priority::High, Qos::ExactlyOnce, 2.0),
             reading("low", Priority::Low, Qos::AtMostOnce, 3.0),
             reading("high", Priority::High, Qos::ExactlyOnce, 4.0),
         ];
-        store.commit(&batch, &[]).unwrap();
+        append(&mut store, &batch);
         let high = store.fetch(Priority::High, 0, 10).unwrap();
-        assert_eq!(high.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(seqs(&high), [2, 4]);
         assert_eq!(high[0].qos, Qos::ExactlyOnce);
         assert_eq!(high[0].values, r#"{"v":2.0}"#);
         assert_eq!(store.fetch(Priority::High, 2, 10).unwrap().len(), 1);
         assert_eq!(store.fetch(Priority::Low, 0, 1).unwrap()[0].seq, 1);
         assert_eq!(store.fetch(Priority::Normal, 0, 10).unwrap(), []);
+        // Peek shows what the uplink would send next, in that order.
+        assert_eq!(seqs(&store.peek(3, None).unwrap()), [2, 4, 1]);
+        assert_eq!(seqs(&store.peek(10, Some("low")).unwrap()), [1, 3]);
     }
 
     #[test]
     fn totals_follow_inserts_and_only_real_deletes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Outbox::open(&dir.path().join("s.db")).unwrap();
+        let mut store = open(&dir, Limits::default());
         let r = reading("dev", Priority::Normal, Qos::AtLeastOnce, 1.5);
-        store.commit(&[r.clone(), r], &[]).unwrap();
+        append(&mut store, &[r.clone(), r]);
         let totals = store.totals().unwrap();
         assert_eq!(totals.rows, 2);
         assert_eq!(totals.bytes, 2 * (r#"{"v":1.5}"#.len() as u64 + 3 + 32));
@@ -364,11 +463,131 @@ mod tests {
             priority: Priority::High,
             seq: 1,
         };
-        assert_eq!(store.commit(&[], &[key, key, ghost]).unwrap(), 1);
+        let report = store
+            .commit(&[], &[key, key, ghost], &Evicted::new(), 0)
+            .unwrap();
+        assert_eq!(report.deleted, 1);
         assert_eq!(store.totals().unwrap().rows, 1);
         let stats = store.device_stats().unwrap();
         assert_eq!(stats.len(), 1);
         assert_eq!((stats[0].device.as_str(), stats[0].rows), ("dev", 1));
+    }
+
+    /// max_rows with mixed priorities: the oldest `low` rows go first,
+    /// then `normal`; `high` rows survive; every eviction is counted.
+    #[test]
+    fn max_rows_evicts_lowest_priority_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_rows: Some(10),
+            ..Limits::default()
+        };
+        let mut store = open(&dir, limits);
+        let mut batch = Vec::new();
+        for i in 0..6 {
+            batch.push(reading("alarm", Priority::High, Qos::AtLeastOnce, i.into()));
+            batch.push(reading(
+                "meter",
+                Priority::Normal,
+                Qos::AtLeastOnce,
+                i.into(),
+            ));
+            batch.push(reading("weather", Priority::Low, Qos::AtMostOnce, i.into()));
+        }
+        let report = append(&mut store, &batch);
+        // 18 rows, 10 allowed: all 6 low and the 2 oldest normal go.
+        assert_eq!(
+            report.evicted,
+            Evicted::from([("meter".into(), 2), ("weather".into(), 6)])
+        );
+        assert_eq!(store.totals().unwrap().rows, 10);
+        assert_eq!(store.fetch(Priority::High, 0, 100).unwrap().len(), 6);
+        let normal = store.fetch(Priority::Normal, 0, 100).unwrap();
+        assert_eq!(seqs(&normal), [8, 11, 14, 17]);
+        assert_eq!(store.fetch(Priority::Low, 0, 100).unwrap(), []);
+
+        // Counters add up across commits and survive a reopen.
+        append(
+            &mut store,
+            &[reading("weather", Priority::Low, Qos::AtMostOnce, 9.0)],
+        );
+        drop(store);
+        let store = open(&dir, limits);
+        assert_eq!(
+            store.evictions().unwrap(),
+            Evicted::from([("meter".into(), 2), ("weather".into(), 7)])
+        );
+    }
+
+    #[test]
+    fn max_age_drops_old_readings_of_every_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_age_ms: Some(60_000),
+            ..Limits::default()
+        };
+        let mut store = open(&dir, limits);
+        let now = 1_700_000_000_000;
+        let mut old = reading("a", Priority::High, Qos::AtLeastOnce, 1.0);
+        old.ts_ms = now - 120_000;
+        let mut fresh = old.clone();
+        fresh.ts_ms = now - 1_000;
+        let report = store
+            .commit(&[old.clone(), old, fresh], &[], &Evicted::new(), now)
+            .unwrap();
+        assert_eq!(report.evicted, Evicted::from([("a".into(), 2)]));
+        assert_eq!(seqs(&store.fetch(Priority::High, 0, 10).unwrap()), [3]);
+    }
+
+    #[test]
+    fn max_bytes_bounds_the_pages_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: Some(1 << 20),
+            ..Limits::default()
+        };
+        let mut store = open(&dir, limits);
+        let mut big = reading("cam", Priority::Normal, Qos::AtLeastOnce, 0.0);
+        big.values.insert("blob".into(), "x".repeat(1_000).into());
+        let mut evicted = 0;
+        for _ in 0..40 {
+            let report = append(&mut store, &vec![big.clone(); 100]);
+            evicted += report.evicted.values().sum::<u64>();
+            assert!(store.used_bytes().unwrap() <= 1 << 20);
+        }
+        // 4,000 rows of ~1 KB cannot fit in 1 MiB: most were evicted, the
+        // newest kept, and the budget is used, not emptied by over-eviction.
+        let rows = store.totals().unwrap().rows;
+        assert_eq!(rows + evicted, 4_000);
+        let used = store.used_bytes().unwrap();
+        assert!(used > 700 << 10, "{rows} rows kept in {used} bytes");
+        let newest = store.peek(10_000, None).unwrap();
+        assert_eq!(newest.last().unwrap().seq, 4_000);
+    }
+
+    #[test]
+    fn make_room_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir, Limits::default());
+        let mut batch = Vec::new();
+        for i in 0..5 {
+            let mut r = reading("a", Priority::Normal, Qos::AtLeastOnce, i.into());
+            r.ts_ms = 1_000 * i64::from(i);
+            batch.push(r);
+            batch.push(reading("b", Priority::High, Qos::AtLeastOnce, i.into()));
+        }
+        append(&mut store, &batch);
+        assert_eq!(
+            store.make_room(2).unwrap(),
+            Evicted::from([("a".into(), 2)])
+        );
+        // Purge: by device and by age, not counted as evictions.
+        // a's rows taken at 2s and 3s; the one of 4s stays.
+        assert_eq!(store.purge(Some("a"), Some(4_000)).unwrap(), 2);
+        assert_eq!(store.purge(Some("b"), None).unwrap(), 5);
+        assert_eq!(store.purge(None, None).unwrap(), 1);
+        assert_eq!(store.totals().unwrap().rows, 0);
+        assert_eq!(store.evictions().unwrap(), Evicted::from([("a".into(), 2)]));
     }
 
     /// Opening a store of a million rows must not read them all: every
@@ -376,7 +595,7 @@ mod tests {
     #[test]
     fn opening_and_totals_never_scan_the_table() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Outbox::open(&dir.path().join("s.db")).unwrap();
+        let store = open(&dir, Limits::default());
         for query in [READ_NEXT_SEQ, READ_MAX_SEQ, READ_META] {
             let explain = format!("EXPLAIN QUERY PLAN {query}");
             let mut stmt = store.conn.prepare(&explain).unwrap();
@@ -397,17 +616,27 @@ mod tests {
     }
 
     #[test]
-    fn newer_schema_is_refused() {
+    fn the_queue_command_can_read_while_the_daemon_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
-        drop(Outbox::open(&path).unwrap());
-        let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
-        drop(conn);
-        assert!(matches!(
-            Outbox::open(&path),
-            Err(StoreError::NewerSchema { found }) if found == SCHEMA_VERSION + 1
-        ));
+        let mut daemon = Outbox::open(&path, Limits::default()).unwrap();
+        append(
+            &mut daemon,
+            &[reading("a", Priority::Low, Qos::AtMostOnce, 1.0)],
+        );
+        let reader = Outbox::open_read_only(&path).unwrap();
+        assert_eq!(reader.totals().unwrap().rows, 1);
+        append(
+            &mut daemon,
+            &[reading("a", Priority::Low, Qos::AtMostOnce, 2.0)],
+        );
+        assert_eq!(reader.totals().unwrap().rows, 2);
+        let mut purger = Outbox::open_for_purge(&path).unwrap();
+        assert_eq!(purger.purge(None, None).unwrap(), 2);
+        append(
+            &mut daemon,
+            &[reading("a", Priority::Low, Qos::AtMostOnce, 3.0)],
+        );
+        assert_eq!(seqs(&reader.peek(10, None).unwrap()), [3]);
     }
 }

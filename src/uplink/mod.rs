@@ -260,11 +260,11 @@ impl<'a> Connection<'a> {
             Event::Incoming(Incoming::ConnAck(_)) => {
                 self.connected = true;
                 self.caught_up = false;
-                let rows = self.store.totals().await?.rows;
+                let queue = self.store.status().await?;
                 self.publish_status(payload::birth(
                     crate::VERSION,
                     &self.settings.config_version,
-                    rows,
+                    &queue,
                 ))?;
                 return Ok(true);
             }

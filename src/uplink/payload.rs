@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::store::Row;
+use crate::store::{QueueStatus, Row};
 
 /// Topics under `P = {topic_prefix}/{gateway.id}`.
 #[derive(Debug, Clone)]
@@ -48,14 +48,22 @@ pub fn telemetry(row: &Row) -> String {
 }
 
 /// The retained birth message on `P/status`.
-pub fn birth(version: &str, config_version: &str, queued_rows: u64) -> String {
-    json!({
+pub fn birth(version: &str, config_version: &str, queue: &QueueStatus) -> String {
+    let mut body = json!({
         "state": "online",
         "version": version,
         "config_version": config_version,
-        "queue": { "rows": queued_rows },
-    })
-    .to_string()
+        "queue": {
+            "rows": queue.rows,
+            "bytes": queue.bytes,
+            "evicted": queue.evicted,
+            "buffered": queue.buffered,
+        },
+    });
+    if let Some(moved) = &queue.recovered_from {
+        body["store"] = json!({ "recovered_from": moved });
+    }
+    body.to_string()
 }
 
 /// The retained last will, also sent on a clean shutdown.
@@ -94,9 +102,25 @@ mod tests {
         let t = Topics::new("fieldgate", "pi-01");
         assert_eq!(t.telemetry("boiler"), "fieldgate/pi-01/telemetry/boiler");
         assert_eq!(t.status(), "fieldgate/pi-01/status");
-        let b: serde_json::Value = serde_json::from_str(&birth("0.1.0", "local-ab", 7)).unwrap();
+        let queue = QueueStatus {
+            rows: 7,
+            evicted: [("pump".to_string(), 3)].into(),
+            recovered_from: Some("/var/lib/fieldgate/fieldgate.db.corrupt-x".into()),
+            ..QueueStatus::default()
+        };
+        let b: serde_json::Value =
+            serde_json::from_str(&birth("0.1.0", "local-ab", &queue)).unwrap();
         assert_eq!(b["state"], "online");
         assert_eq!(b["queue"]["rows"], 7);
+        assert_eq!(b["queue"]["evicted"]["pump"], 3);
+        assert!(
+            b["store"]["recovered_from"]
+                .as_str()
+                .unwrap()
+                .contains("corrupt")
+        );
+        let plain = birth("0.1.0", "local-ab", &QueueStatus::default());
+        assert!(!plain.contains("store"), "{plain}");
         assert_eq!(offline(), r#"{"state":"offline"}"#);
     }
 }

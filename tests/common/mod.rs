@@ -725,7 +725,7 @@ pub fn assert_ordered_per_device(messages: &[Message]) {
 /// Rows left in the store of a stopped gateway.
 pub fn stored_rows(dir: &Path) -> u64 {
     let db = dir.join("state").join("fieldgate.db");
-    fieldgate::store::Outbox::open(&db)
+    fieldgate::store::Outbox::open(&db, Default::default())
         .and_then(|o| o.totals())
         .expect("open store")
         .rows
@@ -734,7 +734,7 @@ pub fn stored_rows(dir: &Path) -> u64 {
 /// The seq the store would give next: everything below was committed.
 pub fn next_seq(dir: &Path) -> i64 {
     let db = dir.join("state").join("fieldgate.db");
-    fieldgate::store::Outbox::open(&db)
+    fieldgate::store::Outbox::open(&db, Default::default())
         .expect("open store")
         .next_seq()
 }

@@ -1,0 +1,254 @@
+//! The store thread: batches appends and acks into transactions, and keeps
+//! readings in memory, bounded, while the disk refuses to take them.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::limits::Evicted;
+use super::{Command, Outbox, QueueStatus, Row, RowKey, StoreError};
+use crate::config::{Priority, StoreConfig};
+use crate::sources::{Reading, now_ms};
+
+pub(super) struct Batcher {
+    outbox: Outbox,
+    rx: mpsc::Receiver<Command>,
+    committed: watch::Sender<u64>,
+    flush_interval: Duration,
+    flush_rows: usize,
+    memory_buffer: usize,
+    readings: Vec<Reading>,
+    acks: Vec<RowKey>,
+    /// The same keys as `acks`, so fetches skip delivered rows not yet deleted.
+    acked: HashSet<RowKey>,
+    /// Readings dropped from memory while the disk was full, to be counted
+    /// with the next commit.
+    dropped: Evicted,
+    /// When the oldest uncommitted change arrived.
+    oldest: Option<Instant>,
+    /// The last commit failed (logged once until one succeeds again).
+    failing: bool,
+    /// The last commit evicted rows (logged once per episode).
+    evicting: bool,
+}
+
+impl Batcher {
+    pub(super) fn new(
+        outbox: Outbox,
+        rx: mpsc::Receiver<Command>,
+        committed: watch::Sender<u64>,
+        settings: &StoreConfig,
+    ) -> Batcher {
+        Batcher {
+            outbox,
+            rx,
+            committed,
+            flush_interval: settings.flush_interval.get(),
+            flush_rows: settings.flush_rows.get() as usize,
+            memory_buffer: settings.memory_buffer.get() as usize,
+            readings: Vec::new(),
+            acks: Vec::new(),
+            acked: HashSet::new(),
+            dropped: Evicted::new(),
+            oldest: None,
+            failing: false,
+            evicting: false,
+        }
+    }
+
+    pub(super) fn run(mut self, runtime: &tokio::runtime::Handle) {
+        loop {
+            let deadline = self.oldest.map(|t| t + self.flush_interval);
+            let next = runtime.block_on(async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d.into(), self.rx.recv()).await.ok(),
+                    None => Some(self.rx.recv().await),
+                }
+            });
+            match next {
+                // The flush interval is up; a failure is logged and retried.
+                None => {
+                    let _ = self.commit();
+                }
+                Some(None) => break, // every handle dropped
+                Some(Some(command)) => self.handle(command),
+            }
+        }
+        if self.commit().is_err() {
+            tracing::error!(
+                "{} readings could not be committed at shutdown",
+                self.readings.len()
+            );
+        }
+        if let Err(e) = self.outbox.checkpoint() {
+            tracing::warn!("store checkpoint at shutdown failed: {e}");
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Append(reading) => {
+                self.readings.push(reading);
+                self.oldest.get_or_insert_with(Instant::now);
+                if self.failing {
+                    self.bound_memory();
+                }
+            }
+            Command::Ack(keys) => {
+                for key in keys {
+                    if self.acked.insert(key) {
+                        self.acks.push(key);
+                    }
+                }
+                self.oldest.get_or_insert_with(Instant::now);
+            }
+            Command::Fetch {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.fetch(after, limit));
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Flush(reply) => {
+                let _ = reply.send(self.commit());
+            }
+        }
+        // After a failed commit, retry on the interval rather than on every message.
+        if !self.failing && self.readings.len() + self.acks.len() >= self.flush_rows {
+            let _ = self.commit();
+        }
+    }
+
+    fn fetch(&self, after: [i64; 3], limit: usize) -> Result<Vec<Row>, StoreError> {
+        let mut rows = Vec::new();
+        for priority in Priority::ALL {
+            let mut after = after[priority as usize];
+            // Delivered rows wait for the next commit to be deleted; page
+            // past them so that they never hide the rows behind them.
+            while rows.len() < limit {
+                let want = limit - rows.len();
+                let page = self.outbox.fetch(priority, after, want)?;
+                let full = page.len() == want;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                rows.extend(page.into_iter().filter(|r| !self.acked.contains(&r.key())));
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    fn status(&self) -> Result<QueueStatus, StoreError> {
+        let totals = self.outbox.totals()?;
+        let mut evicted = self.outbox.evictions()?;
+        for (device, n) in &self.dropped {
+            *evicted.entry(device.clone()).or_default() += n;
+        }
+        Ok(QueueStatus {
+            rows: totals.rows,
+            bytes: totals.bytes,
+            evicted,
+            buffered: if self.failing { self.readings.len() } else { 0 },
+            recovered_from: self
+                .outbox
+                .recovered_from()
+                .map(|p| p.display().to_string()),
+        })
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if self.readings.is_empty() && self.acks.is_empty() && self.dropped.is_empty() {
+            self.oldest = None;
+            return Ok(());
+        }
+        let mut result = self.try_commit();
+        if matches!(&result, Err(e) if e.is_disk_full()) {
+            // Make room and try once more: a checkpoint lets the WAL be
+            // reused, and evicting the lowest-priority rows frees pages.
+            let _ = self.outbox.checkpoint();
+            let room = self.readings.len().max(self.flush_rows) as u64;
+            if let Ok(evicted) = self.outbox.make_room(room) {
+                self.note_evictions(&evicted);
+            }
+            result = self.try_commit();
+        }
+        match result {
+            Ok(()) => {
+                if self.failing {
+                    tracing::info!("store writes succeed again");
+                    self.failing = false;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::error!(
+                        "store commit failed, holding up to {} readings in memory: {e}",
+                        self.memory_buffer
+                    );
+                    self.failing = true;
+                }
+                self.bound_memory();
+                self.oldest = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    fn try_commit(&mut self) -> Result<(), StoreError> {
+        let report = self
+            .outbox
+            .commit(&self.readings, &self.acks, &self.dropped, now_ms())?;
+        self.note_evictions(&report.evicted);
+        let inserted = !self.readings.is_empty();
+        self.readings.clear();
+        self.acks.clear();
+        self.acked.clear();
+        self.dropped.clear();
+        self.oldest = None;
+        if inserted {
+            self.committed.send_modify(|n| *n += 1);
+        }
+        Ok(())
+    }
+
+    /// Logs the start and the end of an eviction episode, not every commit.
+    fn note_evictions(&mut self, evicted: &Evicted) {
+        let n: u64 = evicted.values().sum();
+        match (n > 0, self.evicting) {
+            (true, false) => tracing::warn!(
+                "store limit reached: dropping the oldest lowest-priority readings ({n} so far: {evicted:?})"
+            ),
+            (false, true) => tracing::info!("store back within its limits"),
+            _ => {}
+        }
+        self.evicting = n > 0;
+    }
+
+    /// While the disk refuses writes, memory holds at most `memory_buffer`
+    /// readings; beyond that the oldest of the lowest priority go, counted.
+    fn bound_memory(&mut self) {
+        let mut excess = self.readings.len().saturating_sub(self.memory_buffer);
+        for priority in Priority::ALL.into_iter().rev() {
+            if excess == 0 {
+                break;
+            }
+            let dropped = &mut self.dropped;
+            self.readings.retain(|r| {
+                if excess > 0 && r.delivery.priority == priority {
+                    excess -= 1;
+                    *dropped.entry(r.device.to_string()).or_default() += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Keeping the queue within `store.max_rows`, `store.max_bytes` and
+//! `store.max_age`: the lowest priority goes first, oldest first within a
+//! priority, and every dropped reading is counted against its device.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, params};
+
+use crate::config::{Priority, StoreConfig};
+
+/// Readings dropped, per device.
+pub type Evicted = BTreeMap<String, u64>;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max_rows: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub max_age_ms: Option<i64>,
+}
+
+impl Limits {
+    pub fn from_config(store: &StoreConfig) -> Limits {
+        Limits {
+            max_rows: store.max_rows,
+            max_bytes: store.max_bytes.map(|b| b.0),
+            max_age_ms: store.max_age.map(|a| a.get().as_millis() as i64),
+        }
+    }
+}
+
+/// Rows read per step while evicting: bounds the work of one step.
+const STEP: i64 = 512;
+
+/// Drops what the limits no longer allow. Runs inside the commit's
+/// transaction, so the queue is never seen above its limits.
+pub fn enforce(conn: &Connection, limits: &Limits, now_ms: i64) -> rusqlite::Result<Evicted> {
+    let mut evicted = Evicted::new();
+    if let Some(age) = limits.max_age_ms {
+        for priority in Priority::ALL {
+            evict_older_than(conn, priority, now_ms - age, &mut evicted)?;
+        }
+    }
+    // Each pass frees at least one row, so this ends; the bound only guards
+    // against a misestimate looping for long inside one commit.
+    for _ in 0..10_000 {
+        let (rows, used) = (row_count(conn)?, used_bytes(conn)?);
+        let over_rows = limits.max_rows.map_or(0, |max| rows.saturating_sub(max));
+        let over_bytes = limits.max_bytes.map_or(0, |max| used.saturating_sub(max));
+        if rows == 0 || (over_rows == 0 && over_bytes == 0) {
+            break;
+        }
+        // Whole pages are freed only once every row on them is gone, so
+        // free bytes in slices of at least 1/64 of the queue.
+        let per_row = (used / rows).max(1);
+        let for_bytes = if over_bytes > 0 {
+            (over_bytes / per_row + 1).max(rows / 64)
+        } else {
+            0
+        };
+        let wanted = over_rows.max(for_bytes);
+        if evict_oldest(conn, wanted, &mut evicted)? == 0 {
+            break;
+        }
+    }
+    record(conn, &evicted)?;
+    Ok(evicted)
+}
+
+/// Drops up to `count` of the lowest-priority, oldest rows (to make room on
+/// a full disk); counted like any eviction.
+pub fn make_room(conn: &Connection, count: u64) -> rusqlite::Result<Evicted> {
+    let mut evicted = Evicted::new();
+    evict_oldest(conn, count, &mut evicted)?;
+    record(conn, &evicted)?;
+    Ok(evicted)
+}
+
+/// Adds to the per-device eviction counters.
+pub fn record(conn: &Connection, evicted: &Evicted) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO evictions (device, rows) VALUES (?1, ?2)
+         ON CONFLICT (device) DO UPDATE SET rows = rows + excluded.rows",
+    )?;
+    for (device, rows) in evicted {
+        stmt.execute(params![device, *rows as i64])?;
+    }
+    Ok(())
+}
+
+/// The lowest priority first: `low`, then `normal`, then `high`.
+fn evict_oldest(conn: &Connection, mut count: u64, evicted: &mut Evicted) -> rusqlite::Result<u64> {
+    let mut total = 0;
+    for priority in Priority::ALL.into_iter().rev() {
+        while count > 0 {
+            let take = count.min(STEP as u64) as i64;
+            let n = evict_prefix(conn, priority, take, i64::MAX, evicted)?;
+            total += n;
+            count -= n;
+            if (n as i64) < take {
+                break;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Rows are in `seq` order, which is arrival order: the old ones are a
+/// prefix, found without reading the rest of the table.
+fn evict_older_than(
+    conn: &Connection,
+    priority: Priority,
+    cutoff_ms: i64,
+    evicted: &mut Evicted,
+) -> rusqlite::Result<()> {
+    while evict_prefix(conn, priority, STEP, cutoff_ms, evicted)? == STEP as u64 {}
+    Ok(())
+}
+
+/// Deletes the first rows of `priority`, at most `take`, stopping at the
+/// first one not older than `cutoff_ms`. Returns how many went.
+fn evict_prefix(
+    conn: &Connection,
+    priority: Priority,
+    take: i64,
+    cutoff_ms: i64,
+    evicted: &mut Evicted,
+) -> rusqlite::Result<u64> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, ts_ms, device FROM outbox WHERE priority = ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let mut last = None;
+    let mut n = 0;
+    let mut rows = stmt.query(params![priority as i64, take])?;
+    while let Some(row) = rows.next()? {
+        let (seq, ts_ms): (i64, i64) = (row.get(0)?, row.get(1)?);
+        if ts_ms >= cutoff_ms {
+            break;
+        }
+        *evicted.entry(row.get(2)?).or_default() += 1;
+        last = Some(seq);
+        n += 1;
+    }
+    drop(rows);
+    if let Some(last) = last {
+        conn.prepare_cached("DELETE FROM outbox WHERE priority = ?1 AND seq <= ?2")?
+            .execute(params![priority as i64, last])?;
+    }
+    Ok(n)
+}
+
+fn row_count(conn: &Connection) -> rusqlite::Result<u64> {
+    let rows: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'rows'", [], |r| {
+        r.get(0)
+    })?;
+    Ok(rows.max(0) as u64)
+}
+
+/// Bytes of the database file in use: pages minus free pages. No scan.
+pub fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let pragma =
+        |name: &str| -> rusqlite::Result<i64> { conn.pragma_query_value(None, name, |r| r.get(0)) };
+    let pages = pragma("page_count")? - pragma("freelist_count")?;
+    Ok((pages.max(0) * pragma("page_size")?) as u64)
+}
