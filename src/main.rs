@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fieldgate::config::{self, ConfigError};
-use fieldgate::store::{self, Outbox};
 use tracing_subscriber::EnvFilter;
+
+mod cli;
 
 const DEFAULT_CONFIG: &str = "/etc/fieldgate/fieldgate.yaml";
 
@@ -41,16 +42,10 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         #[command(subcommand)]
-        action: QueueAction,
+        action: cli::queue::Action,
     },
     /// Print the version.
     Version,
-}
-
-#[derive(Subcommand)]
-enum QueueAction {
-    /// Rows, bytes and oldest reading, per device and priority.
-    Stats,
 }
 
 /// Exit code for an invalid configuration or usage, as clap uses.
@@ -83,8 +78,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_failure(e),
             };
-            match action {
-                QueueAction::Stats => outcome(queue_stats(&config)),
+            match cli::queue::run(&config, action) {
+                Ok(cli::queue::Outcome::Done) => ExitCode::SUCCESS,
+                Ok(cli::queue::Outcome::NeedsConfirmation) => ExitCode::from(INVALID),
+                Err(e) => outcome(Err(e)),
             }
         }
     }
@@ -125,41 +122,5 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(fieldgate::gateway::run(config))?;
-    Ok(())
-}
-
-fn queue_stats(config: &config::Config) -> anyhow::Result<()> {
-    let path = store::db_path(&config.gateway.state_dir);
-    if !path.exists() {
-        println!("no store at {} yet: 0 rows", path.display());
-        return Ok(());
-    }
-    let outbox =
-        Outbox::open_read_only(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    let totals = outbox.totals()?;
-    let now = jiff::Timestamp::now().as_millisecond();
-    println!("store   {}", path.display());
-    println!("rows    {}", totals.rows);
-    println!("bytes   {}", totals.bytes);
-    println!("next    seq {}", outbox.next_seq());
-    let stats = outbox.device_stats()?;
-    if !stats.is_empty() {
-        println!();
-        println!(
-            "{:<24} {:<8} {:>10} {:>12} {:>12}",
-            "device", "priority", "rows", "bytes", "oldest"
-        );
-        for s in stats {
-            let age = std::time::Duration::from_millis((now - s.oldest_ts_ms).max(0) as u64);
-            println!(
-                "{:<24} {:<8} {:>10} {:>12} {:>12}",
-                s.device,
-                s.priority.as_str(),
-                s.rows,
-                s.bytes,
-                format!("{}s", age.as_secs())
-            );
-        }
-    }
     Ok(())
 }

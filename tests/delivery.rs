@@ -116,25 +116,7 @@ fn without_a_broker_readings_accumulate_then_drain() {
     let outage_started = Instant::now();
 
     // The queue grows while there is nowhere to send it.
-    let fieldgate = env!("CARGO_BIN_EXE_fieldgate");
-    let queued = || {
-        let out = std::process::Command::new(fieldgate)
-            .args(["queue", "--config"])
-            .arg(&config)
-            .arg("stats")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines()
-            .find_map(|l| l.strip_prefix("rows"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no rows line in {text}"))
-    };
+    let queued = || queued_rows(&config);
     let deadline = Instant::now() + LONG;
     while queued() < 300 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));

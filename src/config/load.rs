@@ -333,6 +333,14 @@ devices:
     }
 
     #[test]
+    fn an_empty_devices_key_is_an_empty_list() {
+        let text = MINIMAL[..MINIMAL.find("devices:").unwrap()].to_owned() + "devices:\n";
+        assert!(load_str(&text, "f.yaml").unwrap().devices.is_empty());
+        let text = MINIMAL[..MINIMAL.find("devices:").unwrap()].to_owned();
+        assert!(load_str(&text, "f.yaml").unwrap().devices.is_empty());
+    }
+
+    #[test]
     fn rendered_errors_name_file_line_and_column() {
         let err = load_str(&MINIMAL.replace("1883", "x"), "site.yaml").unwrap_err();
         let text = err.to_string();

@@ -29,12 +29,17 @@ pub struct Config {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub log: LogConfig,
-    #[serde(default)]
+    /// `devices:` with nothing under it is an empty list, not an error.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub devices: Vec<DeviceConfig>,
     /// Identifies this configuration in the birth message: `local-` and a
     /// hash of the file text.
     #[serde(skip)]
     pub version: String,
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -39,6 +39,13 @@ pub enum StoreError {
         schema::SCHEMA_VERSION
     )]
     NewerSchema { found: i64 },
+    #[error("the store has no tables yet")]
+    Uninitialized,
+    #[error(
+        "the store has schema version {found}, older than this binary's {}: start the gateway once to upgrade it",
+        schema::SCHEMA_VERSION
+    )]
+    OlderSchema { found: i64 },
     #[error("the store is shut down")]
     Closed,
 }
@@ -151,11 +158,12 @@ impl Outbox {
     fn open_existing(path: &Path, flags: OpenFlags) -> Result<Outbox, StoreError> {
         let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        if schema::ensure_readable(&conn)? < schema::SCHEMA_VERSION {
+        match schema::ensure_readable(&conn)? {
+            // Created a moment ago, tables not yet made.
+            0 => return Err(StoreError::Uninitialized),
             // The daemon migrates at start; until then, refuse to guess.
-            return Err(StoreError::Corrupt(
-                "the store has an older schema: start the gateway once to upgrade it".into(),
-            ));
+            v if v < schema::SCHEMA_VERSION => return Err(StoreError::OlderSchema { found: v }),
+            _ => {}
         }
         let next_seq = next_seq(&conn)?;
         Ok(Outbox {
@@ -314,6 +322,17 @@ impl Outbox {
             }
         }
         Ok(rows)
+    }
+
+    /// Rows of `device` (all when `None`) taken before `before_ms` (any time
+    /// when `None`): what `purge` would delete.
+    pub fn count(&self, device: Option<&str>, before_ms: Option<i64>) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM outbox WHERE (?1 IS NULL OR device = ?1) AND (?2 IS NULL OR ts_ms < ?2)",
+            params![device, before_ms],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
     }
 
     /// Deletes the rows of `device` (all devices when `None`) taken before

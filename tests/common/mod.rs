@@ -667,13 +667,50 @@ fn new_log_file(dir: &Path) -> (PathBuf, File) {
 /// A config for a gateway `gw` talking to `port`, with the given `devices:`
 /// YAML (already indented by two spaces per item) and extra `mqtt:` keys.
 pub fn write_config(dir: &Path, port: u16, mqtt_extra: &str, devices: &str) -> PathBuf {
+    write_config_with_store(dir, port, "", mqtt_extra, devices)
+}
+
+/// As `write_config`, with extra `store:` keys too.
+pub fn write_config_with_store(
+    dir: &Path,
+    port: u16,
+    store_extra: &str,
+    mqtt_extra: &str,
+    devices: &str,
+) -> PathBuf {
     let path = dir.join("fieldgate.yaml");
     let text = format!(
-        "gateway:\n  id: gw\n  state_dir: {state}\nstore:\n  flush_interval: 50ms\nmqtt:\n  url: mqtt://127.0.0.1:{port}\n  backoff_min: 100ms\n  backoff_max: 1s\n{mqtt_extra}devices:\n{devices}",
+        "gateway:\n  id: gw\n  state_dir: {state}\nstore:\n  flush_interval: 50ms\n{store_extra}mqtt:\n  url: mqtt://127.0.0.1:{port}\n  backoff_min: 100ms\n  backoff_max: 1s\n{mqtt_extra}devices:\n{devices}",
         state = dir.join("state").display(),
     );
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// Runs `fieldgate queue --config <config> <args>`: (exit code, stdout).
+pub fn queue(config: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["queue", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run fieldgate queue");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+}
+
+/// The `rows` figure of `queue stats`.
+pub fn queued_rows(config: &Path) -> u64 {
+    let (code, text) = queue(config, &["stats"]);
+    assert_eq!(code, 0, "{text}");
+    if text.starts_with("no store at") {
+        return 0;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("rows"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rows line in {text}"))
 }
 
 /// `count` readings from a simulated device at `poll`, with `extra` keys.

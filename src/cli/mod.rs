@@ -1,0 +1,3 @@
+//! Subcommands with more than a few lines of their own.
+
+pub mod queue;

@@ -1,0 +1,138 @@
+//! `fieldgate queue`: look into the store-and-forward queue, and empty it,
+//! while the gateway runs. `stats` and `peek` only read; `purge` deletes
+//! only when asked with `--yes`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Subcommand;
+use fieldgate::config::{Config, Duration};
+use fieldgate::store::{self, Outbox, StoreError};
+use fieldgate::uplink::payload;
+
+#[derive(Subcommand)]
+pub enum Action {
+    /// Rows, bytes and oldest reading per device and priority, and the
+    /// readings dropped by the store's limits.
+    Stats,
+    /// The next readings the gateway will send, as their MQTT payloads.
+    Peek {
+        /// How many.
+        #[arg(short = 'n', default_value_t = 10)]
+        count: usize,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Delete queued readings (they will never be sent).
+    Purge {
+        /// Only this device's readings.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only readings older than this, e.g. 7d or 12h.
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        /// Really delete; without it, only say how many would go.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub enum Outcome {
+    Done,
+    /// `purge` without `--yes`.
+    NeedsConfirmation,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse()
+}
+
+pub fn run(config: &Config, action: Action) -> anyhow::Result<Outcome> {
+    let path = store::db_path(&config.gateway.state_dir);
+    let outbox = match Outbox::open_read_only(&path) {
+        Ok(outbox) => outbox,
+        // Not created yet, or created a moment ago by a starting gateway.
+        Err(StoreError::Uninitialized) => return Ok(empty(&path)),
+        Err(StoreError::Sqlite(_)) if !path.exists() => return Ok(empty(&path)),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let now = jiff::Timestamp::now().as_millisecond();
+    match action {
+        Action::Stats => stats(&outbox, now)?,
+        Action::Peek { count, device } => {
+            for row in outbox.peek(count, device.as_deref())? {
+                println!(
+                    "{:<6} qos{} {}",
+                    row.priority.as_str(),
+                    row.qos as u8,
+                    payload::telemetry(&row)
+                );
+            }
+        }
+        Action::Purge {
+            device,
+            older_than,
+            yes,
+        } => {
+            let before = older_than.map(|age| now - age.get().as_millis() as i64);
+            let what = match (&device, &older_than) {
+                (Some(d), Some(age)) => format!("readings of {d} older than {age}"),
+                (Some(d), None) => format!("readings of {d}"),
+                (None, Some(age)) => format!("readings older than {age}"),
+                (None, None) => "readings".to_owned(),
+            };
+            if !yes {
+                let n = outbox.count(device.as_deref(), before)?;
+                println!("{n} {what} would be deleted; run again with --yes to delete them");
+                return Ok(Outcome::NeedsConfirmation);
+            }
+            let mut outbox = Outbox::open_for_purge(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let n = outbox.purge(device.as_deref(), before)?;
+            println!("deleted {n} {what}");
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+fn empty(path: &Path) -> Outcome {
+    println!("no store at {} yet: 0 rows", path.display());
+    Outcome::Done
+}
+
+fn stats(outbox: &Outbox, now_ms: i64) -> anyhow::Result<()> {
+    let totals = outbox.totals()?;
+    println!("rows      {}", totals.rows);
+    println!("bytes     {}", totals.bytes);
+    println!("disk      {} bytes in use", outbox.used_bytes()?);
+    println!("next      seq {}", outbox.next_seq());
+    let devices = outbox.device_stats()?;
+    if !devices.is_empty() {
+        println!();
+        println!(
+            "{:<24} {:<8} {:>10} {:>12} {:>10}",
+            "device", "priority", "rows", "bytes", "oldest"
+        );
+        for d in devices {
+            let age = std::time::Duration::from_millis((now_ms - d.oldest_ts_ms).max(0) as u64);
+            println!(
+                "{:<24} {:<8} {:>10} {:>12} {:>9}s",
+                d.device,
+                d.priority.as_str(),
+                d.rows,
+                d.bytes,
+                age.as_secs()
+            );
+        }
+    }
+    let evictions = outbox.evictions()?;
+    if !evictions.is_empty() {
+        println!();
+        println!("{:<24} {:>10}", "evicted", "readings");
+        for (device, n) in evictions {
+            println!("{device:<24} {n:>10}");
+        }
+    }
+    Ok(())
+}
