@@ -5,6 +5,7 @@
 //! (`sources/<kind>/config.rs`); this module holds the sections shared by
 //! the whole gateway and the names, QoS and priorities every device has.
 
+mod device;
 mod load;
 pub mod units;
 pub mod yaml;
@@ -14,10 +15,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
+pub use device::{DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec};
 pub use load::{ConfigError, Problem, load, load_str};
 pub use units::{ByteSize, Duration};
-
-use crate::sources::simulated::SimulatedDevice;
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -145,62 +145,6 @@ pub struct LogConfig {
     /// A `tracing` filter such as `info` or `fieldgate=debug`; `RUST_LOG` wins.
     #[serde(default)]
     pub level: Option<String>,
-}
-
-/// One device; `kind` selects the source that owns it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum DeviceConfig {
-    Simulated(SimulatedDevice),
-}
-
-/// The device kinds this build knows, for error messages.
-pub const DEVICE_KINDS: &[&str] = &["simulated"];
-
-impl DeviceConfig {
-    pub fn name(&self) -> &Name {
-        match self {
-            DeviceConfig::Simulated(d) => &d.name,
-        }
-    }
-
-    /// QoS and priority of this device's readings.
-    pub fn delivery(&self, default_qos: Qos) -> Delivery {
-        let (qos, priority) = match self {
-            DeviceConfig::Simulated(d) => (d.qos, d.priority),
-        };
-        Delivery {
-            qos: qos.unwrap_or(default_qos),
-            priority,
-        }
-    }
-
-    /// Type-checks one device node by its `kind`, keeping positions.
-    fn from_node(
-        kind: &str,
-        node: &yaml::Node,
-        path: &str,
-    ) -> Option<Result<DeviceConfig, Vec<yaml::Diagnostic>>> {
-        let body = node.without("kind");
-        match kind {
-            "simulated" => Some(yaml::from_node(&body, path).map(DeviceConfig::Simulated)),
-            _ => None,
-        }
-    }
-
-    /// Checks that need the whole device: problems as (path below the device, message).
-    fn problems(&self) -> Vec<(String, String)> {
-        match self {
-            DeviceConfig::Simulated(d) => d.problems(),
-        }
-    }
-}
-
-/// How a device's readings travel: MQTT QoS and store priority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivery {
-    pub qos: Qos,
-    pub priority: Priority,
 }
 
 /// MQTT quality of service, written 0, 1 or 2.

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::Signal;
-use crate::config::{Duration, Name, Priority, Qos};
+use crate::config::{DeviceSpec, Duration, Name, Priority, Qos};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,9 +27,20 @@ impl SimulatedDevice {
     fn default_poll() -> Duration {
         Duration::from_secs(1)
     }
+}
 
-    /// Checks across fields, as (path below the device, message).
-    pub(crate) fn problems(&self) -> Vec<(String, String)> {
+impl DeviceSpec for SimulatedDevice {
+    fn name(&self) -> &Name {
+        &self.name
+    }
+    fn qos(&self) -> Option<Qos> {
+        self.qos
+    }
+    fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    fn problems(&self) -> Vec<(String, String)> {
         let mut found = Vec::new();
         if self.poll.get().is_zero() {
             found.push(("poll".into(), "must be at least 1ms".into()));

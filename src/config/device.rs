@@ -1,0 +1,87 @@
+//! The `devices:` list: one entry per device, its `kind` naming the source
+//! that owns it. Each kind's settings live beside its source
+//! (`sources/<kind>/config.rs`); this file only lists the kinds.
+
+use serde::Deserialize;
+
+use super::{Name, Priority, Qos, yaml};
+use crate::sources::simulated::SimulatedDevice;
+
+/// What every kind of device has, whatever else it has.
+pub trait DeviceSpec {
+    fn name(&self) -> &Name;
+    /// MQTT QoS of its readings; `mqtt.qos` when `None`.
+    fn qos(&self) -> Option<Qos>;
+    fn priority(&self) -> Priority;
+    /// Checks across fields, as (path below the device, message).
+    fn problems(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// Declares the device kinds once: the enum, the list of kind names, and
+/// the position-keeping check of each kind.
+macro_rules! device_kinds {
+    ($($kind:literal => $variant:ident($config:ty)),* $(,)?) => {
+        /// One device; `kind` selects the source that owns it.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(tag = "kind")]
+        pub enum DeviceConfig {
+            $(#[serde(rename = $kind)] $variant($config),)*
+        }
+
+        /// The device kinds this build knows, for error messages.
+        pub const DEVICE_KINDS: &[&str] = &[$($kind),*];
+
+        impl DeviceConfig {
+            pub fn spec(&self) -> &dyn DeviceSpec {
+                match self {
+                    $(DeviceConfig::$variant(d) => d,)*
+                }
+            }
+
+            /// Type-checks one device node by its `kind`, keeping positions.
+            pub(super) fn from_node(
+                kind: &str,
+                node: &yaml::Node,
+                path: &str,
+            ) -> Option<Result<DeviceConfig, Vec<yaml::Diagnostic>>> {
+                let body = node.without("kind");
+                match kind {
+                    $($kind => Some(yaml::from_node(&body, path).map(DeviceConfig::$variant)),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+device_kinds! {
+    "simulated" => Simulated(SimulatedDevice),
+}
+
+impl DeviceConfig {
+    pub fn name(&self) -> &Name {
+        self.spec().name()
+    }
+
+    /// QoS and priority of this device's readings.
+    pub fn delivery(&self, default_qos: Qos) -> Delivery {
+        let spec = self.spec();
+        Delivery {
+            qos: spec.qos().unwrap_or(default_qos),
+            priority: spec.priority(),
+        }
+    }
+
+    pub(super) fn problems(&self) -> Vec<(String, String)> {
+        self.spec().problems()
+    }
+}
+
+/// How a device's readings travel: MQTT QoS and store priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub qos: Qos,
+    pub priority: Priority,
+}
