@@ -6,6 +6,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::health::Health;
+use crate::sources::Ingest;
 use crate::store::{self, Store, StoreError};
 use crate::{sources, uplink};
 
@@ -41,12 +43,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         "fieldgate {} running", crate::VERSION
     );
 
+    let health = Health::new();
     let stop_sources = CancellationToken::new();
     let stop_uplink = CancellationToken::new();
-    let mut source_tasks = sources::spawn_all(&config, &store, &stop_sources);
+    let ingest = Ingest::new(store.clone(), health.clone());
+    let mut source_tasks = sources::spawn_all(&config, &ingest, &stop_sources);
+    drop(ingest);
     let uplink_task = tokio::spawn(uplink::run(
         uplink::Settings::from_config(&config),
         store.clone(),
+        health,
         stop_uplink.clone(),
     ));
 

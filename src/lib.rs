@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod gateway;
+pub mod health;
 pub mod sources;
 pub mod store;
 pub mod uplink;

@@ -211,25 +211,36 @@ fn devices_publish_with_their_own_qos() {
         let expected = device[1..].parse::<u8>().unwrap();
         assert_eq!(qos, expected, "{device} arrived with QoS {qos}");
     }
-    let births = status.messages();
-    assert_eq!(births.len(), 1);
-    let birth = births[0].json();
+    let birth = status.messages()[0].json();
     assert_eq!(birth["state"], "online");
     assert_eq!(birth["version"], env!("CARGO_PKG_VERSION"));
-    assert!(
-        birth["config_version"]
-            .as_str()
-            .unwrap()
-            .starts_with("local-")
-    );
+    let config_version = birth["config_version"].as_str().unwrap();
+    assert!(config_version.starts_with("local-"), "{config_version}");
     assert!(birth["queue"]["rows"].is_u64());
 
+    // Every status_interval (1s here) the status is refreshed with counters.
+    let counted = |m: &[Message]| {
+        m.iter().any(|m| {
+            let j = m.json();
+            j["counters"]["published"] == 150 && j["devices"]["q2"]["readings"] == 50
+        })
+    };
+    assert!(
+        status.wait_until(Duration::from_secs(20), counted),
+        "{:?}",
+        status.messages()
+    );
+
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
-    // A clean shutdown replaces the retained birth with `offline` itself.
-    let offline = status.wait_until(Duration::from_secs(10), |m| m.len() == 2);
-    assert!(offline, "{}", gw.log());
+    // A clean shutdown replaces the retained status with `offline` itself.
+    let offline = |m: &[Message]| m.last().is_some_and(|m| m.json()["state"] == "offline");
+    assert!(
+        status.wait_until(Duration::from_secs(10), offline),
+        "{}",
+        gw.log()
+    );
     assert_eq!(
-        status.messages()[1].json(),
+        status.messages().last().unwrap().json(),
         serde_json::json!({ "state": "offline" })
     );
     assert!(gw.log().contains("stopped"));

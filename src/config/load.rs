@@ -225,6 +225,12 @@ impl Config {
                 "expected 0 (off) or at least 1s".into(),
             );
         }
+        if self.gateway.status_interval.get() < std::time::Duration::from_secs(1) {
+            push(
+                "gateway.status_interval".into(),
+                "must be at least 1s".into(),
+            );
+        }
         let store = &self.store;
         if store.flush_interval.get().is_zero() {
             push("store.flush_interval".into(), "must be at least 1ms".into());

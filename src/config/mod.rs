@@ -50,11 +50,17 @@ pub struct GatewayConfig {
     /// Where the store and caches live.
     #[serde(default = "GatewayConfig::default_state_dir")]
     pub state_dir: PathBuf,
+    /// How often the retained `P/status` is refreshed with the counters.
+    #[serde(default = "GatewayConfig::default_status_interval")]
+    pub status_interval: Duration,
 }
 
 impl GatewayConfig {
     fn default_state_dir() -> PathBuf {
         PathBuf::from("/var/lib/fieldgate")
+    }
+    fn default_status_interval() -> Duration {
+        Duration::from_secs(60)
     }
 }
 

@@ -10,8 +10,12 @@ use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
 use crate::config::{Config, Delivery, DeviceConfig, Name};
-use crate::store::Store;
+use crate::health::{DeviceHealth, Health};
+use crate::store::{Store, StoreError};
 
 /// One sample of a device: the values of its points at one instant.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +26,8 @@ pub struct Reading {
     /// Point name → value (number, bool or string).
     pub values: Map<String, Value>,
     pub quality: Quality,
+    /// Why the quality is bad (a timeout, an exception code, …).
+    pub error: Option<String>,
     pub delivery: Delivery,
 }
 
@@ -49,8 +55,33 @@ impl Quality {
     }
 }
 
-/// Where sources put readings: the store's append queue.
-pub type Ingest = Store;
+/// Where sources put readings: the store's append queue, counted.
+#[derive(Clone)]
+pub struct Ingest {
+    store: Store,
+    health: Arc<Health>,
+}
+
+impl Ingest {
+    pub fn new(store: Store, health: Arc<Health>) -> Ingest {
+        Ingest { store, health }
+    }
+
+    /// Queues a reading; fails only when the store is shutting down.
+    pub async fn append(&self, reading: Reading) -> Result<(), StoreError> {
+        self.health.readings_in.fetch_add(1, Relaxed);
+        self.health
+            .device(reading.device.as_str())
+            .readings
+            .fetch_add(1, Relaxed);
+        self.store.append(reading).await
+    }
+
+    /// The counters of one device, for its source to update.
+    pub fn device_health(&self, device: &Name) -> Arc<DeviceHealth> {
+        self.health.device(device.as_str())
+    }
+}
 
 /// Now, in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -156,6 +156,7 @@ mod tests {
             ts_ms: 0,
             values,
             quality: Quality::Good,
+            error: None,
             delivery: Delivery {
                 qos: Qos::AtLeastOnce,
                 priority: Priority::Normal,

@@ -72,6 +72,7 @@ pub struct Row {
     /// The reading's values as a JSON object.
     pub values: String,
     pub quality: Quality,
+    pub error: Option<String>,
 }
 
 impl Row {
@@ -199,8 +200,8 @@ impl Outbox {
         let mut report = CommitReport::default();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO outbox (priority, seq, qos, ts_ms, device, quality, vals)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO outbox (priority, seq, qos, ts_ms, device, quality, vals, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for r in readings {
                 let vals = serde_json::Value::Object(r.values.clone()).to_string();
@@ -211,7 +212,8 @@ impl Outbox {
                     r.ts_ms,
                     r.device.as_str(),
                     r.quality as i64,
-                    vals
+                    vals,
+                    r.error
                 ])?;
                 seq += 1;
             }
@@ -248,7 +250,7 @@ impl Outbox {
         limit: usize,
     ) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, qos, ts_ms, device, quality, vals FROM outbox
+            "SELECT seq, qos, ts_ms, device, quality, vals, error FROM outbox
              WHERE priority = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![priority as i64, after, limit as i64], |r| {
@@ -307,7 +309,7 @@ impl Outbox {
         let mut rows = Vec::new();
         for priority in Priority::ALL {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, qos, ts_ms, device, quality, vals FROM outbox
+                "SELECT seq, qos, ts_ms, device, quality, vals, error FROM outbox
                  WHERE priority = ?1 AND (?2 IS NULL OR device = ?2) ORDER BY seq LIMIT ?3",
             )?;
             let found = stmt.query_map(
@@ -373,6 +375,7 @@ fn row(r: &rusqlite::Row<'_>, priority: Priority) -> rusqlite::Result<Row> {
         device: r.get(3)?,
         quality: Quality::from_code(r.get(4)?),
         values: r.get(5)?,
+        error: r.get(6)?,
     })
 }
 
@@ -404,6 +407,7 @@ mod tests {
             ts_ms: 1_700_000_000_000,
             values,
             quality: Quality::Good,
+            error: None,
             delivery: Delivery { qos, priority },
         }
     }

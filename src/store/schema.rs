@@ -42,6 +42,10 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE evictions (device TEXT PRIMARY KEY, rows INTEGER NOT NULL) WITHOUT ROWID;
     ",
+    // 3: why a reading's quality is bad.
+    "
+    ALTER TABLE outbox ADD COLUMN error TEXT;
+    ",
 ];
 
 /// The schema version this binary writes.

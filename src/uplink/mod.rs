@@ -24,7 +24,11 @@ use backoff::Backoff;
 use inflight::{Inflight, Mismatch, Tracked};
 use payload::Topics;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
 use crate::config::{Config, Qos};
+use crate::health::Health;
 use crate::store::{RowKey, Store, StoreError};
 
 /// What the uplink needs from the configuration.
@@ -41,6 +45,8 @@ pub struct Settings {
     pub backoff_max: Duration,
     pub topics: Topics,
     pub config_version: String,
+    /// How often the retained status is refreshed.
+    pub status_interval: Duration,
     /// How long a shutdown waits for outstanding acks.
     pub drain_grace: Duration,
 }
@@ -66,6 +72,7 @@ impl Settings {
             backoff_max: mqtt.backoff_max.get(),
             topics: Topics::new(mqtt.topic_prefix.as_str(), config.gateway.id.as_str()),
             config_version: config.version.clone(),
+            status_interval: config.gateway.status_interval.get(),
             drain_grace: Duration::from_secs(3),
         }
     }
@@ -92,11 +99,16 @@ impl From<ConnectionError> for UplinkError {
 }
 
 /// Runs until `shutdown`: connect, drain, and reconnect with backoff.
-pub async fn run(settings: Settings, store: Store, shutdown: CancellationToken) {
+pub async fn run(
+    settings: Settings,
+    store: Store,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
     let mut link = LinkLog::default();
     loop {
-        let mut connection = Connection::new(&settings, &store);
+        let mut connection = Connection::new(&settings, &store, &health);
         match connection.run(&shutdown, &mut backoff, &mut link).await {
             Ok(()) => return,
             Err(e) => link.down(&settings.url, &e),
@@ -118,12 +130,15 @@ struct LinkLog {
 }
 
 impl LinkLog {
-    fn up(&mut self, url: &str) {
+    /// Returns true for a reconnection (not the first connection).
+    fn up(&mut self, url: &str) -> bool {
         if !self.was_up || self.last_problem.is_some() {
             tracing::info!("connected to {url}");
         }
+        let again = self.was_up;
         self.was_up = true;
         self.last_problem = None;
+        again
     }
 
     fn down(&mut self, url: &str, error: &UplinkError) {
@@ -141,6 +156,7 @@ impl LinkLog {
 struct Connection<'a> {
     settings: &'a Settings,
     store: &'a Store,
+    health: &'a Health,
     client: AsyncClient,
     events: mpsc::Receiver<Result<Event, ConnectionError>>,
     poller: tokio::task::JoinHandle<()>,
@@ -161,7 +177,7 @@ impl Drop for Connection<'_> {
 }
 
 impl<'a> Connection<'a> {
-    fn new(settings: &'a Settings, store: &'a Store) -> Connection<'a> {
+    fn new(settings: &'a Settings, store: &'a Store, health: &'a Health) -> Connection<'a> {
         let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
         options
             .set_clean_session(true)
@@ -185,6 +201,7 @@ impl<'a> Connection<'a> {
         Connection {
             settings,
             store,
+            health,
             client,
             events,
             poller,
@@ -203,6 +220,9 @@ impl<'a> Connection<'a> {
         link: &mut LinkLog,
     ) -> Result<(), UplinkError> {
         let mut committed = self.store.committed();
+        let period = self.settings.status_interval;
+        let mut status_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             self.refill().await?;
             tokio::select! {
@@ -212,7 +232,9 @@ impl<'a> Connection<'a> {
                     let event = event.ok_or(UplinkError::Disconnected)??;
                     if self.handle(event).await? {
                         backoff.reset();
-                        link.up(&self.settings.url);
+                        if link.up(&self.settings.url) {
+                            self.health.reconnects.fetch_add(1, Relaxed);
+                        }
                     }
                     // Take whatever else is ready before telling the store.
                     while let Ok(event) = self.events.try_recv() {
@@ -220,6 +242,7 @@ impl<'a> Connection<'a> {
                     }
                     self.report_delivered().await?;
                 }
+                _ = status_tick.tick(), if self.connected => self.publish_status().await?,
                 changed = committed.changed(), if self.connected && self.caught_up => {
                     if changed.is_err() {
                         return Err(StoreError::Closed.into());
@@ -260,12 +283,7 @@ impl<'a> Connection<'a> {
             Event::Incoming(Incoming::ConnAck(_)) => {
                 self.connected = true;
                 self.caught_up = false;
-                let queue = self.store.status().await?;
-                self.publish_status(payload::birth(
-                    crate::VERSION,
-                    &self.settings.config_version,
-                    &queue,
-                ))?;
+                self.publish_status().await?;
                 return Ok(true);
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => self.flight.published(pkid)?,
@@ -282,7 +300,10 @@ impl<'a> Connection<'a> {
             Event::Incoming(Incoming::Disconnect) => return Err(UplinkError::Disconnected),
             _ => None,
         };
-        self.delivered.extend(done);
+        if let Some(key) = done {
+            self.health.published.fetch_add(1, Relaxed);
+            self.delivered.push(key);
+        }
         Ok(false)
     }
 
@@ -291,7 +312,19 @@ impl<'a> Connection<'a> {
         Ok(self.store.ack(keys).await?)
     }
 
-    fn publish_status(&mut self, body: String) -> Result<(), UplinkError> {
+    /// The retained online status, with the queue and the counters.
+    async fn publish_status(&mut self) -> Result<(), UplinkError> {
+        let queue = self.store.status().await?;
+        let body = payload::status(
+            crate::VERSION,
+            &self.settings.config_version,
+            &queue,
+            &self.health.snapshot(),
+        );
+        self.publish_control(body)
+    }
+
+    fn publish_control(&mut self, body: String) -> Result<(), UplinkError> {
         self.client
             .try_publish(self.settings.topics.status(), QoS::AtLeastOnce, true, body)?;
         self.flight.requested(Tracked::Control(Qos::AtLeastOnce));
@@ -315,7 +348,7 @@ impl<'a> Connection<'a> {
             }
             if self.flight.outstanding() == 0 && self.caught_up {
                 if !offline_sent {
-                    self.publish_status(payload::offline())?;
+                    self.publish_control(payload::offline())?;
                     offline_sent = true;
                 } else if !disconnect_sent {
                     self.client.try_disconnect()?;

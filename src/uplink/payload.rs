@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use crate::health::Snapshot;
 use crate::store::{QueueStatus, Row};
 
 /// Topics under `P = {topic_prefix}/{gateway.id}`.
@@ -34,11 +35,16 @@ pub fn timestamp(ts_ms: i64) -> String {
         .to_string()
 }
 
-/// `{"seq":42,"ts":"…","device":"boiler","values":{…},"quality":"good"}`.
-/// The values are spliced in as stored: they were serialized once, at ingest.
+/// `{"seq":42,"ts":"…","device":"boiler","values":{…},"quality":"good"}`,
+/// with `"error":"…"` after a failed read. The values are spliced in as
+/// stored: they were serialized once, at ingest.
 pub fn telemetry(row: &Row) -> String {
+    let error = match &row.error {
+        Some(e) => format!(r#","error":{}"#, serde_json::Value::from(e.as_str())),
+        None => String::new(),
+    };
     format!(
-        r#"{{"seq":{},"ts":"{}","device":{},"values":{},"quality":"{}"}}"#,
+        r#"{{"seq":{},"ts":"{}","device":{},"values":{},"quality":"{}"{error}}}"#,
         row.seq,
         timestamp(row.ts_ms),
         serde_json::Value::from(row.device.as_str()),
@@ -47,18 +53,31 @@ pub fn telemetry(row: &Row) -> String {
     )
 }
 
-/// The retained birth message on `P/status`.
-pub fn birth(version: &str, config_version: &str, queue: &QueueStatus) -> String {
+/// The retained `P/status` while online: the birth message at connect,
+/// refreshed every `gateway.status_interval`.
+pub fn status(
+    version: &str,
+    config_version: &str,
+    queue: &QueueStatus,
+    health: &Snapshot,
+) -> String {
     let mut body = json!({
         "state": "online",
         "version": version,
         "config_version": config_version,
+        "uptime_s": health.uptime_s,
         "queue": {
             "rows": queue.rows,
             "bytes": queue.bytes,
             "evicted": queue.evicted,
             "buffered": queue.buffered,
         },
+        "counters": {
+            "readings_in": health.readings_in,
+            "published": health.published,
+            "reconnects": health.reconnects,
+        },
+        "devices": health.devices,
     });
     if let Some(moved) = &queue.recovered_from {
         body["store"] = json!({ "recovered_from": moved });
@@ -75,6 +94,7 @@ pub fn offline() -> String {
 mod tests {
     use super::*;
     use crate::config::{Priority, Qos};
+    use crate::health::Health;
     use crate::sources::Quality;
 
     #[test]
@@ -87,6 +107,7 @@ mod tests {
             device: "boiler".into(),
             values: r#"{"temperature":21.5}"#.into(),
             quality: Quality::Good,
+            error: None,
         };
         let text = telemetry(&row);
         assert_eq!(
@@ -95,6 +116,16 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed["values"]["temperature"], 21.5);
+
+        let bad = Row {
+            values: "{}".into(),
+            quality: Quality::Bad,
+            error: Some("timeout after 1s \"unit 3\"".into()),
+            ..row
+        };
+        let parsed: serde_json::Value = serde_json::from_str(&telemetry(&bad)).unwrap();
+        assert_eq!(parsed["quality"], "bad");
+        assert_eq!(parsed["error"], "timeout after 1s \"unit 3\"");
     }
 
     #[test]
@@ -108,8 +139,16 @@ mod tests {
             recovered_from: Some("/var/lib/fieldgate/fieldgate.db.corrupt-x".into()),
             ..QueueStatus::default()
         };
+        let health = Health::new();
+        health
+            .device("pump")
+            .bad_input
+            .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        let snap = health.snapshot();
         let b: serde_json::Value =
-            serde_json::from_str(&birth("0.1.0", "local-ab", &queue)).unwrap();
+            serde_json::from_str(&status("0.1.0", "local-ab", &queue, &snap)).unwrap();
+        assert_eq!(b["devices"]["pump"]["bad_input"], 2);
+        assert_eq!(b["counters"]["published"], 0);
         assert_eq!(b["state"], "online");
         assert_eq!(b["queue"]["rows"], 7);
         assert_eq!(b["queue"]["evicted"]["pump"], 3);
@@ -119,7 +158,7 @@ mod tests {
                 .unwrap()
                 .contains("corrupt")
         );
-        let plain = birth("0.1.0", "local-ab", &QueueStatus::default());
+        let plain = status("0.1.0", "local-ab", &QueueStatus::default(), &snap);
         assert!(!plain.contains("store"), "{plain}");
         assert_eq!(offline(), r#"{"state":"offline"}"#);
     }

@@ -680,7 +680,7 @@ pub fn write_config_with_store(
 ) -> PathBuf {
     let path = dir.join("fieldgate.yaml");
     let text = format!(
-        "gateway:\n  id: gw\n  state_dir: {state}\nstore:\n  flush_interval: 50ms\n{store_extra}mqtt:\n  url: mqtt://127.0.0.1:{port}\n  backoff_min: 100ms\n  backoff_max: 1s\n{mqtt_extra}devices:\n{devices}",
+        "gateway:\n  id: gw\n  state_dir: {state}\n  status_interval: 1s\nstore:\n  flush_interval: 50ms\n{store_extra}mqtt:\n  url: mqtt://127.0.0.1:{port}\n  backoff_min: 100ms\n  backoff_max: 1s\n{mqtt_extra}devices:\n{devices}",
         state = dir.join("state").display(),
     );
     std::fs::write(&path, text).expect("write config");

@@ -41,6 +41,7 @@ pub async fn run(
             ts_ms,
             values,
             quality: Quality::Good,
+            error: None,
             delivery,
         };
         if ingest.append(reading).await.is_err() {

@@ -1,0 +1,136 @@
+//! Counters that tell an operator how the gateway is doing: readings in
+//! and out, reconnects, and per device its readings, bad input and errors.
+//! Published on `P/status` (retained, every `gateway.status_interval`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use serde::Serialize;
+
+pub struct Health {
+    started: Instant,
+    /// Readings handed to the store.
+    pub readings_in: AtomicU64,
+    /// Readings the broker acknowledged (or that left at QoS 0).
+    pub published: AtomicU64,
+    /// Connections after the first.
+    pub reconnects: AtomicU64,
+    devices: Mutex<BTreeMap<String, Arc<DeviceHealth>>>,
+}
+
+/// One device's counters; its source updates them.
+#[derive(Default)]
+pub struct DeviceHealth {
+    pub readings: AtomicU64,
+    /// Input that could not be turned into a reading (serial lines, frames).
+    pub bad_input: AtomicU64,
+    /// Failed reads, timeouts, lost connections.
+    pub errors: AtomicU64,
+    /// What is wrong now, if anything (cleared when it works again).
+    problem: Mutex<Option<String>>,
+}
+
+impl DeviceHealth {
+    /// Sets or clears the current problem; returns true when it changed, so
+    /// the caller logs once per change of state.
+    pub fn set_problem(&self, problem: Option<String>) -> bool {
+        let mut current = self.problem.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = *current != problem;
+        *current = problem;
+        changed
+    }
+
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Snapshot {
+    pub uptime_s: u64,
+    pub readings_in: u64,
+    pub published: u64,
+    pub reconnects: u64,
+    pub devices: BTreeMap<String, DeviceSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeviceSnapshot {
+    pub readings: u64,
+    pub bad_input: u64,
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl Health {
+    pub fn new() -> Arc<Health> {
+        Arc::new(Health {
+            started: Instant::now(),
+            readings_in: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            devices: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The counters of `device`, created on first use.
+    pub fn device(&self, device: &str) -> Arc<DeviceHealth> {
+        let mut devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        devices.entry(device.to_owned()).or_default().clone()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        Snapshot {
+            uptime_s: self.started.elapsed().as_secs(),
+            readings_in: self.readings_in.load(Relaxed),
+            published: self.published.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            devices: devices
+                .iter()
+                .map(|(name, d)| {
+                    let snap = DeviceSnapshot {
+                        readings: d.readings.load(Relaxed),
+                        bad_input: d.bad_input.load(Relaxed),
+                        errors: d.errors.load(Relaxed),
+                        problem: d.problem(),
+                    };
+                    (name.clone(), snap)
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_problems_show_in_the_snapshot() {
+        let health = Health::new();
+        let pump = health.device("pump");
+        pump.readings.fetch_add(3, Relaxed);
+        pump.errors.fetch_add(1, Relaxed);
+        assert!(pump.set_problem(Some("timeout".into())));
+        assert!(
+            !pump.set_problem(Some("timeout".into())),
+            "no change, no log"
+        );
+        health.published.fetch_add(2, Relaxed);
+        let snap = health.snapshot();
+        assert_eq!(snap.published, 2);
+        let p = &snap.devices["pump"];
+        assert_eq!((p.readings, p.errors, p.bad_input), (3, 1, 0));
+        assert_eq!(p.problem.as_deref(), Some("timeout"));
+        assert!(pump.set_problem(None));
+        let json = serde_json::to_value(health.snapshot()).unwrap();
+        assert!(json["devices"]["pump"].get("problem").is_none());
+    }
+}
