@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{Name, Priority, Qos, yaml};
+use super::{Bounded, ByteSize, Duration, Name, Priority, Qos, yaml};
 use crate::sources::simulated::SimulatedDevice;
 
 /// What every kind of device has, whatever else it has.
@@ -13,9 +13,35 @@ pub trait DeviceSpec {
     /// MQTT QoS of its readings; `mqtt.qos` when `None`.
     fn qos(&self) -> Option<Qos>;
     fn priority(&self) -> Priority;
+    /// Several readings per publish, as a JSON array.
+    fn batch(&self) -> Option<&BatchConfig> {
+        None
+    }
     /// Checks across fields, as (path below the device, message).
     fn problems(&self) -> Vec<(String, String)> {
         Vec::new()
+    }
+}
+
+/// `batch:` of a device: one publish carries a JSON array of its readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Readings per publish, at most.
+    pub max_readings: Bounded<1, 10_000>,
+    /// Payload bytes per publish, at most.
+    pub max_bytes: ByteSize,
+    /// How long the first reading of a batch may wait for the rest.
+    pub max_delay: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_readings: Bounded(50),
+            max_bytes: ByteSize(64 << 10),
+            max_delay: Duration::from_secs(1),
+        }
     }
 }
 

@@ -208,22 +208,8 @@ impl Config {
                 message,
             });
         };
-        let mqtt = &self.mqtt;
-        if mqtt.backoff_min > mqtt.backoff_max {
-            push(
-                "mqtt.backoff_min".into(),
-                format!("must not exceed mqtt.backoff_max ({})", mqtt.backoff_max),
-            );
-        }
-        if mqtt.backoff_min.get().is_zero() {
-            push("mqtt.backoff_min".into(), "must be at least 1ms".into());
-        }
-        let keep_alive = mqtt.keep_alive.get();
-        if !keep_alive.is_zero() && keep_alive < std::time::Duration::from_secs(1) {
-            push(
-                "mqtt.keep_alive".into(),
-                "expected 0 (off) or at least 1s".into(),
-            );
+        for (path, message) in self.mqtt.problems() {
+            push(path, message);
         }
         if self.gateway.status_interval.get() < std::time::Duration::from_secs(1) {
             push(
@@ -296,7 +282,7 @@ devices:
     fn minimal_config_loads_with_defaults() {
         let config = load_str(MINIMAL, "f.yaml").unwrap();
         assert_eq!(config.gateway.id.as_str(), "gw-1");
-        assert_eq!(config.mqtt.url.port, 1883);
+        assert_eq!(config.mqtt.brokers()[0].port, 1883);
         assert_eq!(
             config.store.flush_interval,
             super::super::Duration::from_millis(200)

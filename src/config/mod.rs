@@ -7,6 +7,7 @@
 
 mod device;
 mod load;
+mod mqtt;
 pub mod units;
 pub mod yaml;
 
@@ -15,8 +16,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
-pub use device::{DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec};
+pub use device::{BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec};
 pub use load::{ConfigError, Problem, load, load_str};
+pub use mqtt::{BrokerUrl, Credentials, MqttConfig, Protocol, Secret, TlsConfig};
 pub use units::{ByteSize, Duration};
 
 /// The whole file.
@@ -92,56 +94,6 @@ impl Default for StoreConfig {
             max_age: None,
             memory_buffer: Bounded(100_000),
         }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    /// `mqtt://host[:port]` (port 1883 by default).
-    pub url: BrokerUrl,
-    /// Defaults to `gateway.id`.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    #[serde(default = "MqttConfig::default_keep_alive")]
-    pub keep_alive: Duration,
-    /// QoS of devices that do not set their own.
-    #[serde(default = "MqttConfig::default_qos")]
-    pub qos: Qos,
-    #[serde(default = "MqttConfig::default_topic_prefix")]
-    pub topic_prefix: TopicSegment,
-    /// Readings published and not yet acknowledged, at most.
-    #[serde(default = "MqttConfig::default_max_inflight")]
-    pub max_inflight: Bounded<1, 65_000>,
-    /// First reconnect delay; doubles on every failure up to `backoff_max`.
-    #[serde(default = "MqttConfig::default_backoff_min")]
-    pub backoff_min: Duration,
-    #[serde(default = "MqttConfig::default_backoff_max")]
-    pub backoff_max: Duration,
-}
-
-impl MqttConfig {
-    fn default_keep_alive() -> Duration {
-        Duration::from_secs(30)
-    }
-    fn default_qos() -> Qos {
-        Qos::AtLeastOnce
-    }
-    fn default_topic_prefix() -> TopicSegment {
-        TopicSegment("fieldgate".into())
-    }
-    fn default_max_inflight() -> Bounded<1, 65_000> {
-        Bounded(100)
-    }
-    fn default_backoff_min() -> Duration {
-        Duration::from_millis(500)
-    }
-    fn default_backoff_max() -> Duration {
-        Duration::from_secs(60)
     }
 }
 
@@ -295,90 +247,9 @@ impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX>
     }
 }
 
-/// Where the broker is: only plain TCP (`mqtt://`) in this build.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub host: String,
-    pub port: u16,
-}
-
-impl BrokerUrl {
-    pub fn parse(text: &str) -> Result<BrokerUrl, String> {
-        let expected = "expected mqtt://host or mqtt://host:port";
-        let rest = match text.split_once("://") {
-            Some(("mqtt" | "tcp", rest)) => rest,
-            Some((scheme, _)) => {
-                return Err(format!(
-                    "unsupported scheme `{scheme}` in `{text}`, {expected}"
-                ));
-            }
-            None => return Err(format!("invalid broker URL `{text}`, {expected}")),
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            // An IPv6 literal keeps its colons inside brackets.
-            Some((host, port)) if !port.contains(']') => {
-                let port = port
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("invalid port `{port}` in `{text}`, {expected}"))?;
-                (host, port)
-            }
-            _ => (rest, 1883),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
-            return Err(format!("invalid host in `{text}`, {expected}"));
-        }
-        Ok(BrokerUrl {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "mqtt://{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for BrokerUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        BrokerUrl::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls() {
-        let url = |t: &str| BrokerUrl::parse(t).map(|u| (u.host, u.port));
-        assert_eq!(url("mqtt://127.0.0.1:1884"), Ok(("127.0.0.1".into(), 1884)));
-        assert_eq!(
-            url("mqtt://broker.local"),
-            Ok(("broker.local".into(), 1883))
-        );
-        assert_eq!(url("mqtt://[::1]:1885"), Ok(("::1".into(), 1885)));
-        assert!(
-            url("http://x")
-                .unwrap_err()
-                .contains("unsupported scheme `http`")
-        );
-        assert!(url("mqtt://x:0").unwrap_err().contains("invalid port"));
-        assert!(
-            url("broker:1883")
-                .unwrap_err()
-                .contains("invalid broker URL")
-        );
-    }
 
     #[test]
     fn names_are_topic_safe() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::limits::Evicted;
-use super::{Command, Outbox, QueueStatus, Row, RowKey, StoreError};
+use super::{Changes, Command, Outbox, QueueStatus, Row, RowKey, StoreError};
 use crate::config::{Priority, StoreConfig};
 use crate::sources::{Reading, now_ms};
 
@@ -20,7 +20,9 @@ pub(super) struct Batcher {
     memory_buffer: usize,
     readings: Vec<Reading>,
     acks: Vec<RowKey>,
-    /// The same keys as `acks`, so fetches skip delivered rows not yet deleted.
+    /// Rows the broker refused, with its reason.
+    refused: Vec<(RowKey, String)>,
+    /// The same keys as `acks` and `refused`, so fetches skip delivered rows not yet deleted.
     acked: HashSet<RowKey>,
     /// Readings dropped from memory while the disk was full, to be counted
     /// with the next commit.
@@ -49,6 +51,7 @@ impl Batcher {
             memory_buffer: settings.memory_buffer.get() as usize,
             readings: Vec::new(),
             acks: Vec::new(),
+            refused: Vec::new(),
             acked: HashSet::new(),
             dropped: Evicted::new(),
             oldest: None,
@@ -103,6 +106,14 @@ impl Batcher {
                 }
                 self.oldest.get_or_insert_with(Instant::now);
             }
+            Command::Refused(keys, reason) => {
+                for key in keys {
+                    if self.acked.insert(key) {
+                        self.refused.push((key, reason.clone()));
+                    }
+                }
+                self.oldest.get_or_insert_with(Instant::now);
+            }
             Command::Fetch {
                 after,
                 limit,
@@ -118,7 +129,8 @@ impl Batcher {
             }
         }
         // After a failed commit, retry on the interval rather than on every message.
-        if !self.failing && self.readings.len() + self.acks.len() >= self.flush_rows {
+        let pending = self.readings.len() + self.acks.len() + self.refused.len();
+        if !self.failing && pending >= self.flush_rows {
             let _ = self.commit();
         }
     }
@@ -154,6 +166,7 @@ impl Batcher {
             rows: totals.rows,
             bytes: totals.bytes,
             evicted,
+            dead_letters: self.outbox.dead_letters()?,
             buffered: if self.failing { self.readings.len() } else { 0 },
             recovered_from: self
                 .outbox
@@ -163,7 +176,11 @@ impl Batcher {
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        if self.readings.is_empty() && self.acks.is_empty() && self.dropped.is_empty() {
+        if self.readings.is_empty()
+            && self.acks.is_empty()
+            && self.refused.is_empty()
+            && self.dropped.is_empty()
+        {
             self.oldest = None;
             return Ok(());
         }
@@ -202,13 +219,20 @@ impl Batcher {
     }
 
     fn try_commit(&mut self) -> Result<(), StoreError> {
-        let report = self
-            .outbox
-            .commit(&self.readings, &self.acks, &self.dropped, now_ms())?;
+        let report = self.outbox.commit(
+            &Changes {
+                readings: &self.readings,
+                acks: &self.acks,
+                refused: &self.refused,
+                dropped: &self.dropped,
+            },
+            now_ms(),
+        )?;
         self.note_evictions(&report.evicted);
         let inserted = !self.readings.is_empty();
         self.readings.clear();
         self.acks.clear();
+        self.refused.clear();
         self.acked.clear();
         self.dropped.clear();
         self.oldest = None;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use limits::{Evicted, Limits};
-pub use outbox::{CommitReport, DeviceStats, Outbox, Row, RowKey, StoreError, Totals};
+pub use outbox::{Changes, CommitReport, DeviceStats, Outbox, Row, RowKey, StoreError, Totals};
 pub use schema::SCHEMA_VERSION;
 
 use crate::config::StoreConfig;
@@ -37,6 +37,8 @@ pub struct QueueStatus {
     pub bytes: u64,
     /// Readings dropped by the limits or a full disk, per device.
     pub evicted: Evicted,
+    /// Rows the broker refused (MQTT 5), per device.
+    pub dead_letters: Evicted,
     /// Readings held in memory because the disk refuses writes.
     pub buffered: usize,
     /// Where a damaged store was moved at start, if it was.
@@ -46,6 +48,7 @@ pub struct QueueStatus {
 enum Command {
     Append(Reading),
     Ack(Vec<RowKey>),
+    Refused(Vec<RowKey>, String),
     Fetch {
         after: [i64; 3],
         limit: usize,
@@ -104,6 +107,12 @@ impl Store {
             return Ok(());
         }
         self.send(Command::Ack(keys)).await
+    }
+
+    /// Rows the broker refused: moved to the dead letters with `reason`
+    /// with the next commit, never sent again.
+    pub async fn refused(&self, keys: Vec<RowKey>, reason: String) -> Result<(), StoreError> {
+        self.send(Command::Refused(keys, reason)).await
     }
 
     /// Committed, undelivered rows: highest priority first, then by `seq`,

@@ -7,6 +7,7 @@
 //! table has been emptied. Row and byte totals are kept by triggers, so
 //! opening a store of a million rows reads a few pages, not the table.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -115,6 +116,33 @@ pub struct Outbox {
     recovered_from: Option<PathBuf>,
 }
 
+/// What one commit writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Changes<'a> {
+    pub readings: &'a [Reading],
+    /// Delivered rows, to delete.
+    pub acks: &'a [RowKey],
+    /// Rows the broker refused, with its reason: moved to the dead letters.
+    pub refused: &'a [(RowKey, String)],
+    /// Readings dropped from memory while the disk was full, per device.
+    pub dropped: &'a Evicted,
+}
+
+impl Default for Changes<'_> {
+    fn default() -> Self {
+        static NONE: Evicted = Evicted::new();
+        Changes {
+            readings: &[],
+            acks: &[],
+            refused: &[],
+            dropped: &NONE,
+        }
+    }
+}
+
+/// Dead letters kept at most; the oldest go first.
+const MAX_DEAD_LETTERS: i64 = 10_000;
+
 /// What one commit did besides appending.
 #[derive(Debug, Default, PartialEq)]
 pub struct CommitReport {
@@ -186,15 +214,20 @@ impl Outbox {
     }
 
     /// One transaction: append `readings` (in order, each with the next
-    /// `seq`), delete the acknowledged rows `acks`, count `dropped` (readings
-    /// lost from memory while the disk was full) and apply the limits.
+    /// `seq`), delete the acknowledged rows `acks`, move refused rows to the
+    /// dead letters, count `dropped` (readings lost from memory while the
+    /// disk was full) and apply the limits.
     pub fn commit(
         &mut self,
-        readings: &[Reading],
-        acks: &[RowKey],
-        dropped: &Evicted,
+        changes: &Changes<'_>,
         now_ms: i64,
     ) -> Result<CommitReport, StoreError> {
+        let Changes {
+            readings,
+            acks,
+            refused,
+            dropped,
+        } = *changes;
         let tx = self.conn.transaction()?;
         let mut seq = self.next_seq;
         let mut report = CommitReport::default();
@@ -224,6 +257,22 @@ impl Outbox {
             }
             if seq != self.next_seq {
                 tx.execute("UPDATE meta SET value = ?1 WHERE key = 'next_seq'", [seq])?;
+            }
+            let mut dead = tx.prepare_cached(
+                "INSERT OR IGNORE INTO dead_letter
+                 SELECT seq, priority, qos, ts_ms, device, quality, vals, error, ?3, ?4
+                 FROM outbox WHERE priority = ?1 AND seq = ?2",
+            )?;
+            for (key, reason) in refused {
+                dead.execute(params![key.priority as i64, key.seq, reason, now_ms])?;
+                delete.execute(params![key.priority as i64, key.seq])?;
+            }
+            if !refused.is_empty() {
+                // The dead letters keep the newest MAX_DEAD_LETTERS rows.
+                tx.prepare_cached(
+                    "DELETE FROM dead_letter WHERE seq <= (SELECT seq FROM dead_letter ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
+                )?
+                .execute([MAX_DEAD_LETTERS])?;
             }
             limits::record(&tx, dropped)?;
             report.evicted = limits::enforce(&tx, &self.limits, now_ms)?;
@@ -296,6 +345,27 @@ impl Outbox {
             .conn
             .prepare_cached("SELECT device, rows FROM evictions ORDER BY device")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Rows the broker refused, per device.
+    pub fn dead_letters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT device, count(*) FROM dead_letter GROUP BY device ORDER BY device",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest dead letters: (seq, device, reason), newest first.
+    pub fn dead_letter_reasons(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, device, reason FROM dead_letter ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -418,7 +488,13 @@ mod tests {
 
     fn append(store: &mut Outbox, readings: &[Reading]) -> CommitReport {
         store
-            .commit(readings, &[], &Evicted::new(), 1_700_000_000_000)
+            .commit(
+                &Changes {
+                    readings,
+                    ..Changes::default()
+                },
+                1_700_000_000_000,
+            )
             .unwrap()
     }
 
@@ -435,7 +511,15 @@ mod tests {
         let rows = store.fetch(Priority::Normal, 0, 10).unwrap();
         assert_eq!(seqs(&rows), [1, 2, 3]);
         let keys: Vec<_> = rows.iter().map(Row::key).collect();
-        let report = store.commit(&[], &keys, &Evicted::new(), 0).unwrap();
+        let report = store
+            .commit(
+                &Changes {
+                    acks: &keys,
+                    ..Changes::default()
+                },
+                0,
+            )
+            .unwrap();
         assert_eq!(report.deleted, 3);
         drop(store);
 
@@ -487,7 +571,13 @@ mod tests {
             seq: 1,
         };
         let report = store
-            .commit(&[], &[key, key, ghost], &Evicted::new(), 0)
+            .commit(
+                &Changes {
+                    acks: &[key, key, ghost],
+                    ..Changes::default()
+                },
+                0,
+            )
             .unwrap();
         assert_eq!(report.deleted, 1);
         assert_eq!(store.totals().unwrap().rows, 1);
@@ -556,7 +646,13 @@ mod tests {
         let mut fresh = old.clone();
         fresh.ts_ms = now - 1_000;
         let report = store
-            .commit(&[old.clone(), old, fresh], &[], &Evicted::new(), now)
+            .commit(
+                &Changes {
+                    readings: &[old.clone(), old, fresh],
+                    ..Changes::default()
+                },
+                now,
+            )
             .unwrap();
         assert_eq!(report.evicted, Evicted::from([("a".into(), 2)]));
         assert_eq!(seqs(&store.fetch(Priority::High, 0, 10).unwrap()), [3]);
@@ -586,6 +682,43 @@ mod tests {
         assert!(used > 700 << 10, "{rows} rows kept in {used} bytes");
         let newest = store.peek(10_000, None).unwrap();
         assert_eq!(newest.last().unwrap().seq, 4_000);
+    }
+
+    #[test]
+    fn refused_rows_move_to_the_dead_letters_with_their_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir, Limits::default());
+        let batch = [
+            reading("secret", Priority::Normal, Qos::AtLeastOnce, 1.0),
+            reading("open", Priority::Normal, Qos::AtLeastOnce, 2.0),
+        ];
+        append(&mut store, &batch);
+        let refused = [(
+            RowKey {
+                priority: Priority::Normal,
+                seq: 1,
+            },
+            "0x87 not authorized".to_owned(),
+        )];
+        store
+            .commit(
+                &Changes {
+                    refused: &refused,
+                    ..Changes::default()
+                },
+                5,
+            )
+            .unwrap();
+        assert_eq!(seqs(&store.peek(10, None).unwrap()), [2]);
+        assert_eq!(
+            store.dead_letters().unwrap(),
+            BTreeMap::from([("secret".into(), 1)])
+        );
+        assert_eq!(
+            store.dead_letter_reasons(5).unwrap(),
+            [(1, "secret".to_owned(), "0x87 not authorized".to_owned())]
+        );
+        assert_eq!(store.totals().unwrap().rows, 1);
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! The store's tables and how an older store is brought up to date.
 //!
 //! `PRAGMA user_version` records the schema version. A newer binary
-//! migrates an older store in place, one step per version, each step in
-//! its own transaction; a store written by a newer binary is refused
-//! rather than misread.
+//! migrates an older store in place, all steps in one transaction; a store
+//! written by a newer binary is refused rather than misread.
 
 use rusqlite::Connection;
 
@@ -46,6 +45,22 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE outbox ADD COLUMN error TEXT;
     ",
+    // 4: rows the broker refused (MQTT 5 reason code >= 0x80), kept with the
+    // reason instead of being retried forever.
+    "
+    CREATE TABLE dead_letter (
+        seq      INTEGER PRIMARY KEY,
+        priority INTEGER NOT NULL,
+        qos      INTEGER NOT NULL,
+        ts_ms    INTEGER NOT NULL,
+        device   TEXT NOT NULL,
+        quality  INTEGER NOT NULL,
+        vals     TEXT NOT NULL,
+        error    TEXT,
+        reason   TEXT NOT NULL,
+        at_ms    INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this binary writes.
@@ -69,20 +84,21 @@ pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
     migrate_to(conn, SCHEMA_VERSION)
 }
 
+/// All steps in one transaction, so that a reader (the `queue` command)
+/// sees the old schema or the new one, never one in between.
 fn migrate_to(conn: &Connection, target: i64) -> Result<(), StoreError> {
     let from = ensure_readable(conn)?;
-    for (step, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
-        let to = step as i64 + 1;
-        if to > target {
-            break;
-        }
-        let tx = conn.unchecked_transaction()?;
+    if from >= target {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    for sql in &MIGRATIONS[from as usize..target as usize] {
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", to)?;
-        tx.commit()?;
-        if from > 0 {
-            tracing::info!("store schema upgraded from version {} to {to}", to - 1);
-        }
+    }
+    tx.pragma_update(None, "user_version", target)?;
+    tx.commit()?;
+    if from > 0 {
+        tracing::info!("store schema upgraded from version {from} to {target}");
     }
     Ok(())
 }

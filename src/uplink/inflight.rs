@@ -16,24 +16,25 @@ use crate::config::Qos;
 use crate::store::RowKey;
 
 /// A message whose delivery we track.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tracked {
-    /// A stored reading: deleted from the store once delivered.
-    Row(RowKey, Qos),
-    /// A gateway message (birth, offline state): nothing to delete.
+    /// Stored readings (one, or a batch): deleted from the store once
+    /// delivered.
+    Rows(Vec<RowKey>, Qos),
+    /// A gateway message (status): nothing to delete.
     Control(Qos),
 }
 
 impl Tracked {
-    fn qos(self) -> Qos {
+    fn qos(&self) -> Qos {
         match self {
-            Tracked::Row(_, qos) | Tracked::Control(qos) => qos,
+            Tracked::Rows(_, qos) | Tracked::Control(qos) => *qos,
         }
     }
-    fn row(self) -> Option<RowKey> {
+    fn into_rows(self) -> Vec<RowKey> {
         match self {
-            Tracked::Row(key, _) => Some(key),
-            Tracked::Control(_) => None,
+            Tracked::Rows(rows, _) => rows,
+            Tracked::Control(_) => Vec::new(),
         }
     }
 }
@@ -60,7 +61,7 @@ pub struct Inflight {
 pub struct Mismatch(pub &'static str, pub u16);
 
 impl Inflight {
-    /// Messages handed to rumqttc and not yet delivered.
+    /// Messages handed to rumqttc and not yet completed.
     pub fn outstanding(&self) -> usize {
         self.outstanding
     }
@@ -82,8 +83,8 @@ impl Inflight {
     }
 
     /// `Outgoing::Publish(pkid)`: the message is on the wire. Returns the
-    /// row when that completes it (QoS 0).
-    pub fn published(&mut self, pkid: u16) -> Result<Option<RowKey>, Mismatch> {
+    /// rows it completes (QoS 0 is done once written).
+    pub fn published(&mut self, pkid: u16) -> Result<Vec<RowKey>, Mismatch> {
         let message = match self.collided.take() {
             Some(m) => m,
             None => self
@@ -92,18 +93,17 @@ impl Inflight {
                 .ok_or(Mismatch("Publish", pkid))?,
         };
         if message.qos() == Qos::AtMostOnce {
-            self.outstanding -= 1;
-            return Ok(message.row());
+            return Ok(self.done(message));
         }
         self.await_ack.entry(pkid).or_default().push_back(message);
-        Ok(None)
+        Ok(Vec::new())
     }
 
-    /// `PUBACK`: completes a QoS 1 message.
-    pub fn puback(&mut self, pkid: u16) -> Result<Option<RowKey>, Mismatch> {
+    /// `PUBACK`: completes a QoS 1 message (delivered, or refused by an
+    /// MQTT 5 broker: the caller knows which).
+    pub fn puback(&mut self, pkid: u16) -> Result<Vec<RowKey>, Mismatch> {
         let message = pop(&mut self.await_ack, pkid).ok_or(Mismatch("PUBACK", pkid))?;
-        self.outstanding -= 1;
-        Ok(message.row())
+        Ok(self.done(message))
     }
 
     /// `PUBREC`: a QoS 2 message is received; it completes at PUBCOMP.
@@ -113,11 +113,21 @@ impl Inflight {
         Ok(())
     }
 
+    /// A `PUBREC` with a failure reason: the exchange ends there.
+    pub fn pubrec_refused(&mut self, pkid: u16) -> Result<Vec<RowKey>, Mismatch> {
+        let message = pop(&mut self.await_ack, pkid).ok_or(Mismatch("PUBREC", pkid))?;
+        Ok(self.done(message))
+    }
+
     /// `PUBCOMP`: completes a QoS 2 message.
-    pub fn pubcomp(&mut self, pkid: u16) -> Result<Option<RowKey>, Mismatch> {
+    pub fn pubcomp(&mut self, pkid: u16) -> Result<Vec<RowKey>, Mismatch> {
         let message = pop(&mut self.await_comp, pkid).ok_or(Mismatch("PUBCOMP", pkid))?;
+        Ok(self.done(message))
+    }
+
+    fn done(&mut self, message: Tracked) -> Vec<RowKey> {
         self.outstanding -= 1;
-        Ok(message.row())
+        message.into_rows()
     }
 }
 
@@ -136,19 +146,13 @@ mod tests {
     use crate::config::Priority;
 
     fn row(seq: i64, qos: Qos) -> Tracked {
-        Tracked::Row(
-            RowKey {
-                priority: Priority::Normal,
-                seq,
-            },
-            qos,
-        )
+        Tracked::Rows(key(seq), qos)
     }
-    fn key(seq: i64) -> Option<RowKey> {
-        Some(RowKey {
+    fn key(seq: i64) -> Vec<RowKey> {
+        vec![RowKey {
             priority: Priority::Normal,
             seq,
-        })
+        }]
     }
 
     #[test]
@@ -165,8 +169,8 @@ mod tests {
         let mut f = Inflight::default();
         f.requested(row(1, Qos::AtLeastOnce));
         f.requested(row(2, Qos::AtLeastOnce));
-        assert_eq!(f.published(1), Ok(None));
-        assert_eq!(f.published(2), Ok(None));
+        assert_eq!(f.published(1), Ok(vec![]));
+        assert_eq!(f.published(2), Ok(vec![]));
         assert_eq!(f.puback(2), Ok(key(2)));
         assert_eq!(f.puback(1), Ok(key(1)));
         assert_eq!(f.puback(1), Err(Mismatch("PUBACK", 1)));
@@ -215,11 +219,30 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_completes_all_its_rows_and_a_refused_pubrec_ends_the_exchange() {
+        let mut f = Inflight::default();
+        let keys: Vec<RowKey> = (1..=3)
+            .map(|seq| RowKey {
+                priority: Priority::High,
+                seq,
+            })
+            .collect();
+        f.requested(Tracked::Rows(keys.clone(), Qos::ExactlyOnce));
+        f.requested(row(9, Qos::ExactlyOnce));
+        f.published(4).unwrap();
+        f.published(5).unwrap();
+        assert_eq!(f.pubrec_refused(5), Ok(key(9)));
+        f.pubrec(4).unwrap();
+        assert_eq!(f.pubcomp(4), Ok(keys));
+        assert_eq!(f.outstanding(), 0);
+    }
+
+    #[test]
     fn control_messages_count_but_delete_nothing() {
         let mut f = Inflight::default();
         f.requested(Tracked::Control(Qos::AtLeastOnce));
         f.published(1).unwrap();
-        assert_eq!(f.puback(1), Ok(None));
+        assert_eq!(f.puback(1), Ok(vec![]));
         assert_eq!(f.outstanding(), 0);
         assert_eq!(f.published(5), Err(Mismatch("Publish", 5)));
     }

@@ -70,6 +70,7 @@ pub fn status(
             "rows": queue.rows,
             "bytes": queue.bytes,
             "evicted": queue.evicted,
+            "dead_letters": queue.dead_letters,
             "buffered": queue.buffered,
         },
         "counters": {

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::Signal;
-use crate::config::{DeviceSpec, Duration, Name, Priority, Qos};
+use crate::config::{BatchConfig, DeviceSpec, Duration, Name, Priority, Qos};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +17,9 @@ pub struct SimulatedDevice {
     pub qos: Option<Qos>,
     #[serde(default)]
     pub priority: Priority,
+    /// Several readings per publish, as a JSON array.
+    #[serde(default)]
+    pub batch: Option<BatchConfig>,
     /// Stop after this many readings (demos and load tests); unset: forever.
     #[serde(default)]
     pub count: Option<u64>,
@@ -38,6 +41,9 @@ impl DeviceSpec for SimulatedDevice {
     }
     fn priority(&self) -> Priority {
         self.priority
+    }
+    fn batch(&self) -> Option<&BatchConfig> {
+        self.batch.as_ref()
     }
 
     fn problems(&self) -> Vec<(String, String)> {

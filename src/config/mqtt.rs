@@ -1,0 +1,326 @@
+//! The `mqtt:` section: where the broker is, how to prove who we are, and
+//! how hard we may push.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer};
+
+use super::{Bounded, Duration, Qos, TopicSegment};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883, TLS).
+    #[serde(default)]
+    pub url: Option<BrokerUrl>,
+    /// Several brokers for failover, tried in order; instead of `url`.
+    #[serde(default)]
+    pub urls: Vec<BrokerUrl>,
+    /// `"3.1.1"` or `"5"`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Defaults to `gateway.id`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// At most one of `password`, `password_file`, `token_file`, `token_command`.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// A short-lived token (OAuth 2.0, JWT) used as the password, read again
+    /// before every connection.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// A command printing the token on stdout, run before every connection.
+    #[serde(default)]
+    pub token_command: Option<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default = "MqttConfig::default_keep_alive")]
+    pub keep_alive: Duration,
+    /// QoS of devices that do not set their own.
+    #[serde(default = "MqttConfig::default_qos")]
+    pub qos: Qos,
+    #[serde(default = "MqttConfig::default_topic_prefix")]
+    pub topic_prefix: TopicSegment,
+    /// Readings published and not yet acknowledged, at most.
+    #[serde(default = "MqttConfig::default_max_inflight")]
+    pub max_inflight: Bounded<1, 65_000>,
+    /// Publishes per second at most; 0 means no limit.
+    #[serde(default)]
+    pub max_messages_per_second: u32,
+    /// First reconnect delay; doubles on every failure up to `backoff_max`.
+    #[serde(default = "MqttConfig::default_backoff_min")]
+    pub backoff_min: Duration,
+    #[serde(default = "MqttConfig::default_backoff_max")]
+    pub backoff_max: Duration,
+}
+
+impl MqttConfig {
+    fn default_keep_alive() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_qos() -> Qos {
+        Qos::AtLeastOnce
+    }
+    fn default_topic_prefix() -> TopicSegment {
+        TopicSegment("fieldgate".into())
+    }
+    fn default_max_inflight() -> Bounded<1, 65_000> {
+        Bounded(100)
+    }
+    fn default_backoff_min() -> Duration {
+        Duration::from_millis(500)
+    }
+    fn default_backoff_max() -> Duration {
+        Duration::from_secs(60)
+    }
+
+    /// The brokers in the order they are tried.
+    pub fn brokers(&self) -> Vec<BrokerUrl> {
+        self.url.iter().chain(&self.urls).cloned().collect()
+    }
+
+    /// How the gateway proves who it is, if at all.
+    pub fn credentials(&self) -> Credentials {
+        let secret = if let Some(p) = &self.password {
+            Secret::Password(p.clone())
+        } else if let Some(f) = &self.password_file {
+            Secret::PasswordFile(f.clone())
+        } else if let Some(f) = &self.token_file {
+            Secret::TokenFile(f.clone())
+        } else if let Some(c) = &self.token_command {
+            Secret::TokenCommand(c.clone())
+        } else {
+            Secret::None
+        };
+        Credentials {
+            username: self.username.clone(),
+            secret,
+        }
+    }
+
+    /// Checks across keys, as (path, message).
+    pub(super) fn problems(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        let mut push = |key: &str, message: String| found.push((format!("mqtt.{key}"), message));
+        match (&self.url, self.urls.is_empty()) {
+            (None, true) => push("url", "missing: set `url` (or `urls` for failover)".into()),
+            (Some(_), false) => push("urls", "set either `url` or `urls`, not both".into()),
+            _ => {}
+        }
+        let secrets = [
+            ("password", self.password.is_some()),
+            ("password_file", self.password_file.is_some()),
+            ("token_file", self.token_file.is_some()),
+            ("token_command", self.token_command.is_some()),
+        ];
+        let set: Vec<&str> = secrets
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| *k)
+            .collect();
+        if set.len() > 1 {
+            push(set[1], format!("set only one of {}", set.join(", ")));
+        }
+        let brokers = self.brokers();
+        if let Some(tls) = &self.tls {
+            if brokers.iter().any(|b| !b.tls) {
+                push("tls", "TLS settings need mqtts:// broker URLs".into());
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                push(
+                    "tls",
+                    "cert_file and key_file go together (mutual TLS)".into(),
+                );
+            }
+        }
+        if self.backoff_min > self.backoff_max {
+            push(
+                "backoff_min",
+                format!("must not exceed mqtt.backoff_max ({})", self.backoff_max),
+            );
+        }
+        if self.backoff_min.get().is_zero() {
+            push("backoff_min", "must be at least 1ms".into());
+        }
+        let keep_alive = self.keep_alive.get();
+        if !keep_alive.is_zero() && keep_alive < std::time::Duration::from_secs(1) {
+            push("keep_alive", "expected 0 (off) or at least 1s".into());
+        }
+        found
+    }
+}
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    V311,
+    V5,
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Written as a string ("3.1.1", "5") or a bare 5 / 3.1.1.
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "3.1.1" | "311" | "4" => Ok(Protocol::V311),
+            "5" | "5.0" => Ok(Protocol::V5),
+            _ => Err(serde::de::Error::invalid_value(
+                serde::de::Unexpected::Str(&text),
+                &"\"3.1.1\" or \"5\"",
+            )),
+        }
+    }
+}
+
+/// Server verification (always on) and, for mutual TLS, our certificate.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificates (PEM) to verify the broker; the system's trust roots
+    /// when unset.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM), for brokers that require one.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, RSA or EC).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Username and where the password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub secret: Secret,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    None,
+    Password(String),
+    PasswordFile(PathBuf),
+    TokenFile(PathBuf),
+    TokenCommand(String),
+}
+
+// Never print a password into a log.
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::None => f.write_str("None"),
+            Secret::Password(_) => f.write_str("Password(…)"),
+            Secret::PasswordFile(p) => write!(f, "PasswordFile({})", p.display()),
+            Secret::TokenFile(p) => write!(f, "TokenFile({})", p.display()),
+            Secret::TokenCommand(c) => write!(f, "TokenCommand({c})"),
+        }
+    }
+}
+
+/// Where a broker is, and whether to speak TLS to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl BrokerUrl {
+    pub fn parse(text: &str) -> Result<BrokerUrl, String> {
+        let expected = "expected mqtt://host[:port] or mqtts://host[:port]";
+        let (tls, rest) = match text.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => (false, rest),
+            Some(("mqtts" | "ssl" | "tls", rest)) => (true, rest),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "unsupported scheme `{scheme}` in `{text}`, {expected}"
+                ));
+            }
+            None => return Err(format!("invalid broker URL `{text}`, {expected}")),
+        };
+        let rest = rest.trim_end_matches('/');
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = match rest.rsplit_once(':') {
+            // An IPv6 literal keeps its colons inside brackets.
+            Some((host, port)) if !port.contains(']') => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("invalid port `{port}` in `{text}`, {expected}"))?;
+                (host, port)
+            }
+            _ => (rest, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+            return Err(format!("invalid host in `{text}`, {expected}"));
+        }
+        Ok(BrokerUrl {
+            host: host.to_owned(),
+            port,
+            tls,
+        })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BrokerUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BrokerUrl::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let url = |t: &str| BrokerUrl::parse(t).map(|u| (u.host, u.port, u.tls));
+        assert_eq!(
+            url("mqtt://127.0.0.1:1884"),
+            Ok(("127.0.0.1".into(), 1884, false))
+        );
+        assert_eq!(
+            url("mqtt://broker.local"),
+            Ok(("broker.local".into(), 1883, false))
+        );
+        assert_eq!(
+            url("mqtts://broker.local"),
+            Ok(("broker.local".into(), 8883, true))
+        );
+        assert_eq!(url("mqtt://[::1]:1885"), Ok(("::1".into(), 1885, false)));
+        assert!(
+            url("http://x")
+                .unwrap_err()
+                .contains("unsupported scheme `http`")
+        );
+        assert!(url("mqtt://x:0").unwrap_err().contains("invalid port"));
+        assert!(
+            url("broker:1883")
+                .unwrap_err()
+                .contains("invalid broker URL")
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtts://h").unwrap().to_string(),
+            "mqtts://h:8883"
+        );
+    }
+}

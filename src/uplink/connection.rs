@@ -1,0 +1,474 @@
+//! One MQTT session: what to send next, what the broker has acknowledged,
+//! and whether the link still lives.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::inflight::{Inflight, Tracked};
+use super::link::{self, Event, Link, Refusal};
+use super::throttle::Throttle;
+use super::{LinkLog, Settings, UplinkError, credentials, payload, tls};
+use crate::config::{BatchConfig, BrokerUrl, Protocol, Qos};
+use crate::health::Health;
+use crate::sources::now_ms;
+use crate::store::{Row, RowKey, Store, StoreError};
+
+/// A link is declared dead after this many keep-alive periods of silence.
+/// rumqttc pings once per period, so a live broker is never silent for
+/// much more than one.
+const SILENCE_FACTOR: f64 = 1.5;
+
+/// Rows fetched per message of room, at most, when devices batch.
+const FETCH_CAP: usize = 5_000;
+
+/// One publish waiting for room in the window (or for the throttle).
+enum Message {
+    Single(Row),
+    Batch(Vec<Row>),
+}
+
+/// A batch still filling.
+struct OpenBatch {
+    rows: Vec<Row>,
+    bytes: usize,
+    due: Instant,
+}
+
+pub(super) struct Connection<'a> {
+    settings: &'a Settings,
+    store: &'a Store,
+    health: &'a Health,
+    link: Option<Link>,
+    flight: Inflight,
+    /// Per priority, the highest `seq` fetched.
+    cursors: [i64; 3],
+    connected: bool,
+    /// The last fetch found no more rows; wait for a commit.
+    caught_up: bool,
+    /// Fetched, ready to publish, in fetch order.
+    ready: VecDeque<Message>,
+    open_batches: BTreeMap<String, OpenBatch>,
+    throttle: Option<Throttle>,
+    /// Delivered rows not yet reported to the store.
+    delivered: Vec<RowKey>,
+    /// Refused rows not yet reported, with the broker's reason.
+    refused: Vec<(Vec<RowKey>, String)>,
+    last_heard: Instant,
+    /// Packet ids rumqttc keeps after a refused PUBREC (MQTT 5).
+    leaked: usize,
+}
+
+impl<'a> Connection<'a> {
+    pub(super) fn new(settings: &'a Settings, store: &'a Store, health: &'a Health) -> Self {
+        Connection {
+            settings,
+            store,
+            health,
+            link: None,
+            flight: Inflight::default(),
+            cursors: [0; 3],
+            connected: false,
+            caught_up: false,
+            ready: VecDeque::new(),
+            open_batches: BTreeMap::new(),
+            throttle: Throttle::new(settings.max_messages_per_second, Instant::now().into_std()),
+            delivered: Vec::new(),
+            refused: Vec::new(),
+            last_heard: Instant::now(),
+            leaked: 0,
+        }
+    }
+
+    /// Whether the broker accepted this connection at some point.
+    pub(super) fn was_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Runs the session until shutdown (`Ok`) or until the link fails.
+    pub(super) async fn run(
+        &mut self,
+        broker: &BrokerUrl,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+        log: &mut LinkLog,
+    ) -> Result<(), UplinkError> {
+        self.open(broker).await?;
+        let mut committed = self.store.committed();
+        let period = self.settings.status_interval;
+        let mut status_tick = tokio::time::interval_at(Instant::now() + period, period);
+        let keep_alive = self.settings.keep_alive;
+        let check = (keep_alive / 4).max(Duration::from_millis(100));
+        let mut liveness = tokio::time::interval(check);
+        loop {
+            self.refill().await?;
+            let wake = self.next_wake();
+            let Some(link) = self.link.as_mut() else {
+                return Err(UplinkError::Disconnected);
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return self.close().await,
+                event = link.events.recv() => {
+                    let event = event.ok_or(UplinkError::Disconnected)??;
+                    if self.handle(event).await? {
+                        backoff.reset();
+                        if log.up(broker) {
+                            self.health.reconnects.fetch_add(1, Relaxed);
+                        }
+                    }
+                    // Take whatever else is ready before telling the store.
+                    while let Some(Ok(event)) = self.link.as_mut().map(|l| l.events.try_recv()) {
+                        self.handle(event?).await?;
+                    }
+                    self.report().await?;
+                }
+                _ = status_tick.tick(), if self.connected => self.publish_status().await?,
+                _ = liveness.tick(), if self.connected && !keep_alive.is_zero() => {
+                    let silent = self.last_heard.elapsed();
+                    if silent.as_secs_f64() > keep_alive.as_secs_f64() * SILENCE_FACTOR {
+                        return Err(UplinkError::Silent(silent));
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
+                changed = committed.changed(), if self.connected && self.caught_up => {
+                    if changed.is_err() {
+                        return Err(StoreError::Closed.into());
+                    }
+                    self.caught_up = false;
+                }
+            }
+        }
+    }
+
+    /// Credentials and TLS are read again for every attempt, so that a
+    /// rotated token or certificate is picked up without a restart.
+    async fn open(&mut self, broker: &BrokerUrl) -> Result<(), UplinkError> {
+        let credentials = credentials::resolve(&self.settings.credentials).await?;
+        let tls = match broker.tls {
+            true => Some(tls::client_config(self.settings.tls.as_ref())?),
+            false => None,
+        };
+        let window = self.settings.max_inflight;
+        self.link = Some(Link::open(link::Options {
+            broker,
+            protocol: self.settings.protocol,
+            client_id: &self.settings.client_id,
+            keep_alive: self.settings.keep_alive,
+            inflight: u16::try_from(window + 2).unwrap_or(u16::MAX),
+            // Room for a full window plus status messages and a disconnect,
+            // so `try_publish` never finds the channel full.
+            capacity: window + 8,
+            will: (self.settings.topics.status(), payload::offline()),
+            credentials,
+            tls,
+        }));
+        Ok(())
+    }
+
+    fn client(&self) -> Result<&link::Client, UplinkError> {
+        self.link
+            .as_ref()
+            .map(|l| &l.client)
+            .ok_or(UplinkError::Disconnected)
+    }
+
+    /// Fetches rows while there is room, and publishes what the window and
+    /// the throttle allow.
+    async fn refill(&mut self) -> Result<(), UplinkError> {
+        if !self.connected {
+            return Ok(());
+        }
+        let window = self.settings.max_inflight;
+        let now = Instant::now();
+        self.close_due_batches(now);
+        if !self.caught_up && self.ready.len() < window && self.flight.outstanding() * 2 <= window {
+            let per_message = self
+                .settings
+                .batches
+                .values()
+                .map(|b| b.max_readings.get() as usize)
+                .max();
+            let limit = (window * per_message.unwrap_or(1))
+                .min(FETCH_CAP)
+                .max(window);
+            let rows = self.store.fetch(self.cursors, limit).await?;
+            self.caught_up = rows.len() < limit;
+            for row in rows {
+                self.cursors[row.priority as usize] = row.seq;
+                self.enqueue(row, now);
+            }
+        }
+        while self.flight.outstanding() < window && !self.ready.is_empty() {
+            if let Some(t) = self.throttle.as_mut()
+                && t.take(1, now.into_std()) == 0
+            {
+                break;
+            }
+            let Some(message) = self.ready.pop_front() else {
+                break;
+            };
+            self.publish(message)?;
+        }
+        Ok(())
+    }
+
+    /// Routes a fetched row: straight to `ready`, or into its device's batch.
+    fn enqueue(&mut self, row: Row, now: Instant) {
+        let Some(config) = self.settings.batches.get(&row.device).copied() else {
+            self.ready.push_back(Message::Single(row));
+            return;
+        };
+        let size = payload::telemetry(&row).len() + 1;
+        // A row that would overflow the open batch closes it first.
+        if self
+            .open_batches
+            .get(&row.device)
+            .is_some_and(|open| open.bytes + size > config.max_bytes.0 as usize)
+        {
+            self.ship_batch(&row.device);
+        }
+        let device = row.device.clone();
+        let batch = self
+            .open_batches
+            .entry(device.clone())
+            .or_insert_with(|| OpenBatch {
+                rows: Vec::new(),
+                bytes: 2,
+                due: due(&row, &config, now),
+            });
+        batch.bytes += size;
+        batch.rows.push(row);
+        if batch.rows.len() >= config.max_readings.get() as usize {
+            self.ship_batch(&device);
+        }
+    }
+
+    /// Moves a device's open batch to the ready queue.
+    fn ship_batch(&mut self, device: &str) {
+        if let Some(batch) = self.open_batches.remove(device) {
+            self.ready.push_back(Message::Batch(batch.rows));
+        }
+    }
+
+    /// Batches whose first reading has waited `max_delay` go as they are.
+    fn close_due_batches(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .open_batches
+            .iter()
+            .filter(|(_, b)| b.due <= now)
+            .map(|(device, _)| device.clone())
+            .collect();
+        for device in due {
+            self.ship_batch(&device);
+        }
+    }
+
+    /// When the loop must look again without an event: a batch falls due,
+    /// or the throttle lets the next message go.
+    fn next_wake(&self) -> Option<Instant> {
+        let batch = self.open_batches.values().map(|b| b.due).min();
+        let throttled = match &self.throttle {
+            Some(t)
+                if !self.ready.is_empty()
+                    && self.flight.outstanding() < self.settings.max_inflight =>
+            {
+                Some(Instant::from_std(t.next_at(Instant::now().into_std())))
+            }
+            _ => None,
+        };
+        batch.into_iter().chain(throttled).min()
+    }
+
+    fn publish(&mut self, message: Message) -> Result<(), UplinkError> {
+        let (device, qos, keys, body) = match message {
+            Message::Single(row) => {
+                let body = payload::telemetry(&row);
+                (row.device.clone(), row.qos, vec![row.key()], body)
+            }
+            Message::Batch(rows) => {
+                let Some(first) = rows.first() else {
+                    return Ok(());
+                };
+                let (device, qos) = (first.device.clone(), first.qos);
+                let body = format!(
+                    "[{}]",
+                    rows.iter()
+                        .map(payload::telemetry)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                (device, qos, rows.iter().map(Row::key).collect(), body)
+            }
+        };
+        let topic = self.settings.topics.telemetry(&device);
+        self.client()?
+            .try_publish(topic, qos, false, body.into_bytes())?;
+        self.flight.requested(Tracked::Rows(keys, qos));
+        Ok(())
+    }
+
+    /// Applies one event; returns true when it completed a connection.
+    async fn handle(&mut self, event: Event) -> Result<bool, UplinkError> {
+        if !matches!(
+            event,
+            Event::Published(_) | Event::AwaitAck(_) | Event::Disconnecting | Event::Other
+        ) {
+            self.last_heard = Instant::now();
+        }
+        match event {
+            Event::Connected => {
+                self.connected = true;
+                self.caught_up = false;
+                self.publish_status().await?;
+                return Ok(true);
+            }
+            Event::Published(pkid) => {
+                let done = self.flight.published(pkid)?;
+                self.deliver(done);
+            }
+            Event::AwaitAck(pkid) => self.flight.await_ack_event(pkid)?,
+            Event::PubAck(pkid, refusal) => {
+                let done = self.flight.puback(pkid)?;
+                self.settle(done, refusal);
+            }
+            Event::PubRec(pkid, None) => self.flight.pubrec(pkid)?,
+            Event::PubRec(pkid, Some(refusal)) => {
+                let done = self.flight.pubrec_refused(pkid)?;
+                self.settle(done, Some(refusal));
+                // rumqttc keeps the packet id of a refused QoS 2 message
+                // busy; reconnect before they run out.
+                if self.settings.protocol == Protocol::V5 {
+                    self.leaked += 1;
+                    if self.leaked * 2 >= self.settings.max_inflight.max(2) {
+                        return Err(UplinkError::Leaked);
+                    }
+                }
+            }
+            Event::PubComp(pkid) => {
+                let done = self.flight.pubcomp(pkid)?;
+                self.deliver(done);
+            }
+            Event::Disconnected => return Err(UplinkError::Disconnected),
+            Event::Disconnecting | Event::Incoming | Event::Other => {}
+        }
+        Ok(false)
+    }
+
+    fn deliver(&mut self, rows: Vec<RowKey>) {
+        self.health.published.fetch_add(rows.len() as u64, Relaxed);
+        self.delivered.extend(rows);
+    }
+
+    fn settle(&mut self, rows: Vec<RowKey>, refusal: Option<Refusal>) {
+        match refusal {
+            None => self.deliver(rows),
+            Some(r) if rows.is_empty() => {
+                tracing::warn!(
+                    "the broker refused a status message: 0x{:02x} {}",
+                    r.code,
+                    r.reason
+                );
+            }
+            Some(r) => self
+                .refused
+                .push((rows, format!("0x{:02x} {}", r.code, r.reason))),
+        }
+    }
+
+    async fn report(&mut self) -> Result<(), UplinkError> {
+        self.store.ack(std::mem::take(&mut self.delivered)).await?;
+        for (rows, reason) in std::mem::take(&mut self.refused) {
+            tracing::warn!(
+                "the broker refused {} reading(s) ({reason}): moved to the dead letters",
+                rows.len()
+            );
+            self.store.refused(rows, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// The retained online status, with the queue and the counters.
+    async fn publish_status(&mut self) -> Result<(), UplinkError> {
+        let queue = self.store.status().await?;
+        let body = payload::status(
+            crate::VERSION,
+            &self.settings.config_version,
+            &queue,
+            &self.health.snapshot(),
+        );
+        self.publish_control(body)
+    }
+
+    fn publish_control(&mut self, body: String) -> Result<(), UplinkError> {
+        let topic = self.settings.topics.status();
+        self.client()?
+            .try_publish(topic, Qos::AtLeastOnce, true, body.into_bytes())?;
+        self.flight.requested(Tracked::Control(Qos::AtLeastOnce));
+        Ok(())
+    }
+
+    /// Clean shutdown: for up to `drain_grace`, keep sending and collect
+    /// acks; then replace the retained status with `offline` and disconnect.
+    async fn close(&mut self) -> Result<(), UplinkError> {
+        if !self.connected {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.settings.drain_grace;
+        let mut offline_sent = false;
+        let mut disconnect_sent = false;
+        // The final commit may have brought rows not fetched yet, and open
+        // batches go as they are.
+        self.caught_up = false;
+        loop {
+            if !offline_sent {
+                let open: Vec<String> = self.open_batches.keys().cloned().collect();
+                for device in open {
+                    self.ship_batch(&device);
+                }
+                self.refill().await?;
+            }
+            if self.flight.outstanding() == 0 && self.caught_up && self.ready.is_empty() {
+                if !offline_sent {
+                    self.publish_control(payload::offline())?;
+                    offline_sent = true;
+                } else if !disconnect_sent {
+                    self.client()?.try_disconnect()?;
+                    disconnect_sent = true;
+                }
+            }
+            let Some(link) = self.link.as_mut() else {
+                break;
+            };
+            let event = match tokio::time::timeout_at(deadline, link.events.recv()).await {
+                Ok(Some(Ok(event))) => event,
+                // Timed out, or the connection ended (as a disconnect does).
+                _ => break,
+            };
+            if event == Event::Disconnecting {
+                break;
+            }
+            self.handle(event).await?;
+        }
+        self.report().await?;
+        let left = self.flight.outstanding();
+        if left > 0 {
+            tracing::info!(
+                "{left} messages unacknowledged at shutdown; they are sent again at the next start"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// When a batch starting with `row` must go: `max_delay` after the reading
+/// was taken, and never later than `max_delay` from now.
+fn due(row: &Row, config: &BatchConfig, now: Instant) -> Instant {
+    let delay = config.max_delay.get();
+    let age = Duration::from_millis((now_ms() - row.ts_ms).max(0) as u64);
+    now + delay.saturating_sub(age)
+}

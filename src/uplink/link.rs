@@ -1,0 +1,324 @@
+//! One MQTT connection through rumqttc, in MQTT 3.1.1 or 5. The rest of the
+//! uplink sees the same [`Event`]s whichever protocol is spoken.
+//!
+//! The rumqttc event loop runs on a task of its own and forwards its events
+//! through a channel, so that nothing ever cancels `poll()` halfway (an ack
+//! it was writing could be lost).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5 as v5b;
+use rumqttc::{TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+
+use crate::config::{BrokerUrl, Protocol, Qos};
+
+/// Everything one connection attempt needs.
+pub struct Options<'a> {
+    pub broker: &'a BrokerUrl,
+    pub protocol: Protocol,
+    pub client_id: &'a str,
+    pub keep_alive: Duration,
+    /// Packet ids rumqttc may have in flight.
+    pub inflight: u16,
+    /// Requests the client channel holds.
+    pub capacity: usize,
+    pub will: (String, String),
+    pub credentials: Option<(String, String)>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A broker's refusal of one message (MQTT 5 reason code >= 0x80).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u8,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Connected,
+    /// `Outgoing::Publish(pkid)`: a request is on the wire.
+    Published(u16),
+    /// `Outgoing::AwaitAck(pkid)`: a request waits for a busy packet id.
+    AwaitAck(u16),
+    PubAck(u16, Option<Refusal>),
+    PubRec(u16, Option<Refusal>),
+    PubComp(u16),
+    /// Our DISCONNECT is on the wire.
+    Disconnecting,
+    /// The broker closed the session.
+    Disconnected,
+    /// Any other packet from the broker (a PINGRESP, say): the link lives.
+    Incoming,
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{0}")]
+    V4(#[source] Box<rumqttc::ConnectionError>),
+    #[error("{0}")]
+    V5(#[source] Box<rumqttc::v5::ConnectionError>),
+    #[error("cannot hand a message to the MQTT client: {0}")]
+    Client(String),
+}
+
+impl LinkError {
+    /// A cause an operator can act on.
+    pub fn describe(&self) -> String {
+        if let Some(tls) = super::tls::describe(self) {
+            return tls;
+        }
+        match self {
+            LinkError::V4(e) => match e.as_ref() {
+                rumqttc::ConnectionError::ConnectionRefused(code) => refused(&format!("{code:?}")),
+                other => other.to_string(),
+            },
+            LinkError::V5(e) => match e.as_ref() {
+                rumqttc::v5::ConnectionError::ConnectionRefused(code) => {
+                    refused(&format!("{code:?}"))
+                }
+                other => other.to_string(),
+            },
+            LinkError::Client(e) => e.clone(),
+        }
+    }
+}
+
+fn refused(code: &str) -> String {
+    let hint = match code {
+        "BadUserNamePassword" | "BadUserNameOrPassword" => "bad user name or password",
+        "NotAuthorized" => "not authorized",
+        "ServiceUnavailable" | "ServerUnavailable" | "ServerBusy" => "the broker is unavailable",
+        "BadClientId" | "ClientIdentifierNotValid" | "RefusedIdentifierRejected" => {
+            "client id rejected"
+        }
+        _ => "",
+    };
+    if hint.is_empty() {
+        format!("the broker refused the connection ({code})")
+    } else {
+        format!("the broker refused the connection: {hint} ({code})")
+    }
+}
+
+pub enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+impl Client {
+    pub fn try_publish(
+        &self,
+        topic: String,
+        qos: Qos,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), LinkError> {
+        let failed = |e: &dyn std::fmt::Display| LinkError::Client(e.to_string());
+        match self {
+            Client::V4(c) => c
+                .try_publish(topic, v4_qos(qos), retain, payload)
+                .map_err(|e| failed(&e)),
+            Client::V5(c) => c
+                .try_publish(topic, v5_qos(qos), retain, payload)
+                .map_err(|e| failed(&e)),
+        }
+    }
+
+    pub fn try_disconnect(&self) -> Result<(), LinkError> {
+        let failed = |e: &dyn std::fmt::Display| LinkError::Client(e.to_string());
+        match self {
+            Client::V4(c) => c.try_disconnect().map_err(|e| failed(&e)),
+            Client::V5(c) => c.try_disconnect().map_err(|e| failed(&e)),
+        }
+    }
+}
+
+/// A connection being made: its client, its events, and the task polling
+/// rumqttc (aborted when this is dropped).
+pub struct Link {
+    pub client: Client,
+    pub events: mpsc::Receiver<Result<Event, LinkError>>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+impl Link {
+    /// Starts connecting; the first event is `Connected` or an error.
+    pub fn open(o: Options<'_>) -> Link {
+        let (tx, events) = mpsc::channel(1_024);
+        let transport = match &o.tls {
+            Some(config) => Transport::tls_with_config(TlsConfiguration::Rustls(config.clone())),
+            None => Transport::tcp(),
+        };
+        let (client, poller) = match o.protocol {
+            Protocol::V311 => {
+                let mut options =
+                    rumqttc::MqttOptions::new(o.client_id, &o.broker.host, o.broker.port);
+                options
+                    .set_clean_session(true)
+                    .set_keep_alive(o.keep_alive)
+                    .set_inflight(o.inflight)
+                    .set_max_packet_size(1 << 20, 1 << 20)
+                    .set_transport(transport)
+                    .set_last_will(rumqttc::LastWill::new(
+                        &o.will.0,
+                        o.will.1.clone(),
+                        rumqttc::QoS::AtLeastOnce,
+                        true,
+                    ));
+                if let Some((user, password)) = &o.credentials {
+                    options.set_credentials(user, password);
+                }
+                let (client, eventloop) = rumqttc::AsyncClient::new(options, o.capacity);
+                (Client::V4(client), tokio::spawn(poll_v4(eventloop, tx)))
+            }
+            Protocol::V5 => {
+                let mut options =
+                    rumqttc::v5::MqttOptions::new(o.client_id, &o.broker.host, o.broker.port);
+                options
+                    .set_clean_start(true)
+                    .set_keep_alive(o.keep_alive)
+                    .set_outgoing_inflight_upper_limit(o.inflight)
+                    .set_max_packet_size(Some(1 << 20))
+                    .set_transport(transport)
+                    .set_last_will(v5b::LastWill::new(
+                        &o.will.0,
+                        o.will.1.clone(),
+                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                        true,
+                        None,
+                    ));
+                if let Some((user, password)) = &o.credentials {
+                    options.set_credentials(user, password);
+                }
+                let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, o.capacity);
+                (Client::V5(client), tokio::spawn(poll_v5(eventloop, tx)))
+            }
+        };
+        Link {
+            client,
+            events,
+            poller,
+        }
+    }
+}
+
+async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Result<Event, LinkError>>) {
+    use rumqttc::{Event as E, Incoming as I, Outgoing as O};
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(E::Incoming(I::ConnAck(_))) => Ok(Event::Connected),
+            Ok(E::Incoming(I::PubAck(a))) => Ok(Event::PubAck(a.pkid, None)),
+            Ok(E::Incoming(I::PubRec(r))) => Ok(Event::PubRec(r.pkid, None)),
+            Ok(E::Incoming(I::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
+            Ok(E::Incoming(I::Disconnect)) => Ok(Event::Disconnected),
+            Ok(E::Incoming(_)) => Ok(Event::Incoming),
+            Ok(E::Outgoing(O::Publish(pkid))) => Ok(Event::Published(pkid)),
+            Ok(E::Outgoing(O::AwaitAck(pkid))) => Ok(Event::AwaitAck(pkid)),
+            Ok(E::Outgoing(O::Disconnect)) => Ok(Event::Disconnecting),
+            Ok(E::Outgoing(_)) => Ok(Event::Other),
+            Err(e) => Err(LinkError::V4(Box::new(e))),
+        };
+        let failed = event.is_err();
+        if tx.send(event).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+async fn poll_v5(
+    mut eventloop: rumqttc::v5::EventLoop,
+    tx: mpsc::Sender<Result<Event, LinkError>>,
+) {
+    use rumqttc::Outgoing as O;
+    use rumqttc::v5::Event as E;
+    use v5b::Packet as P;
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(E::Incoming(P::ConnAck(_))) => Ok(Event::Connected),
+            Ok(E::Incoming(P::PubAck(a))) => {
+                let reason = a.properties.and_then(|p| p.reason_string);
+                Ok(Event::PubAck(a.pkid, puback_refusal(&a.reason, reason)))
+            }
+            Ok(E::Incoming(P::PubRec(r))) => {
+                let reason = r.properties.and_then(|p| p.reason_string);
+                Ok(Event::PubRec(r.pkid, pubrec_refusal(&r.reason, reason)))
+            }
+            Ok(E::Incoming(P::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
+            Ok(E::Incoming(P::Disconnect(_))) => Ok(Event::Disconnected),
+            Ok(E::Incoming(_)) => Ok(Event::Incoming),
+            Ok(E::Outgoing(O::Publish(pkid))) => Ok(Event::Published(pkid)),
+            Ok(E::Outgoing(O::AwaitAck(pkid))) => Ok(Event::AwaitAck(pkid)),
+            Ok(E::Outgoing(O::Disconnect)) => Ok(Event::Disconnecting),
+            Ok(E::Outgoing(_)) => Ok(Event::Other),
+            Err(e) => Err(LinkError::V5(Box::new(e))),
+        };
+        let failed = event.is_err();
+        if tx.send(event).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// MQTT 5 reason codes of a failed PUBACK (0x10, no subscribers, is a success).
+fn puback_refusal(reason: &v5b::PubAckReason, text: Option<String>) -> Option<Refusal> {
+    use v5b::PubAckReason as R;
+    let code = match reason {
+        R::Success | R::NoMatchingSubscribers => return None,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    };
+    Some(Refusal {
+        code,
+        reason: text.unwrap_or_else(|| format!("{reason:?}")),
+    })
+}
+
+fn pubrec_refusal(reason: &v5b::PubRecReason, text: Option<String>) -> Option<Refusal> {
+    use v5b::PubRecReason as R;
+    let code = match reason {
+        R::Success | R::NoMatchingSubscribers => return None,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    };
+    Some(Refusal {
+        code,
+        reason: text.unwrap_or_else(|| format!("{reason:?}")),
+    })
+}
+
+fn v4_qos(q: Qos) -> rumqttc::QoS {
+    match q {
+        Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
+        Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+        Qos::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn v5_qos(q: Qos) -> rumqttc::v5::mqttbytes::QoS {
+    use rumqttc::v5::mqttbytes::QoS;
+    match q {
+        Qos::AtMostOnce => QoS::AtMostOnce,
+        Qos::AtLeastOnce => QoS::AtLeastOnce,
+        Qos::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
