@@ -50,7 +50,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn run(config: &Config, action: Action) -> anyhow::Result<Outcome> {
     let path = store::db_path(&config.gateway.state_dir);
-    let outbox = match Outbox::open_read_only(&path) {
+    let outbox = match open(&path) {
         Ok(outbox) => outbox,
         // Not created yet, or created a moment ago by a starting gateway.
         Err(StoreError::Uninitialized) => return Ok(empty(&path)),
@@ -96,6 +96,21 @@ pub fn run(config: &Config, action: Action) -> anyhow::Result<Outcome> {
     Ok(Outcome::Done)
 }
 
+/// A gateway that is starting holds the database while it checks it; give
+/// it a moment rather than fail.
+fn open(path: &Path) -> Result<Outbox, StoreError> {
+    let mut tries = 0;
+    loop {
+        match Outbox::open_read_only(path) {
+            Err(StoreError::Sqlite(_)) if path.exists() && tries < 30 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn empty(path: &Path) -> Outcome {
     println!("no store at {} yet: 0 rows", path.display());
     Outcome::Done
@@ -124,6 +139,17 @@ fn stats(outbox: &Outbox, now_ms: i64) -> anyhow::Result<()> {
                 d.bytes,
                 age.as_secs()
             );
+        }
+    }
+    let dead = outbox.dead_letters()?;
+    if !dead.is_empty() {
+        println!();
+        println!("{:<24} {:>10}", "dead letters", "readings");
+        for (device, n) in dead {
+            println!("{device:<24} {n:>10}");
+        }
+        for (seq, device, reason) in outbox.dead_letter_reasons(3)? {
+            println!("  last: seq {seq} of {device}: {reason}");
         }
     }
     let evictions = outbox.evictions()?;

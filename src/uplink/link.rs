@@ -74,11 +74,17 @@ impl LinkError {
         match self {
             LinkError::V4(e) => match e.as_ref() {
                 rumqttc::ConnectionError::ConnectionRefused(code) => refused(&format!("{code:?}")),
+                rumqttc::ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => {
+                    UNANSWERED_PING.into()
+                }
                 other => other.to_string(),
             },
             LinkError::V5(e) => match e.as_ref() {
                 rumqttc::v5::ConnectionError::ConnectionRefused(code) => {
                     refused(&format!("{code:?}"))
+                }
+                rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::AwaitPingResp) => {
+                    UNANSWERED_PING.into()
                 }
                 other => other.to_string(),
             },
@@ -86,6 +92,8 @@ impl LinkError {
         }
     }
 }
+
+const UNANSWERED_PING: &str = "no answer to the keep-alive ping: the link is dead";
 
 fn refused(code: &str) -> String {
     let hint = match code {

@@ -99,7 +99,7 @@ enum UplinkError {
     Mismatch(#[from] inflight::Mismatch),
     #[error("the broker closed the session")]
     Disconnected,
-    #[error("nothing heard from the broker for {0:?} (keep-alive): the link is dead")]
+    #[error("nothing heard from the broker for {0:.1?} (keep-alive): the link is dead")]
     Silent(Duration),
     #[error("reconnecting to reclaim packet ids held by refused QoS 2 messages")]
     Leaked,

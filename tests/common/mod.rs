@@ -12,6 +12,9 @@
 //! This file is compiled into several test binaries and not every item is used by each.
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod proxy;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -95,6 +98,9 @@ pub struct Broker {
     /// Holds `mosquitto.conf`, `mosquitto.log`, `mosquitto.stderr` and `data/` (persistence).
     /// Declared last so that it is removed after the child is dead.
     dir: tempfile::TempDir,
+    /// Lines before the generated listener (global options such as
+    /// `per_listener_settings true`).
+    prelude: String,
     extra_config: String,
 }
 
@@ -109,12 +115,20 @@ impl Broker {
     /// (e.g. `acl_file ...`). The generated part already has the listener, `allow_anonymous
     /// true`, `user root`, the limits and persistence; do not repeat those.
     pub fn start_with_config(extra: &str) -> Broker {
+        Self::start_with("", extra)
+    }
+
+    /// Like [`Broker::start_with_config`], with `prelude` written before the
+    /// generated listener: global options such as `per_listener_settings true`,
+    /// after which `extra` can open more listeners with their own security.
+    pub fn start_with(prelude: &str, extra: &str) -> Broker {
         // Between closing our probe listener and mosquitto binding, another process may take the
         // port: retry with a new port if mosquitto reports that the address is in use.
         let mut last_err = String::new();
         for _ in 0..5 {
             let dir = new_broker_dir();
             let mut broker = Broker::unstarted(free_port(), dir, extra);
+            broker.prelude = prelude.to_owned();
             match broker.spawn_and_wait() {
                 Ok(()) => return broker,
                 Err(e) if e.contains("Address already in use") => last_err = e,
@@ -140,6 +154,7 @@ impl Broker {
             port,
             child: None,
             dir,
+            prelude: String::new(),
             extra_config: extra.to_owned(),
         }
     }
@@ -206,7 +221,8 @@ impl Broker {
         let data = dir.join("data");
         fs::create_dir_all(&data).expect("create mosquitto data dir");
         let config = format!(
-            "listener {port} 127.0.0.1\n\
+            "{prelude}\n\
+             listener {port} 127.0.0.1\n\
              allow_anonymous true\n\
              user root\n\
              max_inflight_messages 0\n\
@@ -220,6 +236,7 @@ impl Broker {
              log_type information\n\
              log_timestamp_format %H:%M:%S\n\
              {extra}\n",
+            prelude = self.prelude,
             port = self.port,
             data = data.display(),
             log = dir.join("mosquitto.log").display(),
@@ -315,6 +332,8 @@ pub struct Message {
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
+    /// When the subscriber received it.
+    pub at: Instant,
 }
 
 impl Message {
@@ -516,6 +535,7 @@ impl SubscriberTask {
                         payload: p.payload.to_vec(),
                         qos: p.qos as u8,
                         retain: p.retain,
+                        at: Instant::now(),
                     });
                 }
                 Ok(_) => {}
@@ -668,6 +688,17 @@ fn new_log_file(dir: &Path) -> (PathBuf, File) {
 /// YAML (already indented by two spaces per item) and extra `mqtt:` keys.
 pub fn write_config(dir: &Path, port: u16, mqtt_extra: &str, devices: &str) -> PathBuf {
     write_config_with_store(dir, port, "", mqtt_extra, devices)
+}
+
+/// A config with the whole `mqtt:` section given (indented keys, no header).
+pub fn write_config_mqtt(dir: &Path, mqtt: &str, devices: &str) -> PathBuf {
+    let path = dir.join("fieldgate.yaml");
+    let text = format!(
+        "gateway:\n  id: gw\n  state_dir: {state}\n  status_interval: 1s\nstore:\n  flush_interval: 50ms\nmqtt:\n  backoff_min: 100ms\n  backoff_max: 1s\n{mqtt}devices:\n{devices}",
+        state = dir.join("state").display(),
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
 }
 
 /// As `write_config`, with extra `store:` keys too.

@@ -1,0 +1,432 @@
+//! The uplink against real brokers' demands: TLS and mutual TLS, passwords
+//! and rotating tokens, MQTT 5 refusals, failover, priorities, throttling,
+//! batches, and a link that dies without a word.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::pki::Pki;
+use common::proxy::Proxy;
+use common::*;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn devices(n: u64) -> String {
+    sim_device("meter", "5ms", n, "")
+}
+
+/// Waits until the gateway's queue holds `rows`, or panics with its log.
+fn wait_queued(config: &std::path::Path, rows: u64, gw: &Gateway) {
+    let deadline = Instant::now() + LONG;
+    while queued_rows(config) < rows {
+        assert!(
+            Instant::now() < deadline,
+            "queue never reached {rows}\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn tls_verifies_the_broker_and_a_wrong_ca_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Pki::make(dir.path(), "good");
+    let other = Pki::make(dir.path(), "other");
+    let tls_port = free_port();
+    let broker = Broker::start_with_config(&good.listener(tls_port, false));
+    let sub = Subscriber::connect(broker.port, "check-tls", "fieldgate/gw/telemetry/#");
+
+    let mqtt = |ca: &std::path::Path| {
+        format!(
+            "  url: mqtts://127.0.0.1:{tls_port}\n  tls:\n    ca_file: {}\n",
+            ca.display()
+        )
+    };
+    let config = write_config_mqtt(dir.path(), &mqtt(&other.ca), &devices(100));
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("unknown CA", LONG), "{}", gw.log());
+    wait_queued(&config, 100, &gw);
+    assert_eq!(sub.count(), 0);
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+
+    let config = write_config_mqtt(dir.path(), &mqtt(&good.ca), "");
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 100),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(distinct_seqs(&sub.messages()), (1..=100).collect());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    assert_eq!(stored_rows(dir.path()), 0);
+}
+
+#[test]
+fn mutual_tls_delivers_with_the_client_certificate_and_is_refused_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::make(dir.path(), "m");
+    let tls_port = free_port();
+    let broker = Broker::start_with_config(&pki.listener(tls_port, true));
+    let sub = Subscriber::connect(broker.port, "check-mtls", "fieldgate/gw/telemetry/#");
+
+    let without = format!(
+        "  url: mqtts://127.0.0.1:{tls_port}\n  tls:\n    ca_file: {}\n",
+        pki.ca.display()
+    );
+    let config = write_config_mqtt(dir.path(), &without, &devices(50));
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("MQTT link down", LONG), "{}", gw.log());
+    let log = gw.log();
+    assert!(
+        log.contains("client certificate"),
+        "the cause must be named:\n{log}"
+    );
+    wait_queued(&config, 50, &gw);
+    assert_eq!(sub.count(), 0);
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+
+    let with = format!(
+        "{without}    cert_file: {}\n    key_file: {}\n",
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let config = write_config_mqtt(dir.path(), &with, "");
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 50),
+        "{}",
+        gw.log()
+    );
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    assert_eq!(stored_rows(dir.path()), 0);
+}
+
+/// A second listener that wants a user name and password; the first one
+/// (for the test's subscriber) stays anonymous.
+fn password_broker(dir: &std::path::Path, port: u16) -> Broker {
+    let passwords = dir.join("passwd");
+    let status = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["gw", "right-secret"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    Broker::start_with(
+        "per_listener_settings true",
+        &format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+            passwords.display()
+        ),
+    )
+}
+
+#[test]
+fn a_wrong_password_is_refused_and_retried_losing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = password_broker(dir.path(), port);
+    let sub = Subscriber::connect(broker.port, "check-pass", "fieldgate/gw/telemetry/#");
+    let pass = dir.path().join("mqtt.pass");
+    std::fs::write(&pass, "wrong-secret\n").unwrap();
+    let mqtt = format!(
+        "  url: mqtt://127.0.0.1:{port}\n  username: gw\n  password_file: {}\n",
+        pass.display()
+    );
+    let config = write_config_mqtt(dir.path(), &mqtt, &devices(60));
+    let mut gw = Gateway::start_logging(&config, dir.path(), "fieldgate=debug");
+    assert!(
+        gw.wait_for_log("the broker refused the connection", LONG),
+        "{}",
+        gw.log()
+    );
+    wait_queued(&config, 60, &gw);
+    // Retried, not given up: several attempts while the password is wrong.
+    let deadline = Instant::now() + LONG;
+    while gw.log().matches("reconnecting in").count() < 3 {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(sub.count(), 0);
+    // Others can read the file: the gateway says so.
+    assert!(gw.log().contains("readable by every user"), "{}", gw.log());
+
+    // The right password, written while the gateway runs: the next attempt uses it.
+    std::fs::write(&pass, "right-secret\n").unwrap();
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 60),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(distinct_seqs(&sub.messages()), (1..=60).collect());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    assert_eq!(stored_rows(dir.path()), 0);
+}
+
+#[test]
+fn a_rotated_token_file_is_read_again_before_the_next_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = password_broker(dir.path(), port);
+    let sub = Subscriber::connect(broker.port, "check-token", "fieldgate/gw/telemetry/#");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "expired-token").unwrap();
+    let mqtt = format!(
+        "  url: mqtt://127.0.0.1:{port}\n  username: gw\n  token_file: {}\n",
+        token.display()
+    );
+    let config = write_config_mqtt(dir.path(), &mqtt, &devices(40));
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("refused", LONG), "{}", gw.log());
+    std::fs::write(&token, "right-secret").unwrap();
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 40),
+        "{}",
+        gw.log()
+    );
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn mqtt5_refusals_go_to_the_dead_letters_while_other_devices_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic readwrite fieldgate/gw/status\ntopic write fieldgate/gw/telemetry/open\n",
+    )
+    .unwrap();
+    let broker = Broker::start_with(
+        "per_listener_settings true",
+        &format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\n",
+            acl.display()
+        ),
+    );
+    let sub = Subscriber::connect(broker.port, "check-acl", "fieldgate/gw/#");
+    let devices =
+        sim_device("open", "5ms", 50, "") + &sim_device("secret", "5ms", 50, "    qos: 2\n");
+    let mqtt = format!("  url: mqtt://127.0.0.1:{port}\n  protocol: \"5\"\n");
+    let config = write_config_mqtt(dir.path(), &mqtt, &devices);
+    let mut gw = Gateway::start(&config, dir.path());
+
+    let open = |m: &[Message]| telemetry(m).iter().filter(|(d, _, _)| d == "open").count();
+    assert!(sub.wait_until(LONG, |m| open(m) >= 50), "{}", gw.log());
+    let status_reports_dead = |m: &[Message]| {
+        m.iter().any(|m| {
+            m.topic.ends_with("/status") && m.json()["queue"]["dead_letters"]["secret"] == 50
+        })
+    };
+    assert!(sub.wait_until(LONG, status_reports_dead), "{}", gw.log());
+    assert!(
+        telemetry(&sub.messages())
+            .iter()
+            .all(|(d, _, _)| d == "open")
+    );
+    assert!(
+        gw.log().contains("moved to the dead letters"),
+        "{}",
+        gw.log()
+    );
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+
+    let (_, stats) = queue(&config, &["stats"]);
+    let dead = stats
+        .lines()
+        .skip_while(|l| !l.starts_with("dead letters"))
+        .nth(1)
+        .unwrap();
+    assert_eq!(
+        dead.split_whitespace().collect::<Vec<_>>(),
+        ["secret", "50"],
+        "{stats}"
+    );
+    assert!(stats.contains("0x87"), "the reason is kept:\n{stats}");
+    assert_eq!(
+        stored_rows(dir.path()),
+        0,
+        "refused rows are not retried forever"
+    );
+}
+
+#[test]
+fn with_the_first_broker_dead_delivery_goes_through_the_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let sub = Subscriber::connect(broker.port, "check-failover", "fieldgate/gw/telemetry/#");
+    let dead = free_port();
+    let mqtt = format!(
+        "  urls:\n    - mqtt://127.0.0.1:{dead}\n    - mqtt://127.0.0.1:{}\n",
+        broker.port
+    );
+    let config = write_config_mqtt(dir.path(), &mqtt, &devices(50));
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 50),
+        "{}",
+        gw.log()
+    );
+    let log = gw.log();
+    assert!(log.contains(&format!("127.0.0.1:{dead}")), "{log}");
+    assert!(
+        log.contains(&format!("connected to mqtt://127.0.0.1:{}", broker.port)),
+        "{log}"
+    );
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn a_backlog_drains_high_priority_first_within_the_throttle() {
+    let mut broker = Broker::start();
+    let sub = Subscriber::connect(broker.port, "check-prio", "fieldgate/gw/telemetry/#");
+    broker.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let per_device = 400;
+    let devices = sim_device("low", "1ms", per_device, "    priority: low\n")
+        + &sim_device("normal", "1ms", per_device, "")
+        + &sim_device("high", "1ms", per_device, "    priority: high\n");
+    let rate = 200;
+    let config = write_config(
+        dir.path(),
+        broker.port,
+        &format!("  max_messages_per_second: {rate}\n"),
+        &devices,
+    );
+    let mut gw = Gateway::start(&config, dir.path());
+    wait_queued(&config, 3 * per_device, &gw);
+    broker.restart();
+    let total = 3 * per_device as usize;
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= total),
+        "{}",
+        gw.log()
+    );
+
+    let messages = sub.messages();
+    let order: Vec<String> = telemetry(&messages)
+        .into_iter()
+        .map(|(d, _, _)| d)
+        .collect();
+    let last = |d: &str| order.iter().rposition(|x| x == d).unwrap();
+    let first = |d: &str| order.iter().position(|x| x == d).unwrap();
+    assert!(
+        last("high") < first("normal"),
+        "high must drain before normal"
+    );
+    assert!(
+        last("normal") < first("low"),
+        "normal must drain before low"
+    );
+    assert_ordered_per_device(&messages);
+
+    // No 5 s window carries more than 5 x rate x 1.1 messages.
+    let times: Vec<Instant> = messages
+        .iter()
+        .filter(|m| m.topic.contains("/telemetry/"))
+        .map(|m| m.at)
+        .collect();
+    let bound = (5.0 * f64::from(rate) * 1.1) as usize;
+    for (i, start) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start) < Duration::from_secs(5))
+            .count();
+        assert!(
+            in_window <= bound,
+            "{in_window} messages in 5 s, bound {bound}"
+        );
+    }
+    let span = times.last().unwrap().duration_since(times[0]);
+    eprintln!("{total} readings at {rate}/s took {span:?} to arrive");
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn batches_arrive_as_arrays_and_survive_a_broker_kill() {
+    let mut broker = Broker::start();
+    let sub = Subscriber::connect(broker.port, "check-batch", "fieldgate/gw/telemetry/#");
+    let dir = tempfile::tempdir().unwrap();
+    let batch = "    batch: { max_readings: 50, max_delay: 500ms }\n";
+    let devices = sim_device("b", "2ms", 1_500, batch);
+    let config = write_config(dir.path(), broker.port, "", &devices);
+    let mut gw = Gateway::start(&config, dir.path());
+
+    let seqs = |m: &[Message]| -> std::collections::BTreeSet<i64> {
+        m.iter()
+            .flat_map(|m| m.json().as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r["seq"].as_i64())
+            .collect()
+    };
+    assert!(
+        sub.wait_until(LONG, |m| seqs(m).len() >= 300),
+        "{}",
+        gw.log()
+    );
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    broker.restart();
+    assert!(
+        sub.wait_until(LONG, |m| seqs(m).len() >= 1_500),
+        "{}",
+        gw.log()
+    );
+
+    let messages = sub.messages();
+    assert_eq!(seqs(&messages), (1..=1_500).collect());
+    let sizes: Vec<usize> = messages
+        .iter()
+        .map(|m| m.json().as_array().map_or(0, Vec::len))
+        .collect();
+    assert!(
+        sizes.iter().all(|&n| (1..=50).contains(&n)),
+        "every message is an array of 1 to 50: {sizes:?}"
+    );
+    let full = sizes.iter().filter(|&&n| n == 50).count();
+    assert!(full * 2 > sizes.len(), "most batches are full: {sizes:?}");
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    assert_eq!(stored_rows(dir.path()), 0);
+}
+
+#[test]
+fn a_silently_dead_link_is_noticed_and_replaced() {
+    let broker = Broker::start();
+    let proxy = Proxy::start(broker.port);
+    let sub = Subscriber::connect(broker.port, "check-blackhole", "fieldgate/gw/telemetry/#");
+    let dir = tempfile::tempdir().unwrap();
+    let keep_alive = 2.0;
+    let mqtt = format!("  url: mqtt://127.0.0.1:{}\n  keep_alive: 2s\n", proxy.port);
+    let config = write_config_mqtt(dir.path(), &mqtt, &sim_device("k", "10ms", 800, ""));
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 100),
+        "{}",
+        gw.log()
+    );
+
+    let blackholed = jiff::Timestamp::now();
+    proxy.blackhole_existing();
+    assert!(gw.wait_for_log("the link is dead", LONG), "{}", gw.log());
+    assert!(
+        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 800),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(distinct_seqs(&sub.messages()), (1..=800).collect());
+
+    // Noticed by the gateway's own watchdog (1.5 periods of silence) or by
+    // rumqttc's unanswered ping, whichever comes first. The bound is loose
+    // on purpose (a busy machine fires timers late); the figure is printed.
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the link is dead"))
+        .unwrap();
+    let noticed: jiff::Timestamp = line.split_whitespace().next().unwrap().parse().unwrap();
+    let after = noticed.duration_since(blackholed).as_secs_f64();
+    eprintln!("blackholed link noticed after {after:.2}s (keep-alive {keep_alive}s): {line}");
+    assert!(after <= keep_alive * 2.0 + 1.0, "noticed after {after:.2}s");
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
