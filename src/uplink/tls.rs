@@ -151,3 +151,66 @@ fn explain(error: &rustls::Error) -> String {
         other => format!("TLS: {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_failures_are_named() {
+        let cases = [
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                "unknown CA",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                "name mismatch",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                "expired",
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+                "requires a client certificate",
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::BadCertificate),
+                "refused our client certificate",
+            ),
+        ];
+        for (error, words) in cases {
+            // As tokio-rustls hands it over: inside an io::Error.
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, error);
+            let text = describe(&io).expect("a TLS cause");
+            assert!(text.contains(words), "{text}");
+        }
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(describe(&plain), None);
+    }
+
+    #[test]
+    fn missing_or_empty_files_are_reported_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let tls = TlsConfig {
+            ca_file: Some(empty.clone()),
+            cert_file: None,
+            key_file: None,
+        };
+        let err = client_config(Some(&tls)).unwrap_err().to_string();
+        assert!(
+            err.contains("empty.pem") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let tls = TlsConfig {
+            ca_file: Some(dir.path().join("nope.pem")),
+            cert_file: None,
+            key_file: None,
+        };
+        let err = client_config(Some(&tls)).unwrap_err().to_string();
+        assert!(err.contains("nope.pem"), "{err}");
+    }
+}
