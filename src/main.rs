@@ -44,6 +44,14 @@ enum Command {
         #[command(subcommand)]
         action: cli::queue::Action,
     },
+    /// Look for BLE devices nearby.
+    Ble {
+        /// Configuration file, for `ble.adapter` (optional).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: cli::ble::Action,
+    },
     /// Print the version.
     Version,
 }
@@ -83,6 +91,14 @@ fn main() -> ExitCode {
                 Ok(cli::queue::Outcome::NeedsConfirmation) => ExitCode::from(INVALID),
                 Err(e) => outcome(Err(e)),
             }
+        }
+        Command::Ble { config, action } => {
+            let adapter = match config.map(|path| config::load(&path)) {
+                Some(Ok(c)) => c.ble.adapter,
+                Some(Err(e)) => return config_failure(e),
+                None => None,
+            };
+            outcome(cli::ble::run(action, adapter))
         }
     }
 }

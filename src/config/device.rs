@@ -5,6 +5,7 @@
 use serde::Deserialize;
 
 use super::{Bounded, ByteSize, Duration, Name, Priority, Qos, yaml};
+use crate::sources::ble::BleDevice;
 use crate::sources::simulated::SimulatedDevice;
 
 /// What every kind of device has, whatever else it has.
@@ -84,6 +85,7 @@ macro_rules! device_kinds {
 
 device_kinds! {
     "simulated" => Simulated(SimulatedDevice),
+    "ble" => Ble(BleDevice),
 }
 
 impl DeviceConfig {

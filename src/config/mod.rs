@@ -16,6 +16,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::sources::ble::BleConfig;
+
 pub use device::{BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec};
 pub use load::{ConfigError, Problem, load, load_str};
 pub use mqtt::{BrokerUrl, Credentials, MqttConfig, Protocol, Secret, TlsConfig};
@@ -31,6 +33,9 @@ pub struct Config {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The Bluetooth adapter of the BLE devices.
+    #[serde(default)]
+    pub ble: BleConfig,
     /// `devices:` with nothing under it is an empty list, not an error.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub devices: Vec<DeviceConfig>,

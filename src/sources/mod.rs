@@ -4,6 +4,7 @@
 //! an [`Ingest`] handle; it never talks to MQTT. Stopping is cooperative:
 //! every task watches the same cancellation token.
 
+pub mod ble;
 pub mod simulated;
 
 use serde_json::{Map, Value};
@@ -92,9 +93,11 @@ pub fn now_ms() -> i64 {
 /// them here as those sources arrive).
 pub fn spawn_all(config: &Config, ingest: &Ingest, cancel: &CancellationToken) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
+    let mut ble_devices = Vec::new();
     for device in &config.devices {
         let delivery = device.delivery(config.mqtt.qos);
         match device {
+            DeviceConfig::Ble(ble) => ble_devices.push((ble.clone(), delivery)),
             DeviceConfig::Simulated(sim) => {
                 tasks.spawn(simulated::run(
                     sim.clone(),
@@ -104,6 +107,15 @@ pub fn spawn_all(config: &Config, ingest: &Ingest, cancel: &CancellationToken) -
                 ));
             }
         }
+    }
+    // One scanner for the adapter, whatever the number of BLE devices.
+    if !ble_devices.is_empty() {
+        tasks.spawn(ble::run(
+            config.ble.clone(),
+            ble_devices,
+            ingest.clone(),
+            cancel.clone(),
+        ));
     }
     tasks
 }

@@ -1,0 +1,394 @@
+//! The YAML of the `ble:` section and of `kind: ble` devices.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::config::{BatchConfig, DeviceSpec, Duration, Name, Priority, Qos};
+
+/// `ble:` at the top of the file: the Bluetooth adapter that scans for
+/// every BLE device.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BleConfig {
+    /// The BlueZ adapter (`hci0`, `hci1`, …); the first one BlueZ lists when
+    /// unset.
+    pub adapter: Option<String>,
+    /// How often to try again while there is no adapter, no BlueZ or no D-Bus.
+    pub retry_interval: Duration,
+}
+
+impl Default for BleConfig {
+    fn default() -> Self {
+        BleConfig {
+            adapter: None,
+            retry_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A `kind: ble` device: a sensor that advertises its readings, or one the
+/// gateway connects to and reads over GATT.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BleDevice {
+    pub name: Name,
+    /// The device's Bluetooth address (`A4:C1:38:12:34:56`); this or `local_name`.
+    #[serde(default)]
+    pub address: Option<MacAddress>,
+    /// The name the device advertises (its local name), when its address is
+    /// random or unknown; this or `address`.
+    #[serde(default)]
+    pub local_name: Option<String>,
+    /// How to read it: `bthome`, `ruuvi`, `atc`, `pvvx` (advertisements) or
+    /// `gatt` (a connection).
+    pub decoder: Decoder,
+    /// At most one reading per interval (advertisements repeat every second
+    /// or faster); `0s` keeps every new measurement.
+    #[serde(default = "BleDevice::default_min_interval")]
+    pub min_interval: Duration,
+    /// A device silent for this long is reported stale (a bad reading and a
+    /// problem on `P/status`).
+    #[serde(default = "BleDevice::default_stale_after")]
+    pub stale_after: Duration,
+    /// `gatt` only: how often the `mode: read` characteristics are read.
+    #[serde(default = "BleDevice::default_poll")]
+    pub poll: Duration,
+    /// `gatt` only: the characteristics to read, one point each.
+    #[serde(default)]
+    pub characteristics: Vec<Characteristic>,
+    /// MQTT QoS of this device's readings; `mqtt.qos` when unset.
+    #[serde(default)]
+    pub qos: Option<Qos>,
+    #[serde(default)]
+    pub priority: Priority,
+    /// Several readings per publish, as a JSON array.
+    #[serde(default)]
+    pub batch: Option<BatchConfig>,
+}
+
+impl BleDevice {
+    fn default_min_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_stale_after() -> Duration {
+        Duration::from_secs(300)
+    }
+    fn default_poll() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    /// Whether an advertised address and local name are this device's.
+    pub fn matches(&self, address: [u8; 6], local_name: Option<&str>) -> bool {
+        match (&self.address, &self.local_name) {
+            (Some(mac), _) => mac.0 == address,
+            (None, Some(name)) => local_name == Some(name.as_str()),
+            (None, None) => false,
+        }
+    }
+
+    /// How the device is found, for logs: its address or its name.
+    pub fn identity(&self) -> String {
+        match (&self.address, &self.local_name) {
+            (Some(mac), _) => mac.to_string(),
+            (None, Some(name)) => format!("name {name:?}"),
+            (None, None) => "nothing".into(),
+        }
+    }
+}
+
+impl DeviceSpec for BleDevice {
+    fn name(&self) -> &Name {
+        &self.name
+    }
+    fn qos(&self) -> Option<Qos> {
+        self.qos
+    }
+    fn priority(&self) -> Priority {
+        self.priority
+    }
+    fn batch(&self) -> Option<&BatchConfig> {
+        self.batch.as_ref()
+    }
+
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        match (&self.address, &self.local_name) {
+            (Some(_), Some(_)) => found.push((
+                "local_name".into(),
+                "set either address or local_name, not both".into(),
+            )),
+            (None, None) => found.push((
+                "address".into(),
+                "expected the device's address (or its advertised local_name)".into(),
+            )),
+            _ => {}
+        }
+        if self.local_name.as_deref() == Some("") {
+            found.push(("local_name".into(), "must not be empty".into()));
+        }
+        if self.stale_after.get().is_zero() {
+            found.push(("stale_after".into(), "must be at least 1ms".into()));
+        }
+        if self.decoder == Decoder::Gatt {
+            if self.characteristics.is_empty() {
+                found.push((
+                    "characteristics".into(),
+                    "decoder gatt needs at least one characteristic".into(),
+                ));
+            }
+            let reads = self.characteristics.iter().any(|c| c.mode == Mode::Read);
+            if reads && self.poll.get().is_zero() {
+                found.push(("poll".into(), "must be at least 1ms".into()));
+            }
+        } else if !self.characteristics.is_empty() {
+            found.push((
+                "characteristics".into(),
+                format!(
+                    "only decoder gatt reads characteristics; {} reads advertisements",
+                    self.decoder
+                ),
+            ));
+        }
+        for (i, c) in self.characteristics.iter().enumerate() {
+            if let Some(first) = self.characteristics[..i]
+                .iter()
+                .position(|p| p.point == c.point)
+            {
+                found.push((
+                    format!("characteristics[{i}].point"),
+                    format!(
+                        "duplicate point name `{}`, already used by characteristics[{first}]",
+                        c.point
+                    ),
+                ));
+            }
+            for (key, v) in [("scale", c.scale), ("offset", c.offset)] {
+                if !v.is_finite() {
+                    found.push((
+                        format!("characteristics[{i}].{key}"),
+                        "expected a finite number".into(),
+                    ));
+                }
+            }
+            if c.scale == 0.0 {
+                found.push((
+                    format!("characteristics[{i}].scale"),
+                    "must not be 0".into(),
+                ));
+            }
+        }
+        found
+    }
+}
+
+/// How a device's data is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decoder {
+    /// BTHome v2 service data (UUID 0xFCD2), unencrypted.
+    Bthome,
+    /// RuuviTag manufacturer data (id 0x0499), data format 5 (RAWv2) and the
+    /// other formats the Ruuvi protocol crate reads.
+    Ruuvi,
+    /// The ATC1441 format of the ATC_MiThermometer firmware (UUID 0x181A).
+    Atc,
+    /// The pvvx custom format of the ATC_MiThermometer firmware (UUID 0x181A).
+    Pvvx,
+    /// A connection: characteristics read or subscribed to.
+    Gatt,
+}
+
+impl Decoder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decoder::Bthome => "bthome",
+            Decoder::Ruuvi => "ruuvi",
+            Decoder::Atc => "atc",
+            Decoder::Pvvx => "pvvx",
+            Decoder::Gatt => "gatt",
+        }
+    }
+}
+
+impl fmt::Display for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One GATT characteristic, read as one point.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Characteristic {
+    /// The point this characteristic's value becomes.
+    pub point: Name,
+    /// The characteristic's UUID: 16-bit (`2a37`) or full
+    /// (`00002a37-0000-1000-8000-00805f9b34fb`).
+    pub uuid: BleUuid,
+    /// The UUID of the service that holds it.
+    pub service: BleUuid,
+    /// `notify` (subscribe; the device sends changes) or `read` (read every
+    /// `poll`).
+    #[serde(default)]
+    pub mode: Mode,
+    /// How the value is encoded.
+    #[serde(rename = "type", default)]
+    pub value_type: ValueType,
+    /// Byte order of multi-byte values: `little` (the Bluetooth default) or `big`.
+    #[serde(default)]
+    pub endian: Endian,
+    /// Bytes to skip before the value (for example a flags byte).
+    #[serde(default)]
+    pub skip: u16,
+    /// value = raw × scale + offset
+    #[serde(default = "Characteristic::default_scale")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    /// Commands may write this characteristic (the value is encoded back
+    /// through offset, scale and type).
+    #[serde(default)]
+    pub writable: bool,
+}
+
+impl Characteristic {
+    fn default_scale() -> f64 {
+        1.0
+    }
+}
+
+/// How a characteristic is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Notify,
+    Read,
+}
+
+/// The encoding of a characteristic's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    #[default]
+    U8,
+    I8,
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endian {
+    #[default]
+    Little,
+    Big,
+}
+
+/// A Bluetooth device address, written `A4:C1:38:12:34:56`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddress(pub [u8; 6]);
+
+impl MacAddress {
+    pub fn parse(text: &str) -> Option<MacAddress> {
+        let mut bytes = [0u8; 6];
+        let mut parts = text.split([':', '-']);
+        for byte in &mut bytes {
+            let part = parts.next()?;
+            if part.len() != 2 {
+                return None;
+            }
+            *byte = u8::from_str_radix(part, 16).ok()?;
+        }
+        parts.next().is_none().then_some(MacAddress(bytes))
+    }
+}
+
+impl fmt::Display for MacAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02X}:{b:02X}:{c:02X}:{d:02X}:{e:02X}:{g:02X}")
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        MacAddress::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid Bluetooth address `{text}`, expected six hex bytes such as A4:C1:38:12:34:56"
+            ))
+        })
+    }
+}
+
+/// A service or characteristic UUID: 16-bit (`180d`, `0x180d`) or full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BleUuid(pub uuid::Uuid);
+
+impl BleUuid {
+    /// The Bluetooth base UUID with a 16-bit value in it.
+    pub const fn from_u16(short: u16) -> BleUuid {
+        BleUuid(uuid::Uuid::from_u128(
+            ((short as u128) << 96) | 0x0000_0000_0000_1000_8000_0080_5f9b_34fb,
+        ))
+    }
+
+    pub fn parse(text: &str) -> Option<BleUuid> {
+        let short = text.strip_prefix("0x").unwrap_or(text);
+        if short.len() == 4 {
+            return u16::from_str_radix(short, 16).ok().map(BleUuid::from_u16);
+        }
+        uuid::Uuid::parse_str(text).ok().map(BleUuid)
+    }
+}
+
+impl fmt::Display for BleUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for BleUuid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        BleUuid::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid UUID `{text}`, expected a 16-bit UUID such as 2a37 or a full one such as 00002a37-0000-1000-8000-00805f9b34fb"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_uuids_parse() {
+        let mac = MacAddress::parse("a4:c1:38:12:34:5F").unwrap();
+        assert_eq!(mac.0, [0xA4, 0xC1, 0x38, 0x12, 0x34, 0x5F]);
+        assert_eq!(mac.to_string(), "A4:C1:38:12:34:5F");
+        for bad in [
+            "",
+            "A4:C1:38:12:34",
+            "A4:C1:38:12:34:56:78",
+            "A4C1:38:12:34:56",
+            "G4:C1:38:12:34:56",
+        ] {
+            assert!(MacAddress::parse(bad).is_none(), "{bad}");
+        }
+        let hr = BleUuid::parse("2a37").unwrap();
+        assert_eq!(hr.to_string(), "00002a37-0000-1000-8000-00805f9b34fb");
+        assert_eq!(BleUuid::parse("0x2A37"), Some(hr));
+        assert_eq!(
+            BleUuid::parse("00002a37-0000-1000-8000-00805f9b34fb"),
+            Some(hr)
+        );
+        assert!(BleUuid::parse("2a3").is_none());
+    }
+}

@@ -1,0 +1,249 @@
+//! What a BLE source remembers about one device: when it was last heard,
+//! its last measurement counter and reading, whether it is stale. Times
+//! are passed in, so the rules are tested without a radio.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use super::BleDevice;
+use super::decode::DecodeError;
+use crate::config::{Delivery, Duration as ConfigDuration, Name};
+use crate::health::DeviceHealth;
+use crate::sources::{Ingest, Quality, Reading, now_ms};
+use crate::store::StoreError;
+
+pub struct DeviceState {
+    pub name: Name,
+    delivery: Delivery,
+    health: Arc<DeviceHealth>,
+    ingest: Ingest,
+    min_interval: Duration,
+    stale_after: ConfigDuration,
+    last_heard: Instant,
+    last_emitted: Option<Instant>,
+    last_counter: Option<u32>,
+    stale: bool,
+}
+
+impl DeviceState {
+    pub fn new(device: &BleDevice, delivery: Delivery, ingest: &Ingest, now: Instant) -> Self {
+        DeviceState {
+            name: device.name.clone(),
+            delivery,
+            health: ingest.device_health(&device.name),
+            ingest: ingest.clone(),
+            min_interval: device.min_interval.get(),
+            stale_after: device.stale_after,
+            last_heard: now,
+            last_emitted: None,
+            last_counter: None,
+            stale: false,
+        }
+    }
+
+    /// Any sign of life (an advertisement, a signal strength update, a
+    /// value): a stale device is back.
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        if self.stale {
+            self.stale = false;
+            if self.health.set_problem(None) {
+                tracing::info!(device = %self.name, "heard again");
+            }
+        }
+    }
+
+    /// Whether a decoded measurement becomes a reading: not a repeat of the
+    /// last counter, and not within `min_interval` of the last reading.
+    pub fn accept(&mut self, now: Instant, counter: Option<u32>) -> bool {
+        if counter.is_some() && counter == self.last_counter {
+            return false; // the same measurement, advertised again
+        }
+        self.last_counter = counter;
+        if self
+            .last_emitted
+            .is_some_and(|t| now.duration_since(t) < self.min_interval)
+        {
+            return false;
+        }
+        self.last_emitted = Some(now);
+        true
+    }
+
+    /// An advertisement that the decoder refused: counted, and a problem
+    /// (logged once per change).
+    pub fn undecodable(&self, e: &DecodeError) {
+        self.health.bad_input.fetch_add(1, Relaxed);
+        let problem = format!("undecodable advertisement: {e}");
+        if self.health.set_problem(Some(problem.clone())) {
+            tracing::warn!(device = %self.name, "{problem}");
+        }
+    }
+
+    /// Good data again after an undecodable advertisement.
+    pub fn decoded(&self) {
+        let undecodable = self
+            .health
+            .problem()
+            .is_some_and(|p| p.starts_with("undecodable"));
+        if undecodable && self.health.set_problem(None) {
+            tracing::info!(device = %self.name, "advertisements decode again");
+        }
+    }
+
+    /// A bad reading when the device has been silent for `stale_after`.
+    pub fn check_stale(&mut self, now: Instant) -> Option<Reading> {
+        if self.stale || now.duration_since(self.last_heard) < self.stale_after.get() {
+            return None;
+        }
+        self.stale = true;
+        let problem = format!("stale: nothing for {}", self.stale_after);
+        self.failed(problem)
+    }
+
+    /// A failure (no adapter, a lost connection, silence): counted, a
+    /// problem, and a bad reading, only when the problem changes, so the
+    /// log and the store get one entry per change of state.
+    pub fn failed(&self, problem: String) -> Option<Reading> {
+        self.health.errors.fetch_add(1, Relaxed);
+        if !self.health.set_problem(Some(problem.clone())) {
+            return None;
+        }
+        tracing::warn!(device = %self.name, "{problem}");
+        Some(self.reading(Map::new(), Some(problem)))
+    }
+
+    /// Clears the problem a failure set (the adapter is back, connected).
+    pub fn recovered(&mut self, now: Instant, what: &str) {
+        self.last_heard = now;
+        self.stale = false;
+        if self.health.set_problem(None) {
+            tracing::info!(device = %self.name, "{what}");
+        }
+    }
+
+    pub fn reading(&self, values: Map<String, Value>, error: Option<String>) -> Reading {
+        Reading {
+            device: self.name.clone(),
+            ts_ms: now_ms(),
+            values,
+            quality: if error.is_some() {
+                Quality::Bad
+            } else {
+                Quality::Good
+            },
+            error,
+            delivery: self.delivery,
+        }
+    }
+
+    /// Hands a reading to the store; fails only when it shuts down.
+    pub async fn emit(&self, reading: Reading) -> Result<(), StoreError> {
+        self.ingest.append(reading).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DeviceConfig;
+    use crate::config::{Priority, Qos, load_str};
+    use crate::health::Health;
+    use crate::store::Store;
+
+    fn device(extra: &str) -> BleDevice {
+        let text = format!(
+            "gateway: {{ id: gw }}\nmqtt: {{ url: mqtt://127.0.0.1 }}\ndevices:\n  - {{ name: t, kind: ble, address: 'A4:C1:38:00:00:01', decoder: bthome{extra} }}\n"
+        );
+        match load_str(&text, "t.yaml").unwrap().devices.remove(0) {
+            DeviceConfig::Ble(d) => d,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// What the store needs to stay open during a test.
+    struct Fixture(
+        #[allow(dead_code)] tokio::runtime::Runtime,
+        #[allow(dead_code)] tempfile::TempDir,
+    );
+
+    fn state(extra: &str) -> (DeviceState, Arc<Health>, Instant, Fixture) {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let (store, _thread) = Store::open(&dir.path().join("t.db"), &Default::default()).unwrap();
+        let health = Health::new();
+        let ingest = Ingest::new(store, health.clone());
+        let delivery = Delivery {
+            qos: Qos::AtLeastOnce,
+            priority: Priority::Normal,
+        };
+        let now = Instant::now();
+        let state = DeviceState::new(&device(extra), delivery, &ingest, now);
+        (state, health, now, Fixture(runtime, dir))
+    }
+
+    #[test]
+    fn repeats_and_readings_within_min_interval_are_dropped() {
+        let (mut s, _, t0, _f) = state(", min_interval: 10s");
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert!(s.accept(at(0), Some(1)));
+        assert!(!s.accept(at(1), Some(1)), "the same packet id again");
+        assert!(!s.accept(at(2), Some(2)), "new, but within min_interval");
+        assert!(!s.accept(at(11), Some(2)), "a repeat of the dropped one");
+        assert!(s.accept(at(12), Some(3)));
+        // Without a counter only the interval counts.
+        assert!(!s.accept(at(13), None));
+        assert!(s.accept(at(23), None));
+    }
+
+    #[test]
+    fn every_new_measurement_with_min_interval_zero() {
+        let (mut s, _, t0, _f) = state(", min_interval: 0s");
+        assert!(s.accept(t0, Some(7)));
+        assert!(s.accept(t0, Some(8)));
+        assert!(!s.accept(t0, Some(8)));
+    }
+
+    #[test]
+    fn a_silent_device_goes_stale_once_and_comes_back() {
+        let (mut s, health, t0, _f) = state(", stale_after: 60s");
+        assert!(s.check_stale(t0 + Duration::from_secs(59)).is_none());
+        let bad = s.check_stale(t0 + Duration::from_secs(60)).unwrap();
+        assert_eq!(bad.quality, Quality::Bad);
+        assert_eq!(bad.error.as_deref(), Some("stale: nothing for 1m"));
+        assert!(
+            s.check_stale(t0 + Duration::from_secs(90)).is_none(),
+            "once"
+        );
+        let snap = health.snapshot();
+        assert_eq!(
+            snap.devices["t"].problem.as_deref(),
+            Some("stale: nothing for 1m")
+        );
+        s.heard(t0 + Duration::from_secs(95));
+        assert_eq!(health.snapshot().devices["t"].problem, None);
+        assert!(s.check_stale(t0 + Duration::from_secs(100)).is_none());
+    }
+
+    #[test]
+    fn failures_give_one_bad_reading_per_change() {
+        let (mut s, health, t0, _f) = state("");
+        assert!(s.failed("no adapter".into()).is_some());
+        assert!(s.failed("no adapter".into()).is_none());
+        assert!(s.failed("BlueZ is not running".into()).is_some());
+        assert_eq!(health.snapshot().devices["t"].errors, 3);
+        s.recovered(t0, "scanning");
+        assert_eq!(health.snapshot().devices["t"].problem, None);
+        s.undecodable(&DecodeError("short".into()));
+        assert_eq!(health.snapshot().devices["t"].bad_input, 1);
+        s.decoded();
+        assert_eq!(health.snapshot().devices["t"].problem, None);
+    }
+}
