@@ -586,6 +586,17 @@ impl Gateway {
 
     /// As `start`, with `RUST_LOG` set to `filter`.
     pub fn start_logging(config: &Path, log_dir: &Path, filter: &str) -> Gateway {
+        Gateway::start_with_env(config, log_dir, filter, &[])
+    }
+
+    /// As `start_logging`, with extra environment variables for the
+    /// gateway process only (e.g. `DBUS_SYSTEM_BUS_ADDRESS`).
+    pub fn start_with_env(
+        config: &Path,
+        log_dir: &Path,
+        filter: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         fs::create_dir_all(log_dir).expect("create gateway log dir");
         let (log_path, log_file) = new_log_file(log_dir);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fieldgate"));
@@ -595,6 +606,7 @@ impl Gateway {
             .stdout(log_file.try_clone().expect("clone log file"))
             .stderr(log_file);
         cmd.env("RUST_LOG", filter);
+        cmd.envs(env.iter().copied());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", env!("CARGO_BIN_EXE_fieldgate")));

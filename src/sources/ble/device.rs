@@ -108,21 +108,29 @@ impl DeviceState {
     /// problem, and a bad reading, only when the problem changes, so the
     /// log and the store get one entry per change of state.
     pub fn failed(&self, problem: String) -> Option<Reading> {
+        let reading = self.failed_quietly(problem)?;
+        if let Some(problem) = &reading.error {
+            tracing::warn!(device = %self.name, "{problem}");
+        }
+        Some(reading)
+    }
+
+    /// As [`failed`](Self::failed), for a cause the caller has logged
+    /// already (once for all devices).
+    pub fn failed_quietly(&self, problem: String) -> Option<Reading> {
         self.health.errors.fetch_add(1, Relaxed);
         if !self.health.set_problem(Some(problem.clone())) {
             return None;
         }
-        tracing::warn!(device = %self.name, "{problem}");
         Some(self.reading(Map::new(), Some(problem)))
     }
 
-    /// Clears the problem a failure set (the adapter is back, connected).
-    pub fn recovered(&mut self, now: Instant, what: &str) {
+    /// Clears the problem a failure set (the adapter is back, connected);
+    /// the caller logs it.
+    pub fn recovered(&mut self, now: Instant) {
         self.last_heard = now;
         self.stale = false;
-        if self.health.set_problem(None) {
-            tracing::info!(device = %self.name, "{what}");
-        }
+        self.health.set_problem(None);
     }
 
     pub fn reading(&self, values: Map<String, Value>, error: Option<String>) -> Reading {
@@ -239,7 +247,7 @@ mod tests {
         assert!(s.failed("no adapter".into()).is_none());
         assert!(s.failed("BlueZ is not running".into()).is_some());
         assert_eq!(health.snapshot().devices["t"].errors, 3);
-        s.recovered(t0, "scanning");
+        s.recovered(t0);
         assert_eq!(health.snapshot().devices["t"].problem, None);
         s.undecodable(&DecodeError("short".into()));
         assert_eq!(health.snapshot().devices["t"].bad_input, 1);

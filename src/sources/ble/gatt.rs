@@ -164,7 +164,7 @@ async fn session(
     } else {
         "reconnected"
     };
-    state.recovered(Instant::now(), what);
+    state.recovered(Instant::now());
     tracing::info!(device = %device.name, attempt, "BLE: {what}");
 
     let reads: Vec<&(&Characteristic, GattCharacteristic)> =

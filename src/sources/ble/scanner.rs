@@ -76,7 +76,7 @@ pub async fn run(
             Ok((adapter, name)) => {
                 tracing::info!(adapter = %name, devices = scanner.all.len(), "BLE: scanning");
                 if down.take().is_some() {
-                    scanner.recovered(&format!("BLE adapter {name} is back"));
+                    scanner.recovered();
                 }
                 scanner.scan(&adapter, &cancel, retry).await
             }
@@ -118,20 +118,20 @@ impl Scanner {
     /// is shutting down.
     async fn unavailable(&mut self, cause: &str) -> Result<(), ()> {
         for state in &self.all {
-            if let Some(reading) = state.failed(format!("BLE unavailable: {cause}")) {
+            if let Some(reading) = state.failed_quietly(format!("BLE unavailable: {cause}")) {
                 state.emit(reading).await.map_err(|_| ())?;
             }
         }
         Ok(())
     }
 
-    fn recovered(&mut self, what: &str) {
+    fn recovered(&mut self) {
         let now = Instant::now();
         for state in &mut self.all {
-            state.recovered(now, what);
+            state.recovered(now);
         }
         for (_, state) in &mut self.adverts {
-            state.recovered(now, what);
+            state.recovered(now);
         }
     }
 

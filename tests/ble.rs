@@ -1,0 +1,371 @@
+//! BLE end to end without a radio: the gateway's btleplug talks to a mock
+//! BlueZ (python-dbusmock's `bluez5` template, driven by
+//! `tests/ble/driver.py`) on a private dbus-daemon, and its readings go
+//! through a real mosquitto to a subscriber.
+//!
+//! Each test starts its own bus; `DBUS_SYSTEM_BUS_ADDRESS` is set for the
+//! spawned processes only. Needs `dbus-daemon` and `python3-dbusmock`
+//! (installed by scripts/test.sh).
+
+mod common;
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const PYTHON: &str = "/usr/bin/python3";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A private D-Bus with (optionally) a mock BlueZ and its driver on it.
+struct MockBluez {
+    address: String,
+    dir: tempfile::TempDir,
+    /// Killed in this order: driver, mock, bus.
+    children: Vec<Child>,
+}
+
+impl MockBluez {
+    /// The bus, the `bluez5` mock and the driver, once it has added its
+    /// adapter and devices.
+    fn start() -> MockBluez {
+        let mut bus = MockBluez::bus_only();
+        let log = File::create(bus.dir.path().join("mock.stderr")).expect("mock log");
+        let mock = Command::new(PYTHON)
+            .args(["-m", "dbusmock", "--system", "--template", "bluez5", "-l"])
+            .arg(bus.dir.path().join("mock.log"))
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .expect("start python3 -m dbusmock (apt-get install python3-dbusmock)");
+        bus.children.insert(0, mock);
+        let driver_log = File::create(bus.driver_log_path()).expect("driver log");
+        let driver = Command::new(PYTHON)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ble/driver.py"))
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .stdin(Stdio::null())
+            .stdout(driver_log.try_clone().expect("clone"))
+            .stderr(driver_log)
+            .spawn()
+            .expect("start the driver");
+        bus.children.insert(0, driver);
+        assert!(
+            bus.wait_for_driver("ready", Duration::from_secs(30)),
+            "the mock BlueZ did not come up\n{}",
+            bus.logs()
+        );
+        bus
+    }
+
+    /// A private system bus with nothing on it (no BlueZ).
+    fn bus_only() -> MockBluez {
+        let dir = tempfile::Builder::new()
+            .prefix("fieldgate-dbus-")
+            .tempdir()
+            .expect("temp dir");
+        let socket = dir.path().join("bus.sock");
+        let template = include_str!("ble/bus.conf");
+        let conf = dir.path().join("bus.conf");
+        fs::write(
+            &conf,
+            template.replace("@SOCKET@", &socket.display().to_string()),
+        )
+        .expect("write bus.conf");
+        let mut daemon = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dbus-daemon (apt-get install dbus)");
+        let mut line = String::new();
+        BufReader::new(daemon.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the bus address");
+        let address = line.trim().to_owned();
+        assert!(address.starts_with("unix:"), "dbus-daemon said {line:?}");
+        MockBluez {
+            address,
+            dir,
+            children: vec![daemon],
+        }
+    }
+
+    fn env(&self) -> [(&str, &str); 1] {
+        [("DBUS_SYSTEM_BUS_ADDRESS", self.address.as_str())]
+    }
+
+    fn driver_log_path(&self) -> PathBuf {
+        self.dir.path().join("driver.log")
+    }
+
+    fn driver_log(&self) -> String {
+        fs::read_to_string(self.driver_log_path()).unwrap_or_default()
+    }
+
+    fn wait_for_driver(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.driver_log().contains(needle) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn logs(&self) -> String {
+        let mock = fs::read_to_string(self.dir.path().join("mock.stderr")).unwrap_or_default();
+        format!("--- driver ---\n{}--- mock ---\n{mock}", self.driver_log())
+    }
+}
+
+impl Drop for MockBluez {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Telemetry payloads of `device`, in arrival order.
+fn readings(messages: &[Message], device: &str) -> Vec<Value> {
+    let topic = format!("fieldgate/gw/telemetry/{device}");
+    messages
+        .iter()
+        .filter(|m| m.topic == topic)
+        .map(Message::json)
+        .collect()
+}
+
+fn good_with(messages: &[Message], device: &str, check: impl Fn(&Value) -> bool) -> bool {
+    readings(messages, device)
+        .iter()
+        .any(|r| r["quality"] == "good" && check(&r["values"]))
+}
+
+#[test]
+fn bthome_and_ruuvi_advertisements_become_readings() {
+    let bluez = MockBluez::start();
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::connect(broker.port, "check-adverts", "fieldgate/gw/telemetry/#");
+    let devices = "  - name: livingroom
+    kind: ble
+    address: \"A4:C1:38:00:00:01\"
+    decoder: bthome
+    min_interval: 0s
+  - name: tag
+    kind: ble
+    local_name: Ruuvi 0002
+    decoder: ruuvi
+    min_interval: 2s
+";
+    let config = write_config(dir.path(), broker.port, "", devices);
+    let mut gw = Gateway::start_with_env(&config, dir.path(), "info", &bluez.env());
+
+    let bthome = |v: &Value| v["temperature"] == 25.0 && v["humidity"] == 50.55;
+    let ruuvi = |v: &Value| {
+        v["temperature"] == 24.3
+            && v["humidity"] == 53.49
+            && v["pressure"] == 1000.44
+            && v["battery_voltage"] == 2.977
+            && v["acceleration_z"] == 1.036
+            && v["mac"] == "CB:B8:33:4C:88:4F"
+    };
+    let both = |m: &[Message]| good_with(m, "livingroom", bthome) && good_with(m, "tag", ruuvi);
+    assert!(
+        sub.wait_until(WAIT, both),
+        "{:?}\n{}\n{}",
+        sub.messages().iter().map(Message::text).collect::<Vec<_>>(),
+        gw.log(),
+        bluez.logs()
+    );
+
+    // Adverts come every 0.3 s, each with a new packet id / sequence: the
+    // BTHome device (min_interval 0s) gets most, the Ruuvi tag one per 2 s.
+    thread::sleep(Duration::from_secs(4));
+    let messages = sub.messages();
+    let (fast, slow) = (
+        readings(&messages, "livingroom"),
+        readings(&messages, "tag"),
+    );
+    let times: Vec<i64> = slow
+        .iter()
+        .map(|r| {
+            let ts = r["ts"].as_str().unwrap();
+            ts.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+        })
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[1] - w[0] >= 1_900),
+        "min_interval 2s: {times:?}"
+    );
+    assert!(
+        fast.len() > slow.len() * 2,
+        "{} bthome and {} ruuvi readings",
+        fast.len(),
+        slow.len()
+    );
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn gatt_notifications_and_reads_become_readings_and_a_dropped_link_reconnects() {
+    let bluez = MockBluez::start();
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::connect(broker.port, "check-gatt", "fieldgate/gw/telemetry/#");
+    let devices = "  - name: strap
+    kind: ble
+    address: \"AA:BB:CC:DD:EE:03\"
+    decoder: gatt
+    min_interval: 0s
+    poll: 1s
+    characteristics:
+      - { point: heart_rate, service: 180d, uuid: 2a37, type: u8, skip: 1 }
+      - { point: battery, service: 180f, uuid: 2a19, type: u8, mode: read }
+";
+    let config = write_config(dir.path(), broker.port, "", devices);
+    let mut gw = Gateway::start_with_env(&config, dir.path(), "info", &bluez.env());
+
+    let before = |m: &[Message]| {
+        (60..=62).all(|bpm| good_with(m, "strap", |v| v["heart_rate"] == bpm))
+            && good_with(m, "strap", |v| v["battery"] == 87)
+    };
+    assert!(
+        sub.wait_until(WAIT, before),
+        "{:?}\n{}\n{}",
+        sub.messages().iter().map(Message::text).collect::<Vec<_>>(),
+        gw.log(),
+        bluez.logs()
+    );
+    let after = |m: &[Message]| {
+        good_with(m, "strap", |v| {
+            v["heart_rate"].as_u64().is_some_and(|b| b >= 90)
+        })
+    };
+    assert!(
+        sub.wait_until(WAIT, after),
+        "no notification after the drop\n{}\n{}",
+        gw.log(),
+        bluez.logs()
+    );
+    let dropped = readings(&sub.messages(), "strap")
+        .into_iter()
+        .find(|r| r["quality"] == "bad")
+        .expect("a bad reading for the dropped link");
+    assert_eq!(dropped["error"], "the device dropped the connection");
+    let log = gw.log();
+    assert!(log.contains("BLE: connected"), "{log}");
+    assert!(log.contains("BLE: reconnected"), "{log}");
+    assert!(
+        bluez
+            .driver_log()
+            .contains("connected and subscribed again")
+    );
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn without_a_bus_the_cause_is_logged_once_and_simulated_devices_keep_publishing() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::connect(broker.port, "check-nobus", "fieldgate/gw/telemetry/#");
+    let devices = "  - name: livingroom
+    kind: ble
+    address: \"A4:C1:38:00:00:01\"
+    decoder: bthome
+"
+    .to_owned()
+        + &sim_device("wave", "100ms", 1_000_000, "");
+    let config = write_config(dir.path(), broker.port, "", devices.as_str());
+    let text = fs::read_to_string(&config).unwrap() + "ble:\n  retry_interval: 500ms\n";
+    fs::write(&config, text).unwrap();
+    let missing = dir.path().join("no-such-bus");
+    let address = format!("unix:path={}", missing.display());
+    let mut gw = Gateway::start_with_env(
+        &config,
+        dir.path(),
+        "info",
+        &[("DBUS_SYSTEM_BUS_ADDRESS", address.as_str())],
+    );
+
+    let bad = |m: &[Message]| {
+        readings(m, "livingroom")
+            .iter()
+            .any(|r| r["quality"] == "bad")
+    };
+    assert!(sub.wait_until(WAIT, bad), "{}", gw.log());
+    let started = sub.count();
+    // Several retries (every 500 ms) later, the simulated device still
+    // publishes and the cause was logged once.
+    thread::sleep(Duration::from_secs(3));
+    let messages = sub.messages();
+    assert!(
+        readings(&messages, "wave").len() >= 20 && messages.len() > started + 20,
+        "{}",
+        gw.log()
+    );
+    let bad_readings: Vec<Value> = readings(&messages, "livingroom");
+    assert_eq!(
+        bad_readings.len(),
+        1,
+        "one bad reading per change: {bad_readings:?}"
+    );
+    let error = bad_readings[0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("BLE unavailable: no system D-Bus") && error.contains("no-such-bus"),
+        "{error}"
+    );
+    let log = gw.log();
+    assert_eq!(log.matches("BLE unavailable").count(), 1, "{log}");
+    assert_eq!(log.matches("WARN").count(), 1, "{log}");
+    assert!(gw.is_running());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn ble_scan_lists_devices_with_what_the_decoders_read() {
+    let bluez = MockBluez::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["ble", "scan", "--seconds", "2"])
+        .envs(bluez.env())
+        .output()
+        .expect("run fieldgate ble scan");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}\n{}", bluez.logs());
+    assert!(stdout.contains("A4:C1:38:00:00:01"), "{stdout}");
+    assert!(
+        stdout.contains("decoder: bthome humidity=50.55 temperature=25.0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Ruuvi 0002"), "{stdout}");
+    assert!(stdout.contains("decoder: ruuvi"), "{stdout}");
+    assert!(stdout.contains("HR-strap"), "{stdout}");
+}
+
+#[test]
+fn ble_scan_names_a_missing_bluez() {
+    let bus = MockBluez::bus_only();
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["ble", "scan", "--seconds", "1"])
+        .envs(bus.env())
+        .output()
+        .expect("run fieldgate ble scan");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("BlueZ is not running"), "{stderr}");
+}
