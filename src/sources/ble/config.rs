@@ -391,4 +391,147 @@ mod tests {
         );
         assert!(BleUuid::parse("2a3").is_none());
     }
+
+    use crate::config::{ConfigError, DeviceConfig, Problem, load_str};
+
+    const HEAD: &str = "gateway: { id: gw }\nmqtt: { url: mqtt://127.0.0.1 }\n";
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match load_str(&format!("{HEAD}{text}"), "f.yaml") {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ble_device_and_the_adapter_load_with_defaults() {
+        let text = format!(
+            "{HEAD}ble: {{ adapter: hci1 }}\ndevices:\n  - {{ name: t, kind: ble, address: 'A4:C1:38:00:00:01', decoder: atc }}\n"
+        );
+        let config = load_str(&text, "f.yaml").unwrap();
+        assert_eq!(config.ble.adapter.as_deref(), Some("hci1"));
+        assert_eq!(config.ble.retry_interval, Duration::from_secs(10));
+        let DeviceConfig::Ble(d) = &config.devices[0] else {
+            panic!("{:?}", config.devices[0]);
+        };
+        assert_eq!(d.decoder, Decoder::Atc);
+        assert_eq!(d.min_interval, Duration::from_secs(10));
+        assert_eq!(d.stale_after, Duration::from_secs(300));
+        assert!(d.matches([0xA4, 0xC1, 0x38, 0, 0, 1], None));
+        assert!(!d.matches([0xA4, 0xC1, 0x38, 0, 0, 2], Some("t")));
+        let defaults = load_str(&format!("{HEAD}devices:\n"), "f.yaml").unwrap();
+        assert_eq!(defaults.ble, BleConfig::default());
+    }
+
+    fn positioned(found: &[Problem]) -> Vec<(String, Option<usize>, String)> {
+        found
+            .iter()
+            .map(|p| (p.path.clone(), p.mark.map(|m| m.line), p.message.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_its_position() {
+        let found = positioned(&problems(
+            "ble: { adaptor: hci0 }
+devices:
+  - name: bad
+    kind: ble
+    address: A4:C1:38
+    decoder: ruuvi
+    characteristics: [{ point: x, uuid: 2a3, service: 180d, type: u64 }]
+",
+        ));
+        let expected = [
+            ("ble.adaptor", 3, "unknown key `adaptor`"),
+            (
+                "devices[0].address",
+                7,
+                "invalid Bluetooth address `A4:C1:38`",
+            ),
+            (
+                "devices[0].characteristics[0].uuid",
+                9,
+                "invalid UUID `2a3`",
+            ),
+            (
+                "devices[0].characteristics[0].type",
+                9,
+                "unknown variant `u64`",
+            ),
+        ];
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        for ((path, line, message), (p, l, m)) in found.iter().zip(expected) {
+            assert_eq!((path.as_str(), *line), (p, Some(l)), "{found:#?}");
+            assert!(message.contains(m), "{message}");
+        }
+    }
+
+    #[test]
+    fn address_or_local_name_and_gatt_needs_characteristics() {
+        let found = positioned(&problems(
+            "devices:
+  - name: both
+    kind: ble
+    address: 'A4:C1:38:00:00:01'
+    local_name: ATC_000001
+    decoder: atc
+  - name: neither
+    kind: ble
+    decoder: bthome
+  - name: gatt
+    kind: ble
+    local_name: HR
+    decoder: gatt
+",
+        ));
+        let at: Vec<(&str, Option<usize>)> =
+            found.iter().map(|(p, l, _)| (p.as_str(), *l)).collect();
+        // A missing key is reported where its device starts.
+        assert_eq!(
+            at,
+            [
+                ("devices[0].local_name", Some(7)),
+                ("devices[1].address", Some(9)),
+                ("devices[2].characteristics", Some(12)),
+            ],
+            "{found:#?}"
+        );
+        assert!(found[0].2.contains("not both"));
+        assert!(found[1].2.contains("address"));
+        assert!(found[2].2.contains("at least one characteristic"));
+    }
+
+    #[test]
+    fn characteristics_belong_to_gatt_and_are_checked() {
+        let found = problems(
+            "devices:
+  - name: hr
+    kind: ble
+    address: 'AA:BB:CC:DD:EE:03'
+    decoder: gatt
+    poll: 0s
+    characteristics:
+      - { point: bpm, uuid: 2a37, service: 180d, skip: 1 }
+      - { point: bpm, uuid: 2a19, service: 180f, mode: read, scale: 0 }
+  - name: t
+    kind: ble
+    address: 'A4:C1:38:00:00:01'
+    decoder: bthome
+    characteristics: [{ point: x, uuid: 2a37, service: 180d }]
+",
+        );
+        let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "devices[0].poll",
+                "devices[0].characteristics[1].point",
+                "devices[0].characteristics[1].scale",
+                "devices[1].characteristics",
+            ],
+            "{found:#?}"
+        );
+        assert!(found[3].message.contains("only decoder gatt"));
+    }
 }
