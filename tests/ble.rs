@@ -35,35 +35,43 @@ impl MockBluez {
     /// adapter and devices.
     fn start() -> MockBluez {
         let mut bus = MockBluez::bus_only();
-        let log = File::create(bus.dir.path().join("mock.stderr")).expect("mock log");
-        let mock = Command::new(PYTHON)
-            .args(["-m", "dbusmock", "--system", "--template", "bluez5", "-l"])
-            .arg(bus.dir.path().join("mock.log"))
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-            .env_remove("DBUS_SESSION_BUS_ADDRESS")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone"))
-            .stderr(log)
-            .spawn()
-            .expect("start python3 -m dbusmock (apt-get install python3-dbusmock)");
-        bus.children.insert(0, mock);
-        let driver_log = File::create(bus.driver_log_path()).expect("driver log");
-        let driver = Command::new(PYTHON)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ble/driver.py"))
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-            .env_remove("DBUS_SESSION_BUS_ADDRESS")
-            .stdin(Stdio::null())
-            .stdout(driver_log.try_clone().expect("clone"))
-            .stderr(driver_log)
-            .spawn()
-            .expect("start the driver");
-        bus.children.insert(0, driver);
+        let mock_log = bus.dir.path().join("mock.log");
+        let mock: [&std::ffi::OsStr; 7] = [
+            "-m".as_ref(),
+            "dbusmock".as_ref(),
+            "--system".as_ref(),
+            "--template".as_ref(),
+            "bluez5".as_ref(),
+            "-l".as_ref(),
+            mock_log.as_os_str(),
+        ];
+        bus.python(&mock, "mock.stderr");
+        let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ble/driver.py");
+        bus.python(&[driver.as_os_str()], "driver.log");
         assert!(
             bus.wait_for_driver("ready", Duration::from_secs(30)),
             "the mock BlueZ did not come up\n{}",
             bus.logs()
         );
         bus
+    }
+
+    /// Starts `/usr/bin/python3 args` on this bus, its output in `log`.
+    fn python(&mut self, args: &[&std::ffi::OsStr], log: &str) {
+        let log = File::create(self.dir.path().join(log)).expect("create a log file");
+        let child = Command::new(PYTHON)
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("start {PYTHON} {args:?} (apt-get install python3-dbusmock): {e}")
+            });
+        // Killed before the bus.
+        self.children.insert(0, child);
     }
 
     /// A private system bus with nothing on it (no BlueZ).
@@ -336,16 +344,22 @@ fn without_a_bus_the_cause_is_logged_once_and_simulated_devices_keep_publishing(
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
 
+/// Runs `fieldgate ble scan` on `bus`: its status, stdout and stderr.
+fn ble_scan(bus: &MockBluez, seconds: u32) -> (std::process::Output, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["ble", "scan", "--seconds", &seconds.to_string()])
+        .envs(bus.env())
+        .output()
+        .expect("run fieldgate ble scan");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
 #[test]
 fn ble_scan_lists_devices_with_what_the_decoders_read() {
     let bluez = MockBluez::start();
-    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
-        .args(["ble", "scan", "--seconds", "2"])
-        .envs(bluez.env())
-        .output()
-        .expect("run fieldgate ble scan");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stdout, stderr) = ble_scan(&bluez, 2);
     assert!(out.status.success(), "{stdout}{stderr}\n{}", bluez.logs());
     assert!(stdout.contains("A4:C1:38:00:00:01"), "{stdout}");
     assert!(
@@ -360,12 +374,7 @@ fn ble_scan_lists_devices_with_what_the_decoders_read() {
 #[test]
 fn ble_scan_names_a_missing_bluez() {
     let bus = MockBluez::bus_only();
-    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
-        .args(["ble", "scan", "--seconds", "1"])
-        .envs(bus.env())
-        .output()
-        .expect("run fieldgate ble scan");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, _, stderr) = ble_scan(&bus, 1);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("BlueZ is not running"), "{stderr}");
 }

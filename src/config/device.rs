@@ -24,6 +24,26 @@ pub trait DeviceSpec {
     }
 }
 
+/// Problems of a list of points whose names must be unique: one per
+/// repeated name, at `{list}[i].{field}`, naming the first use.
+pub fn duplicate_names<'a>(
+    list: &str,
+    field: &str,
+    names: impl IntoIterator<Item = &'a Name>,
+) -> Vec<(String, String)> {
+    let names: Vec<&Name> = names.into_iter().collect();
+    let mut found = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if let Some(first) = names[..i].iter().position(|n| n == name) {
+            found.push((
+                format!("{list}[{i}].{field}"),
+                format!("duplicate point name `{name}`, already used by {list}[{first}]"),
+            ));
+        }
+    }
+    found
+}
+
 /// `batch:` of a device: one publish carries a JSON array of its readings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::sources::ble::BleConfig;
 
-pub use device::{BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec};
+pub use device::{BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec, duplicate_names};
 pub use load::{ConfigError, Problem, load, load_str};
 pub use mqtt::{BrokerUrl, Credentials, MqttConfig, Protocol, Secret, TlsConfig};
 pub use units::{ByteSize, Duration};

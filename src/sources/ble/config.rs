@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config::{BatchConfig, DeviceSpec, Duration, Name, Priority, Qos};
+use crate::config::{BatchConfig, DeviceSpec, Duration, Name, Priority, Qos, duplicate_names};
 
 /// `ble:` at the top of the file: the Bluetooth adapter that scans for
 /// every BLE device.
@@ -150,19 +150,9 @@ impl DeviceSpec for BleDevice {
                 ),
             ));
         }
+        let points = self.characteristics.iter().map(|c| &c.point);
+        found.extend(duplicate_names("characteristics", "point", points));
         for (i, c) in self.characteristics.iter().enumerate() {
-            if let Some(first) = self.characteristics[..i]
-                .iter()
-                .position(|p| p.point == c.point)
-            {
-                found.push((
-                    format!("characteristics[{i}].point"),
-                    format!(
-                        "duplicate point name `{}`, already used by characteristics[{first}]",
-                        c.point
-                    ),
-                ));
-            }
             for (key, v) in [("scale", c.scale), ("offset", c.offset)] {
                 if !v.is_finite() {
                     found.push((

@@ -12,23 +12,13 @@
 
 use serde_json::{Map, Value};
 
-use super::{DecodeError, Decoded, error, scaled};
+use super::{DecodeError, Decoded, exact, scaled};
 
 pub const LEN: usize = 13;
 
 /// Decodes ATC1441 service data (the bytes after the UUID).
 pub fn decode(data: &[u8]) -> Result<Decoded, DecodeError> {
-    let Ok(d) = <&[u8; LEN]>::try_from(data) else {
-        let hint = if data.len() == super::pvvx::LEN {
-            " (15 bytes is the pvvx format: set decoder: pvvx)"
-        } else {
-            ""
-        };
-        return error(format!(
-            "ATC1441 data has {LEN} bytes, got {}{hint}",
-            data.len()
-        ));
-    };
+    let d = exact::<LEN>(data, "ATC1441", (super::pvvx::LEN, "pvvx"))?;
     let mut values = Map::new();
     let temperature = i16::from_be_bytes([d[6], d[7]]);
     values.insert("temperature".into(), scaled(temperature.into(), 0.1));
@@ -84,6 +74,11 @@ mod tests {
     #[test]
     fn other_lengths_are_refused_and_pvvx_is_named() {
         assert!(decode(&[]).is_err());
-        assert!(decode(&[0; 15]).unwrap_err().0.contains("pvvx"));
+        assert!(
+            decode(&[0; 15])
+                .unwrap_err()
+                .0
+                .contains("set decoder: pvvx")
+        );
     }
 }

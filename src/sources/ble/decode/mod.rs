@@ -48,6 +48,27 @@ pub(crate) fn error<T>(message: impl Into<String>) -> Result<T, DecodeError> {
     Err(DecodeError(message.into()))
 }
 
+/// `data` as exactly `N` bytes of `format`, or an error that names the
+/// other format of service data 0x181A when the length is that one's.
+pub(crate) fn exact<'a, const N: usize>(
+    data: &'a [u8],
+    format: &str,
+    other: (usize, &str),
+) -> Result<&'a [u8; N], DecodeError> {
+    <&[u8; N]>::try_from(data).or_else(|_| {
+        let (other_len, other_decoder) = other;
+        let hint = if data.len() == other_len {
+            format!(" ({other_len} bytes is the other format: set decoder: {other_decoder})")
+        } else {
+            String::new()
+        };
+        error(format!(
+            "{format} data has {N} bytes, got {}{hint}",
+            data.len()
+        ))
+    })
+}
+
 /// Decodes the part of an advertisement that `decoder` reads: `None` when
 /// the advertisement does not carry it (other service data, say).
 pub fn decode_advert(

@@ -13,23 +13,13 @@
 
 use serde_json::{Map, Value};
 
-use super::{DecodeError, Decoded, error, scaled};
+use super::{DecodeError, Decoded, exact, scaled};
 
 pub const LEN: usize = 15;
 
 /// Decodes pvvx custom service data (the bytes after the UUID).
 pub fn decode(data: &[u8]) -> Result<Decoded, DecodeError> {
-    let Ok(d) = <&[u8; LEN]>::try_from(data) else {
-        let hint = if data.len() == super::atc::LEN {
-            " (13 bytes is the ATC1441 format: set decoder: atc)"
-        } else {
-            ""
-        };
-        return error(format!(
-            "pvvx data has {LEN} bytes, got {}{hint}",
-            data.len()
-        ));
-    };
+    let d = exact::<LEN>(data, "pvvx", (super::atc::LEN, "atc"))?;
     let mut values = Map::new();
     let temperature = i16::from_le_bytes([d[6], d[7]]);
     values.insert("temperature".into(), scaled(temperature.into(), 0.01));
