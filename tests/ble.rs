@@ -35,6 +35,14 @@ impl MockBluez {
     /// adapter and devices.
     fn start() -> MockBluez {
         let mut bus = MockBluez::bus_only();
+        bus.add_bluez();
+        bus
+    }
+
+    /// Starts the `bluez5` mock and the driver on this bus and waits until
+    /// the driver has added its adapter and devices.
+    fn add_bluez(&mut self) {
+        let bus = self;
         let mock_log = bus.dir.path().join("mock.log");
         let mock: [&std::ffi::OsStr; 7] = [
             "-m".as_ref(),
@@ -53,7 +61,6 @@ impl MockBluez {
             "the mock BlueZ did not come up\n{}",
             bus.logs()
         );
-        bus
     }
 
     /// Starts `/usr/bin/python3 args` on this bus, its output in `log`.
@@ -341,6 +348,44 @@ fn without_a_bus_the_cause_is_logged_once_and_simulated_devices_keep_publishing(
     assert_eq!(log.matches("BLE unavailable").count(), 1, "{log}");
     assert_eq!(log.matches("WARN").count(), 1, "{log}");
     assert!(gw.is_running());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn a_bluez_that_starts_late_is_found_by_the_retries() {
+    let mut bus = MockBluez::bus_only();
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::connect(broker.port, "check-late", "fieldgate/gw/telemetry/#");
+    let devices = "  - name: livingroom
+    kind: ble
+    address: \"A4:C1:38:00:00:01\"
+    decoder: bthome
+    min_interval: 0s
+";
+    let config = write_config(dir.path(), broker.port, "", devices);
+    let text = fs::read_to_string(&config).unwrap() + "ble:\n  retry_interval: 500ms\n";
+    fs::write(&config, text).unwrap();
+    let mut gw = Gateway::start_with_env(&config, dir.path(), "info", &bus.env());
+
+    let bad = |m: &[Message]| {
+        readings(m, "livingroom")
+            .iter()
+            .any(|r| r["quality"] == "bad")
+    };
+    assert!(sub.wait_until(WAIT, bad), "{}", gw.log());
+    let first = &readings(&sub.messages(), "livingroom")[0];
+    assert_eq!(
+        first["error"],
+        "BLE unavailable: BlueZ is not running (no org.bluez on the system D-Bus; start bluetooth.service)"
+    );
+
+    bus.add_bluez();
+    let good = |m: &[Message]| good_with(m, "livingroom", |v| v["temperature"] == 25.0);
+    assert!(sub.wait_until(WAIT, good), "{}\n{}", gw.log(), bus.logs());
+    let log = gw.log();
+    assert_eq!(log.matches("BLE unavailable").count(), 1, "{log}");
+    assert!(log.contains("BLE: scanning"), "{log}");
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
 

@@ -74,11 +74,9 @@ pub async fn run(
     loop {
         let outcome = match adapter::open(&mut manager, settings.adapter.as_deref()).await {
             Ok((adapter, name)) => {
-                tracing::info!(adapter = %name, devices = scanner.all.len(), "BLE: scanning");
-                if down.take().is_some() {
-                    scanner.recovered();
-                }
-                scanner.scan(&adapter, &cancel, retry).await
+                scanner
+                    .scan(&adapter, &name, &mut down, &cancel, retry)
+                    .await
             }
             Err(cause) => Err(cause),
         };
@@ -136,9 +134,12 @@ impl Scanner {
     }
 
     /// Scans until cancelled (`Ok`) or the adapter fails (`Err`, its cause).
+    /// Once scanning, clears `down` and the problems it caused.
     async fn scan(
         &mut self,
         adapter: &Adapter,
+        name: &str,
+        down: &mut Option<String>,
         cancel: &CancellationToken,
         check_every: Duration,
     ) -> Result<(), String> {
@@ -147,6 +148,10 @@ impl Scanner {
             .start_scan(ScanFilter::default())
             .await
             .map_err(|e| explain(&e))?;
+        tracing::info!(adapter = %name, devices = self.all.len(), "BLE: scanning");
+        if down.take().is_some() {
+            self.recovered();
+        }
         self.routes.clear();
         let connections = cancel.child_token();
         let mut tasks = JoinSet::new();
@@ -178,6 +183,11 @@ impl Scanner {
                     None => break Err("the BlueZ event stream ended (D-Bus connection lost)".into()),
                 },
                 _ = stale_tick.tick() => {
+                    // Phones and the like rotate random addresses: forget
+                    // the peripherals that are none of ours.
+                    self.routes.retain(|_, r| {
+                        r.target.is_some() || r.checked.elapsed() < RECHECK_UNMATCHED
+                    });
                     let now = Instant::now();
                     for (_, state) in &mut self.adverts {
                         if let Some(reading) = state.check_stale(now)
