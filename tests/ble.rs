@@ -383,8 +383,11 @@ fn a_bluez_that_starts_late_is_found_by_the_retries() {
     bus.add_bluez();
     let good = |m: &[Message]| good_with(m, "livingroom", |v| v["temperature"] == 25.0);
     assert!(sub.wait_until(WAIT, good), "{}\n{}", gw.log(), bus.logs());
+    // Logged once per cause, however many retries (the mock may also be
+    // seen for a moment without its adapter: another cause, logged once).
     let log = gw.log();
-    assert_eq!(log.matches("BLE unavailable").count(), 1, "{log}");
+    assert_eq!(log.matches("BlueZ is not running").count(), 1, "{log}");
+    assert!(log.matches("BLE unavailable").count() <= 2, "{log}");
     assert!(log.contains("BLE: scanning"), "{log}");
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }

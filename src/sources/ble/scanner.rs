@@ -33,6 +33,9 @@ enum Target {
     Gatt(usize),
 }
 
+/// The store is shutting down: the source stops.
+struct StoreClosed;
+
 struct Routing {
     target: Option<Target>,
     checked: Instant,
@@ -112,12 +115,11 @@ struct Scanner {
 }
 
 impl Scanner {
-    /// A bad reading and a problem for every device; `Err` when the store
-    /// is shutting down.
-    async fn unavailable(&mut self, cause: &str) -> Result<(), ()> {
+    /// A bad reading and a problem for every device.
+    async fn unavailable(&mut self, cause: &str) -> Result<(), StoreClosed> {
         for state in &self.all {
             if let Some(reading) = state.failed_quietly(format!("BLE unavailable: {cause}")) {
-                state.emit(reading).await.map_err(|_| ())?;
+                state.emit(reading).await.map_err(|_| StoreClosed)?;
             }
         }
         Ok(())
@@ -176,8 +178,8 @@ impl Scanner {
                 }
                 event = events.next() => match event {
                     Some(event) => {
-                        if let Err(stopped) = self.on_event(adapter, event).await {
-                            break stopped;
+                        if let Err(StoreClosed) = self.on_event(adapter, event).await {
+                            break Ok(());
                         }
                     }
                     None => break Err("the BlueZ event stream ended (D-Bus connection lost)".into()),
@@ -214,12 +216,12 @@ impl Scanner {
         outcome
     }
 
-    /// Routes one event; `Err(Ok(()))` when the store shuts down.
+    /// Routes one event.
     async fn on_event(
         &mut self,
         adapter: &Adapter,
         event: CentralEvent,
-    ) -> Result<(), Result<(), String>> {
+    ) -> Result<(), StoreClosed> {
         let (id, data) = match event {
             CentralEvent::DeviceDiscovered(id) => {
                 let target = self.route(adapter, &id, true).await;
@@ -282,7 +284,7 @@ impl Scanner {
         &mut self,
         i: usize,
         decoded: Option<Result<Decoded, DecodeError>>,
-    ) -> Result<(), Result<(), String>> {
+    ) -> Result<(), StoreClosed> {
         let state = &mut self.adverts[i].1;
         match decoded {
             None => Ok(()),
@@ -297,7 +299,7 @@ impl Scanner {
                     return Ok(());
                 }
                 let reading = state.reading(decoded.values, None);
-                state.emit(reading).await.map_err(|_| Ok(()))
+                state.emit(reading).await.map_err(|_| StoreClosed)
             }
         }
     }
