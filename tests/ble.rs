@@ -327,12 +327,12 @@ fn without_a_bus_the_cause_is_logged_once_and_simulated_devices_keep_publishing(
     // Several retries (every 500 ms) later, the simulated device still
     // publishes and the cause was logged once.
     thread::sleep(Duration::from_secs(3));
-    let messages = sub.messages();
     assert!(
-        readings(&messages, "wave").len() >= 20 && messages.len() > started + 20,
-        "{}",
+        sub.wait_until(WAIT, |m| m.len() >= started + 20),
+        "the simulated device stopped\n{}",
         gw.log()
     );
+    let messages = sub.messages();
     let bad_readings: Vec<Value> = readings(&messages, "livingroom");
     assert_eq!(
         bad_readings.len(),
