@@ -170,12 +170,33 @@ fn good_with(messages: &[Message], device: &str, check: impl Fn(&Value) -> bool)
         .any(|r| r["quality"] == "good" && check(&r["values"]))
 }
 
+/// What a gateway started by [`rig`] needs to stay up: its broker and
+/// its directory.
+type Keep = (Broker, tempfile::TempDir);
+
+/// A gateway with `devices` and `ble:` keys, on the system bus at `dbus`,
+/// and a subscriber to its telemetry.
+fn rig(dbus: &str, client: &str, devices: &str, ble: &str) -> (Gateway, Subscriber, Keep) {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::connect(broker.port, client, "fieldgate/gw/telemetry/#");
+    let config = write_config(dir.path(), broker.port, "", devices);
+    if !ble.is_empty() {
+        let text = fs::read_to_string(&config).unwrap() + "ble:\n" + ble;
+        fs::write(&config, text).unwrap();
+    }
+    let gw = Gateway::start_with_env(
+        &config,
+        dir.path(),
+        "info",
+        &[("DBUS_SYSTEM_BUS_ADDRESS", dbus)],
+    );
+    (gw, sub, (broker, dir))
+}
+
 #[test]
 fn bthome_and_ruuvi_advertisements_become_readings() {
     let bluez = MockBluez::start();
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-adverts", "fieldgate/gw/telemetry/#");
     let devices = "  - name: livingroom
     kind: ble
     address: \"A4:C1:38:00:00:01\"
@@ -187,8 +208,7 @@ fn bthome_and_ruuvi_advertisements_become_readings() {
     decoder: ruuvi
     min_interval: 2s
 ";
-    let config = write_config(dir.path(), broker.port, "", devices);
-    let mut gw = Gateway::start_with_env(&config, dir.path(), "info", &bluez.env());
+    let (mut gw, sub, _keep) = rig(&bluez.address, "check-adverts", devices, "");
 
     let bthome = |v: &Value| v["temperature"] == 25.0 && v["humidity"] == 50.55;
     let ruuvi = |v: &Value| {
@@ -239,9 +259,6 @@ fn bthome_and_ruuvi_advertisements_become_readings() {
 #[test]
 fn gatt_notifications_and_reads_become_readings_and_a_dropped_link_reconnects() {
     let bluez = MockBluez::start();
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-gatt", "fieldgate/gw/telemetry/#");
     let devices = "  - name: strap
     kind: ble
     address: \"AA:BB:CC:DD:EE:03\"
@@ -252,8 +269,7 @@ fn gatt_notifications_and_reads_become_readings_and_a_dropped_link_reconnects() 
       - { point: heart_rate, service: 180d, uuid: 2a37, type: u8, skip: 1 }
       - { point: battery, service: 180f, uuid: 2a19, type: u8, mode: read }
 ";
-    let config = write_config(dir.path(), broker.port, "", devices);
-    let mut gw = Gateway::start_with_env(&config, dir.path(), "info", &bluez.env());
+    let (mut gw, sub, _keep) = rig(&bluez.address, "check-gatt", devices, "");
 
     let before = |m: &[Message]| {
         (60..=62).all(|bpm| good_with(m, "strap", |v| v["heart_rate"] == bpm))
@@ -295,9 +311,6 @@ fn gatt_notifications_and_reads_become_readings_and_a_dropped_link_reconnects() 
 
 #[test]
 fn without_a_bus_the_cause_is_logged_once_and_simulated_devices_keep_publishing() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-nobus", "fieldgate/gw/telemetry/#");
     let devices = "  - name: livingroom
     kind: ble
     address: \"A4:C1:38:00:00:01\"
@@ -305,17 +318,9 @@ fn without_a_bus_the_cause_is_logged_once_and_simulated_devices_keep_publishing(
 "
     .to_owned()
         + &sim_device("wave", "100ms", 1_000_000, "");
-    let config = write_config(dir.path(), broker.port, "", devices.as_str());
-    let text = fs::read_to_string(&config).unwrap() + "ble:\n  retry_interval: 500ms\n";
-    fs::write(&config, text).unwrap();
-    let missing = dir.path().join("no-such-bus");
-    let address = format!("unix:path={}", missing.display());
-    let mut gw = Gateway::start_with_env(
-        &config,
-        dir.path(),
-        "info",
-        &[("DBUS_SYSTEM_BUS_ADDRESS", address.as_str())],
-    );
+    let missing = "unix:path=/nonexistent/no-such-bus";
+    let retry = "  retry_interval: 500ms\n";
+    let (mut gw, sub, _keep) = rig(missing, "check-nobus", &devices, retry);
 
     let bad = |m: &[Message]| {
         readings(m, "livingroom")
@@ -354,19 +359,14 @@ fn without_a_bus_the_cause_is_logged_once_and_simulated_devices_keep_publishing(
 #[test]
 fn a_bluez_that_starts_late_is_found_by_the_retries() {
     let mut bus = MockBluez::bus_only();
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-late", "fieldgate/gw/telemetry/#");
     let devices = "  - name: livingroom
     kind: ble
     address: \"A4:C1:38:00:00:01\"
     decoder: bthome
     min_interval: 0s
 ";
-    let config = write_config(dir.path(), broker.port, "", devices);
-    let text = fs::read_to_string(&config).unwrap() + "ble:\n  retry_interval: 500ms\n";
-    fs::write(&config, text).unwrap();
-    let mut gw = Gateway::start_with_env(&config, dir.path(), "info", &bus.env());
+    let retry = "  retry_interval: 500ms\n";
+    let (mut gw, sub, _keep) = rig(&bus.address, "check-late", devices, retry);
 
     let bad = |m: &[Message]| {
         readings(m, "livingroom")
