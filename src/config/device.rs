@@ -50,7 +50,7 @@ impl Default for BatchConfig {
 macro_rules! device_kinds {
     ($($kind:literal => $variant:ident($config:ty)),* $(,)?) => {
         /// One device; `kind` selects the source that owns it.
-        #[derive(Debug, Clone, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Deserialize)]
         #[serde(tag = "kind")]
         pub enum DeviceConfig {
             $(#[serde(rename = $kind)] $variant($config),)*

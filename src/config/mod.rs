@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer};
 
 pub use device::{BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec};
-pub use load::{ConfigError, Problem, load, load_str};
+pub use load::{ConfigError, Problem, load, load_remote, load_str};
 pub use mqtt::{BrokerUrl, Credentials, MqttConfig, Protocol, Secret, TlsConfig};
 pub use units::{ByteSize, Duration};
 
@@ -35,9 +35,31 @@ pub struct Config {
     #[serde(default, deserialize_with = "null_as_empty")]
     pub devices: Vec<DeviceConfig>,
     /// Identifies this configuration in the birth message: `local-` and a
-    /// hash of the file text.
+    /// hash of the file text, or the version of a remote configuration.
     #[serde(skip)]
     pub version: String,
+    /// Where the devices come from.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// Where the running devices came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// The local file.
+    #[default]
+    Local,
+    /// A configuration received on `P/config/set` (cached in the store).
+    Remote,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Local => "local",
+            Origin::Remote => "remote",
+        }
+    }
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {

@@ -124,6 +124,12 @@ impl Batcher {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Command::LoadConfig(reply) => {
+                let _ = reply.send(self.outbox.remote_config());
+            }
+            Command::SaveConfig(config, reply) => {
+                let _ = reply.send(self.outbox.save_remote_config(&config));
+            }
             Command::Flush(reply) => {
                 let _ = reply.send(self.commit());
             }

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use limits::{Evicted, Limits};
-pub use outbox::{Changes, CommitReport, DeviceStats, Outbox, Row, RowKey, StoreError, Totals};
+pub use outbox::{
+    Changes, CommitReport, DeviceStats, Outbox, RemoteConfig, Row, RowKey, StoreError, Totals,
+};
 pub use schema::SCHEMA_VERSION;
 
 use crate::config::StoreConfig;
@@ -55,6 +57,8 @@ enum Command {
         reply: oneshot::Sender<Result<Vec<Row>, StoreError>>,
     },
     Status(oneshot::Sender<Result<QueueStatus, StoreError>>),
+    LoadConfig(oneshot::Sender<Result<Option<RemoteConfig>, StoreError>>),
+    SaveConfig(RemoteConfig, oneshot::Sender<Result<(), StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -131,6 +135,20 @@ impl Store {
     pub async fn status(&self) -> Result<QueueStatus, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Status(reply)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The cached remote configuration.
+    pub async fn remote_config(&self) -> Result<Option<RemoteConfig>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::LoadConfig(reply)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Caches a remote configuration; done when it is on disk.
+    pub async fn save_remote_config(&self, config: RemoteConfig) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::SaveConfig(config, reply)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

@@ -61,6 +61,16 @@ const MIGRATIONS: &[&str] = &[
         at_ms    INTEGER NOT NULL
     );
     ",
+    // 5: the last good remote configuration, replaced in one transaction so
+    // that a power cut leaves the old one or the new one.
+    "
+    CREATE TABLE config_cache (
+        slot    TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        text    TEXT NOT NULL,
+        at_ms   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this binary writes.

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use super::Signal;
 use crate::config::{BatchConfig, DeviceSpec, Duration, Name, Priority, Qos};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatedDevice {
     pub name: Name,
@@ -86,7 +86,7 @@ impl DeviceSpec for SimulatedDevice {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatedPoint {
     pub name: Name,
