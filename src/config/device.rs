@@ -5,6 +5,7 @@
 use serde::Deserialize;
 
 use super::{Name, Priority, Qos, yaml};
+use crate::sources::serial::SerialDevice;
 use crate::sources::simulated::SimulatedDevice;
 
 /// What every kind of device has, whatever else it has.
@@ -24,6 +25,8 @@ pub trait DeviceSpec {
 macro_rules! device_kinds {
     ($($kind:literal => $variant:ident($config:ty)),* $(,)?) => {
         /// One device; `kind` selects the source that owns it.
+        // One value per configured device, built once: sizes don't matter.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, Deserialize)]
         #[serde(tag = "kind")]
         pub enum DeviceConfig {
@@ -58,6 +61,7 @@ macro_rules! device_kinds {
 
 device_kinds! {
     "simulated" => Simulated(SimulatedDevice),
+    "serial" => Serial(SerialDevice),
 }
 
 impl DeviceConfig {
