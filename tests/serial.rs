@@ -4,8 +4,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -13,80 +13,110 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A serial device on `dir/<name>` with `extra` keys (indented 4 spaces).
-fn serial_device(dir: &Path, name: &str, extra: &str) -> String {
-    format!(
-        "  - name: {name}\n    kind: serial\n    port: {port}\n{extra}",
-        port = dir.join(name).display()
-    )
+/// Serial devices on ptys, a gateway reading them, and a subscriber to
+/// `fieldgate/gw/{filter}` on a private broker.
+struct Rig {
+    ptys: Vec<Pty>,
+    gw: Gateway,
+    sub: Subscriber,
+    dir: tempfile::TempDir,
+    _broker: Broker,
 }
 
-fn wait_for_open(gw: &Gateway, times: usize) {
-    let opened = |log: &str| log.matches("serial port open").count() >= times;
-    let deadline = std::time::Instant::now() + WAIT;
-    while !opened(&gw.log()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the port was not opened {times} times\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+impl Rig {
+    /// `devices` as (name, YAML keys after `port`, indented 4 spaces); each
+    /// gets a pty at `dir/<name>`. Returns once the gateway opened them all.
+    fn start(devices: &[(&str, &str)], filter: &str) -> Rig {
+        let broker = Broker::start();
+        let dir = tempfile::tempdir().unwrap();
+        let client = format!("check-{}", devices[0].0);
+        let sub = Subscriber::connect(broker.port, &client, &format!("fieldgate/gw/{filter}"));
+        let yaml: String = devices
+            .iter()
+            .map(|(name, extra)| {
+                let port = dir.path().join(name);
+                format!(
+                    "  - name: {name}\n    kind: serial\n    port: {}\n{extra}",
+                    port.display()
+                )
+            })
+            .collect();
+        let config = write_config(dir.path(), broker.port, "", &yaml);
+        let ptys = devices
+            .iter()
+            .map(|(name, _)| Pty::start(&dir.path().join(name)))
+            .collect();
+        let gw = Gateway::start(&config, dir.path());
+        let rig = Rig {
+            ptys,
+            gw,
+            sub,
+            dir,
+            _broker: broker,
+        };
+        rig.wait_for_open(devices.len());
+        rig
+    }
+
+    fn link(&self, device: &str) -> PathBuf {
+        self.dir.path().join(device)
+    }
+
+    /// Until the log says `serial port open` `times` times.
+    fn wait_for_open(&self, times: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.gw.log().matches("serial port open").count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "the ports were not opened {times} times\n{}",
+                self.gw.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
 #[test]
 fn every_format_reaches_a_subscriber_with_the_right_values() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-formats", "fieldgate/gw/telemetry/#");
-    let d = dir.path();
-    let devices = [
-        serial_device(
-            d,
-            "arduino",
-            "    baud: 115200\n    format: json\n    fields:\n      t: temperature\n      \
-             env.rh: { point: humidity, unit: \"%\" }\n    timestamp: { field: ts }\n",
-        ),
-        serial_device(
-            d,
-            "particles",
-            "    format: csv\n    columns: [pm1, pm25, pm10, status]\n    \
-             fields: { pm25: pm2_5, pm10: { point: pm10, scale: 0.1 } }\n",
-        ),
-        serial_device(
-            d,
-            "station",
-            "    format: kv\n    separator: \";\"\n    kv_separator: \":\"\n    \
-             fields: { T: temperature, P: { point: pressure, offset: -1000 } }\n",
-        ),
-        serial_device(
-            d,
-            "gps",
-            "    format: regex\n    pattern: '^\\$GPX,(?<lat>-?[0-9.]+),(?<lon>-?[0-9.]+)\\*'\n    \
-             fields: { lat: lat, lon: lon }\n    delimiter: \"\\r\\n\"\n",
-        ),
-    ]
-    .concat();
-    let config = write_config(d, broker.port, "", &devices);
-    let mut ptys: Vec<Pty> = ["arduino", "particles", "station", "gps"]
-        .iter()
-        .map(|name| Pty::start(&d.join(name)))
-        .collect();
-    let gw = Gateway::start(&config, d);
-    wait_for_open(&gw, 4);
+    let mut rig = Rig::start(
+        &[
+            (
+                "arduino",
+                "    baud: 115200\n    format: json\n    fields:\n      t: temperature\n      \
+                 env.rh: { point: humidity, unit: \"%\" }\n    timestamp: { field: ts }\n",
+            ),
+            (
+                "particles",
+                "    format: csv\n    columns: [pm1, pm25, pm10, status]\n    \
+                 fields: { pm25: pm2_5, pm10: { point: pm10, scale: 0.1 } }\n",
+            ),
+            (
+                "station",
+                "    format: kv\n    separator: \";\"\n    kv_separator: \":\"\n    \
+                 fields: { T: temperature, P: { point: pressure, offset: -1000 } }\n",
+            ),
+            (
+                "gps",
+                "    format: regex\n    \
+                 pattern: '^\\$GPX,(?<lat>-?[0-9.]+),(?<lon>-?[0-9.]+)\\*'\n    \
+                 fields: { lat: lat, lon: lon }\n    delimiter: \"\\r\\n\"\n",
+            ),
+        ],
+        "telemetry/#",
+    );
+    rig.ptys[0]
+        .send(b"{\"t\": 21.5, \"env\": {\"rh\": 40}, \"ts\": 1764064800123}\r\n{\"t\": 22}\n");
+    rig.ptys[1].send(b"3,12,155,OK\n4,,160,OK\n");
+    rig.ptys[2].send(b"T:19.25;P:2013.2\nT: -2 ; P:1999\n");
+    rig.ptys[3].send(b"$GPX,48.137154,11.576124*5A\r\n$GPX,-33.8688,151.2093*11\r\n");
 
-    ptys[0].send(b"{\"t\": 21.5, \"env\": {\"rh\": 40}, \"ts\": 1764064800123}\r\n{\"t\": 22}\n");
-    ptys[1].send(b"3,12,155,OK\n4,,160,OK\n");
-    ptys[2].send(b"T:19.25;P:2013.2\nT: -2 ; P:1999\n");
-    ptys[3].send(b"$GPX,48.137154,11.576124*5A\r\n$GPX,-33.8688,151.2093*11\r\n");
-
-    let all = sub.wait_until(WAIT, |m| telemetry(m).len() >= 8);
-    let messages = sub.messages();
+    let all = rig.sub.wait_until(WAIT, |m| telemetry(m).len() >= 8);
+    let messages = rig.sub.messages();
+    let log = rig.gw.log();
     assert!(
         all,
-        "{} readings arrived\n{}",
-        telemetry(&messages).len(),
-        gw.log()
+        "{} readings arrived\n{log}",
+        telemetry(&messages).len()
     );
     assert_eq!(
         device_values(&messages, "arduino"),
@@ -121,20 +151,15 @@ fn every_format_reaches_a_subscriber_with_the_right_values() {
         .collect();
     assert_eq!(arduino[0]["ts"], "2025-11-25T10:00:00.123Z");
     assert_ne!(arduino[1]["ts"], arduino[0]["ts"]);
-    assert!(!gw.log().contains("bad line"), "{}", gw.log());
+    assert!(!log.contains("bad line"), "{log}");
 }
 
 #[test]
 fn garbage_long_lines_and_invalid_utf8_are_skipped_and_counted_exactly() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-garbage", "fieldgate/gw/#");
-    let d = dir.path();
-    let device = serial_device(d, "noisy", "    format: json\n    fields: { n: n }\n");
-    let config = write_config(d, broker.port, "", &device);
-    let mut pty = Pty::start(&d.join("noisy"));
-    let gw = Gateway::start(&config, d);
-    wait_for_open(&gw, 1);
+    let mut rig = Rig::start(
+        &[("noisy", "    format: json\n    fields: { n: n }\n")],
+        "#",
+    );
 
     // Every 10th line is garbage of one kind or another.
     let garbage: [&[u8]; 8] = [
@@ -166,15 +191,22 @@ fn garbage_long_lines_and_invalid_utf8_are_skipped_and_counted_exactly() {
             bad += 1;
         }
     }
+    let pty = &mut rig.ptys[0];
     pty.send(&stream);
     // Blank lines are neither readings nor bad input.
     pty.send(b"\n\r\n   \n");
     pty.send(format!("{{\"n\": {good}}}\n").as_bytes());
     good += 1;
 
+    let sub = &rig.sub;
     let arrived = sub.wait_until(WAIT, |m| device_values(m, "noisy").len() >= good);
     let values = device_values(&sub.messages(), "noisy");
-    assert!(arrived, "{} of {good} readings\n{}", values.len(), gw.log());
+    assert!(
+        arrived,
+        "{} of {good} readings\n{}",
+        values.len(),
+        rig.gw.log()
+    );
     let expected: Vec<Value> = (0..good).map(|n| json!({ "n": n })).collect();
     assert_eq!(values, expected, "every good line, in order");
 
@@ -193,54 +225,46 @@ fn garbage_long_lines_and_invalid_utf8_are_skipped_and_counted_exactly() {
     assert_eq!(status["errors"], 0, "{status}");
     assert!(status.get("problem").is_none(), "{status}");
     // Logged, but not every one of them.
-    let logged = gw.log().matches("bad line skipped").count();
+    let logged = rig.gw.log().matches("bad line skipped").count();
     assert!((1..=5).contains(&logged), "{logged} bad lines logged");
 }
 
 #[test]
 fn a_pty_closed_and_recreated_at_the_same_path_resumes_without_restart() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-replug", "fieldgate/gw/#");
-    let d = dir.path();
-    let device = serial_device(d, "replug", "    format: kv\n    fields: { v: v }\n");
-    let config = write_config(d, broker.port, "", &device);
-    let link = d.join("replug");
-    let mut pty = Pty::start(&link);
-    let mut gw = Gateway::start(&config, d);
-    wait_for_open(&gw, 1);
-    pty.send(b"v=1\nv=2\n");
-    assert!(sub.wait_until(WAIT, |m| device_values(m, "replug").len() >= 2));
+    let mut rig = Rig::start(&[("replug", "    format: kv\n    fields: { v: v }\n")], "#");
+    rig.ptys[0].send(b"v=1\nv=2\n");
+    let values = |m: &[Message]| device_values(m, "replug");
+    assert!(rig.sub.wait_until(WAIT, |m| values(m).len() >= 2));
 
     // Unplugged: the port is gone, and the status says so.
-    pty.close();
+    rig.ptys.remove(0).close();
+    let problem = |m: &[Message]| device_status(m, "replug").map(|s| s["problem"].clone());
     let gone = |m: &[Message]| {
-        device_status(m, "replug").is_some_and(|s| {
-            s["problem"]
-                .as_str()
+        problem(m).is_some_and(|p| {
+            p.as_str()
                 .is_some_and(|p| p.starts_with("port lost") || p.starts_with("cannot open"))
         })
     };
     assert!(
-        sub.wait_until(WAIT, gone),
+        rig.sub.wait_until(WAIT, gone),
         "{:?}\n{}",
-        device_status(&sub.messages(), "replug"),
-        gw.log()
+        problem(&rig.sub.messages()),
+        rig.gw.log()
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert!(gw.is_running(), "{}", gw.log());
+    assert!(rig.gw.is_running(), "{}", rig.gw.log());
 
     // Plugged in again at the same path.
-    let mut pty = Pty::start(&link);
-    wait_for_open(&gw, 2);
-    pty.send(b"v=3\nv=4\n");
+    rig.ptys.push(Pty::start(&rig.link("replug")));
+    rig.wait_for_open(2);
+    rig.ptys[0].send(b"v=3\nv=4\n");
     assert!(
-        sub.wait_until(WAIT, |m| device_values(m, "replug").len() >= 4),
+        rig.sub.wait_until(WAIT, |m| values(m).len() >= 4),
         "{}",
-        gw.log()
+        rig.gw.log()
     );
     assert_eq!(
-        device_values(&sub.messages(), "replug"),
+        values(&rig.sub.messages()),
         [
             json!({"v": 1}),
             json!({"v": 2}),
@@ -252,47 +276,41 @@ fn a_pty_closed_and_recreated_at_the_same_path_resumes_without_restart() {
         device_status(m, "replug").is_some_and(|s| s.get("problem").is_none() && s["errors"] != 0)
     };
     assert!(
-        sub.wait_until(WAIT, healthy),
+        rig.sub.wait_until(WAIT, healthy),
         "{:?}",
-        device_status(&sub.messages(), "replug")
+        device_status(&rig.sub.messages(), "replug")
     );
-    let log = gw.log();
+    let log = rig.gw.log();
     assert_eq!(log.matches("serial port lost").count(), 1, "{log}");
     assert_eq!(log.matches("serial port open again").count(), 1, "{log}");
-    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    assert!(rig.gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
 
 #[test]
 fn a_quiet_device_is_reported_stale_until_it_speaks_again() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-stale", "fieldgate/gw/status");
-    let d = dir.path();
-    let device = serial_device(
-        d,
-        "quiet",
-        "    format: csv\n    columns: [v]\n    fields: { v: v }\n    stale_after: 1500ms\n",
+    let mut rig = Rig::start(
+        &[(
+            "quiet",
+            "    format: csv\n    columns: [v]\n    fields: { v: v }\n    stale_after: 1500ms\n",
+        )],
+        "status",
     );
-    let config = write_config(d, broker.port, "", &device);
-    let mut pty = Pty::start(&d.join("quiet"));
-    let gw = Gateway::start(&config, d);
-    wait_for_open(&gw, 1);
-
     let problem = |m: &[Message]| device_status(m, "quiet").map(|s| s["problem"].clone());
+    let stale = Some(json!("stale: nothing for 1500ms"));
     assert!(
-        sub.wait_until(WAIT, |m| problem(m)
-            == Some(json!("stale: nothing for 1500ms"))),
+        rig.sub.wait_until(WAIT, |m| problem(m) == stale),
         "{:?}\n{}",
-        problem(&sub.messages()),
-        gw.log()
+        problem(&rig.sub.messages()),
+        rig.gw.log()
     );
-    pty.send(b"1\n");
+    rig.ptys[0].send(b"1\n");
     assert!(
-        sub.wait_until(WAIT, |m| problem(m) == Some(Value::Null)),
+        rig.sub
+            .wait_until(WAIT, |m| problem(m) == Some(Value::Null)),
         "{:?}",
-        problem(&sub.messages())
+        problem(&rig.sub.messages())
     );
-    let log = gw.log();
+    let log = rig.gw.log();
     assert_eq!(log.matches("stale").count(), 1, "logged once\n{log}");
     assert_eq!(log.matches("lines arrive again").count(), 1, "{log}");
 }

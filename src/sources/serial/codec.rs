@@ -178,36 +178,35 @@ mod tests {
         }
     }
 
+    /// The frames of `input` fed in pieces of `chunk` bytes.
+    fn split(delimiter: &[u8], max_line: usize, input: &[u8], chunk: usize) -> Vec<Frame> {
+        frames(&mut LineCodec::new(delimiter, max_line), input, &[chunk])
+    }
+
     #[test]
     fn splits_lines_and_handles_crlf() {
-        let mut codec = LineCodec::new(b"\n", 100);
-        let got = frames(&mut codec, b"a=1\r\nb=2\n\nc", &[3]);
+        let got = split(b"\n", 100, b"a=1\r\nb=2\n\nc", 3);
         assert_eq!(got, [line(b"a=1"), line(b"b=2"), line(b"")]);
     }
 
     #[test]
     fn an_over_long_line_is_reported_once_and_the_stream_resynchronises() {
-        let mut codec = LineCodec::new(b"\n", 8);
         let mut input = b"ok1\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', 1 << 20));
         input.extend(b"\nok2\n12345678\n123456789\n");
-        let got = frames(&mut codec, &input, &[4096]);
-        assert_eq!(
-            got,
-            [
-                line(b"ok1"),
-                Frame::TooLong,
-                line(b"ok2"),
-                line(b"12345678"),
-                Frame::TooLong
-            ]
-        );
+        let expected = [
+            line(b"ok1"),
+            Frame::TooLong,
+            line(b"ok2"),
+            line(b"12345678"),
+            Frame::TooLong,
+        ];
+        assert_eq!(split(b"\n", 8, &input, 4096), expected);
     }
 
     #[test]
     fn multi_byte_delimiters_split_across_reads() {
-        let mut codec = LineCodec::new(b"\r\n", 10);
-        let got = frames(&mut codec, b"a\rb\r\nc\r\n\r\n", &[1]);
+        let got = split(b"\r\n", 10, b"a\rb\r\nc\r\n\r\n", 1);
         assert_eq!(got, [line(b"a\rb"), line(b"c"), line(b"")]);
     }
 
