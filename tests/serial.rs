@@ -191,6 +191,7 @@ fn garbage_long_lines_and_invalid_utf8_are_skipped_and_counted_exactly() {
             bad += 1;
         }
     }
+    let sent = Instant::now();
     let pty = &mut rig.ptys[0];
     pty.send(&stream);
     // Blank lines are neither readings nor bad input.
@@ -206,6 +207,10 @@ fn garbage_long_lines_and_invalid_utf8_are_skipped_and_counted_exactly() {
         "{} of {good} readings\n{}",
         values.len(),
         rig.gw.log()
+    );
+    eprintln!(
+        "{good} good lines, {bad} bad ones (1 MiB among them) in {:?}",
+        sent.elapsed()
     );
     let expected: Vec<Value> = (0..good).map(|n| json!({ "n": n })).collect();
     assert_eq!(values, expected, "every good line, in order");
@@ -255,6 +260,7 @@ fn a_pty_closed_and_recreated_at_the_same_path_resumes_without_restart() {
     assert!(rig.gw.is_running(), "{}", rig.gw.log());
 
     // Plugged in again at the same path.
+    let plugged = Instant::now();
     rig.ptys.push(Pty::start(&rig.link("replug")));
     rig.wait_for_open(2);
     rig.ptys[0].send(b"v=3\nv=4\n");
@@ -262,6 +268,10 @@ fn a_pty_closed_and_recreated_at_the_same_path_resumes_without_restart() {
         rig.sub.wait_until(WAIT, |m| values(m).len() >= 4),
         "{}",
         rig.gw.log()
+    );
+    eprintln!(
+        "readings arrived {:?} after the pty was back",
+        plugged.elapsed()
     );
     assert_eq!(
         values(&rig.sub.messages()),

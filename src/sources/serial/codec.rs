@@ -79,6 +79,8 @@ impl Decoder for LineCodec {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
         loop {
+            // A buffer emptied behind our back restarts the search.
+            self.searched = self.searched.min(buf.len());
             let Some(at) = self.find_delimiter(&buf[self.searched..]) else {
                 if self.discarding {
                     self.discard(buf);

@@ -271,11 +271,11 @@ impl PortTask {
                     Err(e) => return Ended::Lost(e.to_string()),
                 },
                 request = recv(&mut self.inbox) => {
-                    let sent = tokio::time::timeout(WRITE_TIMEOUT, async {
-                        port.write_all(&request.bytes).await?;
-                        port.flush().await
-                    })
-                    .await;
+                    // No flush: on a tty it is tcdrain(), which blocks the
+                    // thread until the UART has sent everything (forever if
+                    // flow control holds it). The kernel has the bytes.
+                    let sent =
+                        tokio::time::timeout(WRITE_TIMEOUT, port.write_all(&request.bytes)).await;
                     let (answer, lost) = match sent {
                         Ok(Ok(())) => (Ok(()), None),
                         Ok(Err(e)) => (Err(WriteError::Io(e.to_string())), Some(e.to_string())),
