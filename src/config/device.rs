@@ -5,6 +5,7 @@
 use serde::Deserialize;
 
 use super::{Bounded, ByteSize, Duration, Name, Priority, Qos, yaml};
+use crate::sources::serial::SerialDevice;
 use crate::sources::simulated::SimulatedDevice;
 
 /// What every kind of device has, whatever else it has.
@@ -50,6 +51,8 @@ impl Default for BatchConfig {
 macro_rules! device_kinds {
     ($($kind:literal => $variant:ident($config:ty)),* $(,)?) => {
         /// One device; `kind` selects the source that owns it.
+        // One value per configured device, built once: sizes don't matter.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq, Deserialize)]
         #[serde(tag = "kind")]
         pub enum DeviceConfig {
@@ -84,6 +87,7 @@ macro_rules! device_kinds {
 
 device_kinds! {
     "simulated" => Simulated(SimulatedDevice),
+    "serial" => Serial(SerialDevice),
 }
 
 impl DeviceConfig {

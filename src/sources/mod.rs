@@ -4,6 +4,7 @@
 //! an [`Ingest`] handle; it never talks to MQTT. Stopping is cooperative:
 //! every task watches the same cancellation token.
 
+pub mod serial;
 pub mod simulated;
 
 use serde_json::{Map, Value};
@@ -102,6 +103,10 @@ pub fn spawn_all(config: &Config, ingest: &Ingest, cancel: &CancellationToken) -
                     ingest.clone(),
                     cancel.clone(),
                 ));
+            }
+            DeviceConfig::Serial(serial) => {
+                // The write handle waits for the commands to be wired in.
+                let _writes = serial::spawn(serial.clone(), delivery, ingest, cancel, &mut tasks);
             }
         }
     }

@@ -385,7 +385,13 @@ impl Outbox {
             .query_row(
                 "SELECT version, text, at_ms FROM config_cache WHERE slot = 'devices'",
                 [],
-                |r| Ok(RemoteConfig { version: r.get(0)?, text: r.get(1)?, at_ms: r.get(2)? }),
+                |r| {
+                    Ok(RemoteConfig {
+                        version: r.get(0)?,
+                        text: r.get(1)?,
+                        at_ms: r.get(2)?,
+                    })
+                },
             )
             .optional()?)
     }
@@ -401,7 +407,10 @@ impl Outbox {
 
     /// Forgets the remote configuration; returns whether there was one.
     pub fn clear_remote_config(&mut self) -> Result<bool, StoreError> {
-        Ok(self.conn.execute("DELETE FROM config_cache WHERE slot = 'devices'", [])? > 0)
+        Ok(self
+            .conn
+            .execute("DELETE FROM config_cache WHERE slot = 'devices'", [])?
+            > 0)
     }
 
     /// Bytes of the database file in use.
@@ -761,9 +770,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(&dir, Limits::default());
         assert_eq!(store.remote_config().unwrap(), None);
-        let first = RemoteConfig { version: "v1".into(), text: "devices: []".into(), at_ms: 1 };
+        let first = RemoteConfig {
+            version: "v1".into(),
+            text: "devices: []".into(),
+            at_ms: 1,
+        };
         store.save_remote_config(&first).unwrap();
-        let second = RemoteConfig { version: "v2".into(), text: "devices: [x]".into(), at_ms: 2 };
+        let second = RemoteConfig {
+            version: "v2".into(),
+            text: "devices: [x]".into(),
+            at_ms: 2,
+        };
         store.save_remote_config(&second).unwrap();
         drop(store);
         let mut store = open(&dir, Limits::default());
