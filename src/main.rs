@@ -39,10 +39,19 @@ enum Command {
     },
     /// Inspect the store-and-forward queue (safe while the gateway runs).
     Queue {
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        /// Configuration file (before or after the action).
+        #[arg(short, long, default_value = DEFAULT_CONFIG, global = true)]
         config: PathBuf,
         #[command(subcommand)]
         action: cli::queue::Action,
+    },
+    /// Show the effective configuration, or drop the cached remote one.
+    Config {
+        /// Configuration file (before or after the action).
+        #[arg(short, long, default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: cli::config::Action,
     },
     /// Print the version.
     Version,
@@ -65,13 +74,23 @@ fn main() -> ExitCode {
             }
             Err(e) => config_failure(e),
         },
-        Command::Run { config } => {
-            let config = match config::load(&config) {
+        Command::Run { config: path } => {
+            let config = match config::load(&path) {
                 Ok(c) => c,
                 Err(e) => return config_failure(e),
             };
             init_logging(config.log.level.as_deref());
-            outcome(run(config))
+            outcome(run(config, path))
+        }
+        Command::Config {
+            config: path,
+            action,
+        } => {
+            let config = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return config_failure(e),
+            };
+            outcome(cli::config::run(&config, &path, action))
         }
         Command::Queue { config, action } => {
             let config = match config::load(&config) {
@@ -116,11 +135,11 @@ fn init_logging(level: Option<&str>) {
         .init();
 }
 
-fn run(config: config::Config) -> anyhow::Result<()> {
+fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(fieldgate::gateway::run(config))?;
+    runtime.block_on(fieldgate::gateway::run(config, path))?;
     Ok(())
 }

@@ -6,6 +6,9 @@
 
 pub mod serial;
 pub mod simulated;
+mod supervisor;
+
+pub use supervisor::{Change, Sources};
 
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
@@ -14,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::config::{Config, Delivery, DeviceConfig, Name};
+use crate::config::{Delivery, DeviceConfig, Name, Qos};
 use crate::health::{DeviceHealth, Health};
 use crate::store::{Store, StoreError};
 
@@ -89,12 +92,25 @@ pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// Starts one task per device (buses shared by several devices will group
-/// them here as those sources arrive).
-pub fn spawn_all(config: &Config, ingest: &Ingest, cancel: &CancellationToken) -> JoinSet<()> {
+/// Devices that share hardware form a group (one serial port, later one
+/// RS-485 bus): the group is started, stopped and restarted as a whole.
+pub fn group_key(device: &DeviceConfig) -> String {
+    match device {
+        DeviceConfig::Simulated(d) => format!("simulated:{}", d.name),
+        DeviceConfig::Serial(d) => format!("serial:{}", d.port),
+    }
+}
+
+/// Starts the tasks of one group of devices.
+pub fn spawn_group(
+    devices: &[DeviceConfig],
+    default_qos: Qos,
+    ingest: &Ingest,
+    cancel: &CancellationToken,
+) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
-    for device in &config.devices {
-        let delivery = device.delivery(config.mqtt.qos);
+    for device in devices {
+        let delivery = device.delivery(default_qos);
         match device {
             DeviceConfig::Simulated(sim) => {
                 tasks.spawn(simulated::run(

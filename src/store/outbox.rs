@@ -188,8 +188,9 @@ impl Outbox {
         Self::open_existing(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
     }
 
-    /// Opens an existing store to purge rows from it, next to a running daemon.
-    pub fn open_for_purge(path: &Path) -> Result<Outbox, StoreError> {
+    /// Opens an existing store to change it (purge rows, drop the cached
+    /// remote configuration) next to a running daemon.
+    pub fn open_for_changes(path: &Path) -> Result<Outbox, StoreError> {
         Self::open_existing(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
     }
 
@@ -856,7 +857,7 @@ mod tests {
             &[reading("a", Priority::Low, Qos::AtMostOnce, 2.0)],
         );
         assert_eq!(reader.totals().unwrap().rows, 2);
-        let mut purger = Outbox::open_for_purge(&path).unwrap();
+        let mut purger = Outbox::open_for_changes(&path).unwrap();
         assert_eq!(purger.purge(None, None).unwrap(), 2);
         append(
             &mut daemon,

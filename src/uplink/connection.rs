@@ -12,7 +12,7 @@ use super::backoff::Backoff;
 use super::inflight::{Inflight, Tracked};
 use super::link::{self, Event, Link, Refusal};
 use super::throttle::Throttle;
-use super::{LinkLog, Settings, UplinkError, credentials, payload, tls};
+use super::{ConfigChannels, LinkLog, Settings, UplinkError, credentials, payload, tls};
 use crate::config::{BatchConfig, BrokerUrl, Protocol, Qos};
 use crate::health::Health;
 use crate::sources::now_ms;
@@ -43,6 +43,7 @@ pub(super) struct Connection<'a> {
     settings: &'a Settings,
     store: &'a Store,
     health: &'a Health,
+    config: ConfigChannels,
     link: Option<Link>,
     flight: Inflight,
     /// Per priority, the highest `seq` fetched.
@@ -64,11 +65,17 @@ pub(super) struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    pub(super) fn new(settings: &'a Settings, store: &'a Store, health: &'a Health) -> Self {
+    pub(super) fn new(
+        settings: &'a Settings,
+        store: &'a Store,
+        health: &'a Health,
+        config: ConfigChannels,
+    ) -> Self {
         Connection {
             settings,
             store,
             health,
+            config,
             link: None,
             flight: Inflight::default(),
             cursors: [0; 3],
@@ -104,6 +111,7 @@ impl<'a> Connection<'a> {
         let keep_alive = self.settings.keep_alive;
         let check = (keep_alive / 4).max(Duration::from_millis(100));
         let mut liveness = tokio::time::interval(check);
+        let mut config_state = self.config.state.clone();
         loop {
             self.refill().await?;
             let wake = self.next_wake();
@@ -128,6 +136,11 @@ impl<'a> Connection<'a> {
                     self.report().await?;
                 }
                 _ = status_tick.tick(), if self.connected => self.publish_status().await?,
+                changed = config_state.changed(), if self.connected => {
+                    if changed.is_ok() {
+                        self.publish_config_state()?;
+                    }
+                }
                 _ = liveness.tick(), if self.connected && !keep_alive.is_zero() => {
                     let silent = self.last_heard.elapsed();
                     if silent.as_secs_f64() > keep_alive.as_secs_f64() * SILENCE_FACTOR {
@@ -188,8 +201,9 @@ impl<'a> Connection<'a> {
         self.close_due_batches(now);
         if !self.caught_up && self.ready.len() < window && self.flight.outstanding() * 2 <= window {
             let per_message = self
-                .settings
+                .config
                 .batches
+                .borrow()
                 .values()
                 .map(|b| b.max_readings.get() as usize)
                 .max();
@@ -219,7 +233,7 @@ impl<'a> Connection<'a> {
 
     /// Routes a fetched row: straight to `ready`, or into its device's batch.
     fn enqueue(&mut self, row: Row, now: Instant) {
-        let Some(config) = self.settings.batches.get(&row.device).copied() else {
+        let Some(config) = self.config.batches.borrow().get(&row.device).copied() else {
             self.ready.push_back(Message::Single(row));
             return;
         };
@@ -324,8 +338,19 @@ impl<'a> Connection<'a> {
             Event::Connected => {
                 self.connected = true;
                 self.caught_up = false;
+                let topic = self.settings.topics.config_set();
+                self.client()?.try_subscribe(topic, Qos::AtLeastOnce)?;
                 self.publish_status().await?;
+                self.publish_config_state()?;
                 return Ok(true);
+            }
+            Event::Message(topic, payload) => {
+                if topic == self.settings.topics.config_set() {
+                    // The gateway checks it and answers on P/config/state.
+                    if self.config.received.send(payload).await.is_err() {
+                        tracing::warn!("a configuration arrived while shutting down; ignored");
+                    }
+                }
             }
             Event::Published(pkid) => {
                 let done = self.flight.published(pkid)?;
@@ -395,17 +420,21 @@ impl<'a> Connection<'a> {
     /// The retained online status, with the queue and the counters.
     async fn publish_status(&mut self) -> Result<(), UplinkError> {
         let queue = self.store.status().await?;
-        let body = payload::status(
-            crate::VERSION,
-            &self.settings.config_version,
-            &queue,
-            &self.health.snapshot(),
-        );
-        self.publish_control(body)
+        let info = self.config.info.borrow().clone();
+        let body = payload::status(crate::VERSION, &info, &queue, &self.health.snapshot());
+        self.publish_control(self.settings.topics.status(), body)
     }
 
-    fn publish_control(&mut self, body: String) -> Result<(), UplinkError> {
-        let topic = self.settings.topics.status();
+    /// The retained outcome of the last configuration received, if any.
+    fn publish_config_state(&mut self) -> Result<(), UplinkError> {
+        let state = self.config.state.borrow().clone();
+        match state {
+            Some(body) => self.publish_control(self.settings.topics.config_state(), body),
+            None => Ok(()),
+        }
+    }
+
+    fn publish_control(&mut self, topic: String, body: String) -> Result<(), UplinkError> {
         self.client()?
             .try_publish(topic, Qos::AtLeastOnce, true, body.into_bytes())?;
         self.flight.requested(Tracked::Control(Qos::AtLeastOnce));
@@ -434,7 +463,7 @@ impl<'a> Connection<'a> {
             }
             if self.flight.outstanding() == 0 && self.caught_up && self.ready.is_empty() {
                 if !offline_sent {
-                    self.publish_control(payload::offline())?;
+                    self.publish_control(self.settings.topics.status(), payload::offline())?;
                     offline_sent = true;
                 } else if !disconnect_sent {
                     self.client()?.try_disconnect()?;

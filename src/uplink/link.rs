@@ -50,6 +50,8 @@ pub enum Event {
     Disconnecting,
     /// The broker closed the session.
     Disconnected,
+    /// A message on a topic we subscribed to.
+    Message(String, Vec<u8>),
     /// Any other packet from the broker (a PINGRESP, say): the link lives.
     Incoming,
     Other,
@@ -133,6 +135,14 @@ impl Client {
             Client::V5(c) => c
                 .try_publish(topic, v5_qos(qos), retain, payload)
                 .map_err(|e| failed(&e)),
+        }
+    }
+
+    pub fn try_subscribe(&self, topic: String, qos: Qos) -> Result<(), LinkError> {
+        let failed = |e: &dyn std::fmt::Display| LinkError::Client(e.to_string());
+        match self {
+            Client::V4(c) => c.try_subscribe(topic, v4_qos(qos)).map_err(|e| failed(&e)),
+            Client::V5(c) => c.try_subscribe(topic, v5_qos(qos)).map_err(|e| failed(&e)),
         }
     }
 
@@ -229,6 +239,7 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Result<Even
             Ok(E::Incoming(I::PubRec(r))) => Ok(Event::PubRec(r.pkid, None)),
             Ok(E::Incoming(I::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
             Ok(E::Incoming(I::Disconnect)) => Ok(Event::Disconnected),
+            Ok(E::Incoming(I::Publish(p))) => Ok(Event::Message(p.topic, p.payload.to_vec())),
             Ok(E::Incoming(_)) => Ok(Event::Incoming),
             Ok(E::Outgoing(O::Publish(pkid))) => Ok(Event::Published(pkid)),
             Ok(E::Outgoing(O::AwaitAck(pkid))) => Ok(Event::AwaitAck(pkid)),
@@ -263,6 +274,10 @@ async fn poll_v5(
             }
             Ok(E::Incoming(P::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
             Ok(E::Incoming(P::Disconnect(_))) => Ok(Event::Disconnected),
+            Ok(E::Incoming(P::Publish(p))) => Ok(Event::Message(
+                String::from_utf8_lossy(&p.topic).into_owned(),
+                p.payload.to_vec(),
+            )),
             Ok(E::Incoming(_)) => Ok(Event::Incoming),
             Ok(E::Outgoing(O::Publish(pkid))) => Ok(Event::Published(pkid)),
             Ok(E::Outgoing(O::AwaitAck(pkid))) => Ok(Event::AwaitAck(pkid)),

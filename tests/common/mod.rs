@@ -620,6 +620,11 @@ impl Gateway {
         }
     }
 
+    /// SIGHUP: reload the configuration.
+    pub fn sighup(&self) {
+        send_signal(self.child.id(), "HUP");
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         kill_and_reap(&mut self.child);
@@ -688,6 +693,26 @@ fn new_log_file(dir: &Path) -> (PathBuf, File) {
 /// YAML (already indented by two spaces per item) and extra `mqtt:` keys.
 pub fn write_config(dir: &Path, port: u16, mqtt_extra: &str, devices: &str) -> PathBuf {
     write_config_with_store(dir, port, "", mqtt_extra, devices)
+}
+
+/// Publishes `payload` to `topic` at QoS 1 with mosquitto_pub.
+pub fn publish(port: u16, topic: &str, payload: &str) {
+    let status = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .status()
+        .expect("run mosquitto_pub");
+    assert!(status.success(), "mosquitto_pub failed");
 }
 
 /// A config with the whole `mqtt:` section given (indented keys, no header).
