@@ -47,7 +47,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let stop_sources = CancellationToken::new();
     let stop_uplink = CancellationToken::new();
     let ingest = Ingest::new(store.clone(), health.clone());
-    let mut source_tasks = sources::spawn_all(&config, &ingest, &stop_sources);
+    // `sources.modbus` writes points; commands will use it.
+    let mut sources = sources::spawn_all(&config, &ingest, &stop_sources);
     drop(ingest);
     let uplink_task = tokio::spawn(uplink::run(
         uplink::Settings::from_config(&config),
@@ -63,7 +64,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     // Sources first, so that their last readings are in the final commit.
     stop_sources.cancel();
-    while source_tasks.join_next().await.is_some() {}
+    while sources.tasks.join_next().await.is_some() {}
     if let Err(e) = store.flush().await {
         tracing::error!("final store commit failed: {e}");
     }

@@ -5,6 +5,7 @@
 use serde::Deserialize;
 
 use super::{Name, Priority, Qos, yaml};
+use crate::sources::modbus::ModbusDevice;
 use crate::sources::simulated::SimulatedDevice;
 
 /// What every kind of device has, whatever else it has.
@@ -58,6 +59,7 @@ macro_rules! device_kinds {
 
 device_kinds! {
     "simulated" => Simulated(SimulatedDevice),
+    "modbus" => Modbus(ModbusDevice),
 }
 
 impl DeviceConfig {

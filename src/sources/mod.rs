@@ -4,6 +4,7 @@
 //! an [`Ingest`] handle; it never talks to MQTT. Stopping is cooperative:
 //! every task watches the same cancellation token.
 
+pub mod modbus;
 pub mod simulated;
 
 use serde_json::{Map, Value};
@@ -88,9 +89,14 @@ pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// Starts one task per device (buses shared by several devices will group
-/// them here as those sources arrive).
-pub fn spawn_all(config: &Config, ingest: &Ingest, cancel: &CancellationToken) -> JoinSet<()> {
+/// The running sources: their tasks, and the handles that write points.
+pub struct Running {
+    pub tasks: JoinSet<()>,
+    pub modbus: modbus::Writers,
+}
+
+/// Starts one task per device, or per bus for devices that share one.
+pub fn spawn_all(config: &Config, ingest: &Ingest, cancel: &CancellationToken) -> Running {
     let mut tasks = JoinSet::new();
     for device in &config.devices {
         let delivery = device.delivery(config.mqtt.qos);
@@ -103,7 +109,14 @@ pub fn spawn_all(config: &Config, ingest: &Ingest, cancel: &CancellationToken) -
                     cancel.clone(),
                 ));
             }
+            DeviceConfig::Modbus(_) => {} // grouped by bus below
         }
     }
-    tasks
+    let modbus = modbus::spawn(config, ingest, cancel, &mut tasks);
+    Running { tasks, modbus }
+}
+
+/// Checks that span devices, as (path, message).
+pub fn shared_problems(devices: &[DeviceConfig]) -> Vec<(String, String)> {
+    modbus::shared_problems(devices)
 }

@@ -8,7 +8,7 @@
 //! buys the guarantee: nothing committed is lost, whatever rumqttc drops
 //! on a reconnect.
 
-mod backoff;
+pub(crate) mod backoff;
 mod inflight;
 pub mod payload;
 
