@@ -239,17 +239,10 @@ impl Poller {
         ingest.append(reading).await.is_ok()
     }
 
-    /// The next poll after the one due now, skipping polls that a long
-    /// wait on the bus made late.
-    fn schedule_next(&mut self) {
-        let period = self.device.poll.get();
-        let now = Instant::now();
-        self.next_due += period;
-        if self.next_due <= now {
-            let behind = now.duration_since(self.next_due);
-            let skipped = behind.as_nanos() / period.as_nanos().max(1) + 1;
-            self.next_due += period * u32::try_from(skipped).unwrap_or(u32::MAX);
-        }
+    /// The next poll: one period after this one started, so that a poll
+    /// made late by a slow bus is not followed by a hurried one.
+    fn schedule_next(&mut self, started: Instant) {
+        self.next_due = started + self.device.poll.get();
     }
 }
 
@@ -395,6 +388,7 @@ pub async fn run(
             }
             _ = sleep_until(pollers[next].next_due) => {
                 let poller = &mut pollers[next];
+                let started = Instant::now();
                 let appended = tokio::select! {
                     _ = cancel.cancelled() => break,
                     ok = poller.poll_and_publish(&mut link, &ingest) => ok,
@@ -402,7 +396,7 @@ pub async fn run(
                 if !appended {
                     break; // the store is shutting down
                 }
-                poller.schedule_next();
+                poller.schedule_next(started);
             }
         }
     }

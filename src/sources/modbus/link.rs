@@ -84,9 +84,10 @@ impl Failure {
     }
 }
 
-/// After this many timeouts in a row with no answer from any unit, a TCP
-/// connection is taken for dead and reopened.
-const TCP_STALE_AFTER: u32 = 3;
+/// After this many timeouts in a row with no answer from any unit, the
+/// connection (or the serial port: its adapter may be gone) is taken for
+/// dead and reopened.
+const STALE_AFTER: u32 = 3;
 
 /// The connection to one bus, opened on demand.
 pub struct Link {
@@ -137,6 +138,14 @@ impl Link {
         request: Request<'static>,
         wait: Duration,
     ) -> Result<Response, Failure> {
+        // An unplugged USB adapter takes its device node along, but an open
+        // port does not always report it.
+        if let Endpoint::Rtu(rtu) = &self.endpoint
+            && self.context.is_some()
+            && !std::path::Path::new(&rtu.port).exists()
+        {
+            self.drop_connection();
+        }
         self.connect(wait).await?;
         if let Some(last) = self.last_exchange {
             sleep_until(last + self.frame_gap).await;
@@ -162,8 +171,7 @@ impl Link {
             Err(_) if self.line.received.load(Relaxed) > 0 => Failure::Garbled(wait),
             Err(_) => {
                 self.timeouts_in_a_row += 1;
-                let tcp = matches!(self.endpoint, Endpoint::Tcp(_));
-                if tcp && self.timeouts_in_a_row >= TCP_STALE_AFTER {
+                if self.timeouts_in_a_row >= STALE_AFTER {
                     self.drop_connection();
                 }
                 return Err(Failure::Timeout(wait));
