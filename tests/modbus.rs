@@ -398,19 +398,22 @@ fn tcp_device(name: &str, port: u16, extra: &str, points: &str) -> String {
     )
 }
 
-// ---- tests -----------------------------------------------------------------------------------
-
-#[test]
-fn tcp_every_type_and_order_reaches_the_subscriber_in_five_coalesced_reads() {
+/// A broker, a TCP slave with [`every_type`] as unit 1, a temp dir and a
+/// subscriber to all telemetry.
+fn tcp_rig(client: &str) -> (Broker, Slave, u16, tempfile::TempDir, Subscriber) {
     let broker = Broker::start();
     let mut slave = Slave::new([(1, every_type())]);
     let port = slave.serve_tcp(0);
     let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(
-        broker.port,
-        "check-modbus-types",
-        "fieldgate/gw/telemetry/#",
-    );
+    let sub = Subscriber::connect(broker.port, client, "fieldgate/gw/telemetry/#");
+    (broker, slave, port, dir, sub)
+}
+
+// ---- tests -----------------------------------------------------------------------------------
+
+#[test]
+fn tcp_every_type_and_order_reaches_the_subscriber_in_five_coalesced_reads() {
+    let (broker, slave, port, dir, sub) = tcp_rig("check-modbus-types");
     let device = tcp_device("plc", port, "    max_gap: 2\n", EVERY_TYPE_POINTS);
     let config = write_config(dir.path(), broker.port, "", &device);
     let mut gw = Gateway::start(&config, dir.path());
@@ -449,15 +452,7 @@ fn tcp_every_type_and_order_reaches_the_subscriber_in_five_coalesced_reads() {
 
 #[test]
 fn exceptions_and_a_killed_server_give_bad_readings_then_recovery() {
-    let broker = Broker::start();
-    let mut slave = Slave::new([(1, every_type())]);
-    let port = slave.serve_tcp(0);
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(
-        broker.port,
-        "check-modbus-faults",
-        "fieldgate/gw/telemetry/#",
-    );
+    let (broker, mut slave, port, dir, sub) = tcp_rig("check-modbus-faults");
     let points = "
       - { name: u16, register: holding, address: 0, deadband: 1 }
       - { name: frequency, register: input, address: 0, type: f32 }

@@ -20,6 +20,23 @@ pub trait DeviceSpec {
     }
 }
 
+/// `points[i].name` problems for point names used more than once.
+pub fn duplicate_point_names<'a>(
+    names: impl IntoIterator<Item = &'a Name>,
+) -> Vec<(String, String)> {
+    let names: Vec<&Name> = names.into_iter().collect();
+    let mut found = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if let Some(first) = names[..i].iter().position(|n| n == name) {
+            found.push((
+                format!("points[{i}].name"),
+                format!("duplicate point name `{name}`, already used by points[{first}]"),
+            ));
+        }
+    }
+    found
+}
+
 /// Declares the device kinds once: the enum, the list of kind names, and
 /// the position-keeping check of each kind.
 macro_rules! device_kinds {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
-pub use device::{DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec};
+pub use device::{DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec, duplicate_point_names};
 pub use load::{ConfigError, Problem, load, load_str};
 pub use units::{ByteSize, Duration};
 

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::plan::{Limits, MAX_BITS, MAX_REGISTERS};
 use super::value::{Layout, Order, RegisterKind, ValueType};
-use crate::config::{Bounded, DeviceSpec, Duration, Name, Priority, Qos};
+use crate::config::{Bounded, DeviceSpec, Duration, Name, Priority, Qos, duplicate_point_names};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -401,16 +401,10 @@ impl DeviceSpec for ModbusDevice {
         if self.points.is_empty() {
             push("points", "expected at least one point".into());
         }
+        for (path, message) in duplicate_point_names(self.points.iter().map(|p| &p.name)) {
+            push(&path, message);
+        }
         for (i, point) in self.points.iter().enumerate() {
-            if let Some(first) = self.points[..i].iter().position(|p| p.name == point.name) {
-                push(
-                    &format!("points[{i}].name"),
-                    format!(
-                        "duplicate point name `{}`, already used by points[{first}]",
-                        point.name
-                    ),
-                );
-            }
             for (key, message) in point.problems(self) {
                 push(&format!("points[{i}].{key}"), message);
             }
