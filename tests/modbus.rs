@@ -464,53 +464,59 @@ fn exceptions_and_a_killed_server_give_bad_readings_then_recovery() {
         &tcp_device("plc", port, "", points),
     );
     let mut gw = Gateway::start(&config, dir.path());
-    let count = |s: &Subscriber, quality: &str| {
-        readings(s, "plc").iter().filter(|r| r.2 == quality).count()
+    // Readings after the `from`-th, and how many of them have `quality`.
+    let since = |s: &Subscriber, from: usize| readings(s, "plc").split_off(from);
+    let count = |s: &Subscriber, from: usize, quality: &str| {
+        since(s, from).iter().filter(|r| r.2 == quality).count()
     };
-    wait_for(&sub, &gw, "good readings", |s| count(s, "good") >= 3);
+    wait_for(&sub, &gw, "good readings", |s| count(s, 0, "good") >= 3);
 
     // The device refuses every request: one bad reading says why, however
-    // many polls fail.
+    // many polls fail. (A poll cut in two by the change may add one with
+    // only one of the points failed.)
+    let refused = "u16: reading holding 0-0: exception 0x02 (Illegal data address); \
+         frequency: reading input 0-1: exception 0x02 (Illegal data address)";
+    let from = readings(&sub, "plc").len();
     slave
         .state()
         .refuse
         .insert(1, ExceptionCode::IllegalDataAddress);
-    wait_for(&sub, &gw, "a bad reading", |s| count(s, "bad") >= 1);
-    let polls_before = slave.seen().len();
+    let full = |s: &Subscriber| {
+        let all = since(s, from);
+        all.into_iter()
+            .filter(|r| r.3.as_deref() == Some(refused))
+            .collect::<Vec<_>>()
+    };
+    wait_for(&sub, &gw, "a bad reading", |s| !full(s).is_empty());
+    let requests_before = slave.seen().len();
     std::thread::sleep(Duration::from_secs(2));
-    assert!(slave.seen().len() >= polls_before + 10, "polling goes on");
-    let bad: Vec<_> = readings(&sub, "plc")
-        .into_iter()
-        .filter(|r| r.2 == "bad")
-        .collect();
-    assert_eq!(bad.len(), 1, "once per change of fault: {bad:?}");
-    let error = bad[0].3.clone().unwrap();
-    assert_eq!(
-        error,
-        "u16: reading holding 0-0: exception 0x02 (Illegal data address); \
-         frequency: reading input 0-1: exception 0x02 (Illegal data address)"
+    assert!(
+        slave.seen().len() >= requests_before + 10,
+        "polling goes on"
     );
+    let bad = full(&sub);
+    assert_eq!(bad.len(), 1, "once per change of fault: {bad:?}");
     assert_eq!(bad[0].1, json!({}), "failed points are left out");
+    assert!(count(&sub, from, "bad") <= 2);
 
     // Recovery publishes every value again, deadband or not.
-    let good_before = count(&sub, "good");
+    let from = readings(&sub, "plc").len();
     slave.state().refuse.clear();
-    wait_for(&sub, &gw, "recovery", |s| count(s, "good") > good_before);
-    let all = readings(&sub, "plc");
-    let bad_at = all.iter().position(|r| r.2 == "bad").unwrap();
-    assert_eq!(all[bad_at + 1].1, json!({"u16": 65534, "frequency": 50.0}));
+    wait_for(&sub, &gw, "recovery", |s| count(s, from, "good") >= 1);
+    let back = since(&sub, from)
+        .into_iter()
+        .find(|r| r.2 == "good")
+        .unwrap();
+    assert_eq!(back.1, json!({"u16": 65534, "frequency": 50.0}));
 
     // The server dies: connections close, connects are refused.
+    let from = readings(&sub, "plc").len();
     slave.kill();
     wait_for(&sub, &gw, "bad readings after the kill", |s| {
-        count(s, "bad") >= 2
+        count(s, from, "bad") >= 1
     });
     std::thread::sleep(Duration::from_secs(2));
-    let errors: Vec<String> = readings(&sub, "plc")
-        .into_iter()
-        .filter_map(|r| r.3)
-        .skip(1)
-        .collect();
+    let errors: Vec<String> = since(&sub, from).into_iter().filter_map(|r| r.3).collect();
     assert!(
         (1..=3).contains(&errors.len())
             && errors
@@ -519,10 +525,10 @@ fn exceptions_and_a_killed_server_give_bad_readings_then_recovery() {
         "{errors:?}\n{}",
         gw.log()
     );
-    let good_before = count(&sub, "good");
+    let from = readings(&sub, "plc").len();
     slave.serve_tcp(port);
     wait_for(&sub, &gw, "recovery after the restart", |s| {
-        count(s, "good") > good_before
+        count(s, from, "good") >= 1
     });
     assert_eq!(readings(&sub, "plc").pop().unwrap().2, "good");
 
@@ -549,10 +555,10 @@ fn rtu_units_share_a_port_and_a_silent_unit_costs_one_timeout_per_poll() {
             "  - name: {name}\n    kind: modbus\n    rtu: {rtu}\n    unit: {unit}\n    poll: 300ms\n    timeout: {timeout}\n    retries: {retries}\n    points:\n      - {{ name: a, register: holding, address: 0 }}\n      - {{ name: b, register: holding, address: 1 }}\n"
         )
     };
-    // The silent unit waits 500ms per request and would retry twice.
+    // The silent unit waits 500ms per request and would retry three times.
     let devices = device("meter-1", 1, "1s", 1)
         + &device("meter-2", 2, "1s", 1)
-        + &device("ghost", 3, "500ms", 2);
+        + &device("ghost", 3, "500ms", 3);
     let config = write_config(dir.path(), broker.port, "", &devices);
     let mut gw = Gateway::start(&config, dir.path());
 
@@ -560,8 +566,8 @@ fn rtu_units_share_a_port_and_a_silent_unit_costs_one_timeout_per_poll() {
         !readings(s, "ghost").is_empty()
     });
     let fault_ts = readings(&sub, "ghost")[0].0;
-    std::thread::sleep(Duration::from_secs(6));
-    let measured_from = fault_ts + 1_000;
+    std::thread::sleep(Duration::from_secs(7));
+    let measured_from = fault_ts + 2_500;
     for (device, first) in [("meter-1", 100), ("meter-2", 200)] {
         let all = readings(&sub, device);
         assert!(
@@ -575,12 +581,15 @@ fn rtu_units_share_a_port_and_a_silent_unit_costs_one_timeout_per_poll() {
             .collect();
         let gaps: Vec<i64> = ts.windows(2).map(|w| w[1] - w[0]).collect();
         // Each round: poll 300ms, then the ghost's one timeout of 500ms
-        // delays the next poll by at most that; with its two retries the
-        // gaps would be 1.5s.
+        // delays the next poll by at most that (plus slack for a loaded
+        // machine); with its three retries the gaps would be 2s.
         let worst = gaps.iter().copied().max().unwrap_or_default();
         assert!(gaps.len() >= 8, "{device}: {gaps:?}");
-        assert!(worst <= 300 + 500 + 250, "{device}: gaps {gaps:?}");
-        eprintln!("{device}: {} polls in ~5s, worst gap {worst}ms", gaps.len());
+        assert!(worst <= 300 + 500 + 600, "{device}: gaps {gaps:?}");
+        eprintln!(
+            "{device}: {} polls in the window, worst gap {worst}ms",
+            gaps.len()
+        );
     }
     // Once silent, the ghost gets one request per poll, no retries, and
     // every round the others get their turn.

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::SlaveContext;
-use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+use tokio_modbus::{ExceptionCode, ProtocolError, Request, Response, Slave};
 
 use super::config::{Parity, RtuPort, TcpEndpoint};
 use crate::uplink::backoff::Backoff;
@@ -163,7 +163,16 @@ impl Link {
                 return Ok(response);
             }
             Ok(Ok(Err(code))) => Failure::Exception(code),
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => Failure::Mismatch(e.to_string()),
+            // The same words every time (the error itself carries the
+            // answer's data), so that a lasting fault is reported once.
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => Failure::Mismatch(match e {
+                ProtocolError::HeaderMismatch { .. } => {
+                    "the answer of another unit or an earlier request".into()
+                }
+                ProtocolError::FunctionCodeMismatch { .. } => {
+                    "the answer to another function".into()
+                }
+            }),
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 self.drop_connection();
                 Failure::Link(format!("connection to {} lost: {e}", self.endpoint))
@@ -347,5 +356,52 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Line<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_late_answer_is_dropped_before_the_next_request() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let state = Arc::new(LineState::default());
+        let mut line = Line::new(near, state.clone());
+
+        state.new_request.store(true, Relaxed);
+        line.write_all(b"request 1").await.unwrap();
+        // The answer to request 1 comes after its timeout...
+        far.write_all(b"late answer").await.unwrap();
+        tokio::task::yield_now().await;
+
+        // ... and is gone when request 2 is sent.
+        state.new_request.store(true, Relaxed);
+        line.write_all(b"request 2").await.unwrap();
+        let mut sent = [0u8; 18];
+        far.read_exact(&mut sent).await.unwrap();
+        assert_eq!(&sent, b"request 1request 2");
+        assert_eq!(state.received.load(Relaxed), 0);
+        far.write_all(b"answer 2").await.unwrap();
+        let mut answer = [0u8; 8];
+        line.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"answer 2");
+        assert_eq!(
+            state.received.load(Relaxed),
+            8,
+            "counted, to tell garbage from silence"
+        );
+    }
+
+    #[test]
+    fn fault_texts_stay_the_same_from_poll_to_poll() {
+        let second = Duration::from_secs(1);
+        assert_eq!(Failure::Timeout(second).to_string(), "no answer within 1s");
+        assert_eq!(
+            Failure::Exception(ExceptionCode::IllegalDataAddress).to_string(),
+            "exception 0x02 (Illegal data address)"
+        );
+        assert!(Failure::Garbled(second).to_string().contains("bad CRC"));
     }
 }
