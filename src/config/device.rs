@@ -5,6 +5,7 @@
 use serde::Deserialize;
 
 use super::{Bounded, ByteSize, Duration, Name, Priority, Qos, yaml};
+use crate::sources::modbus::ModbusDevice;
 use crate::sources::serial::SerialDevice;
 use crate::sources::simulated::SimulatedDevice;
 
@@ -44,6 +45,23 @@ impl Default for BatchConfig {
             max_delay: Duration::from_secs(1),
         }
     }
+}
+
+/// `points[i].name` problems for point names used more than once.
+pub fn duplicate_point_names<'a>(
+    names: impl IntoIterator<Item = &'a Name>,
+) -> Vec<(String, String)> {
+    let names: Vec<&Name> = names.into_iter().collect();
+    let mut found = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if let Some(first) = names[..i].iter().position(|n| n == name) {
+            found.push((
+                format!("points[{i}].name"),
+                format!("duplicate point name `{name}`, already used by points[{first}]"),
+            ));
+        }
+    }
+    found
 }
 
 /// Declares the device kinds once: the enum, the list of kind names, and
@@ -88,6 +106,7 @@ macro_rules! device_kinds {
 device_kinds! {
     "simulated" => Simulated(SimulatedDevice),
     "serial" => Serial(SerialDevice),
+    "modbus" => Modbus(ModbusDevice),
 }
 
 impl DeviceConfig {

@@ -340,6 +340,9 @@ impl Config {
                 push(format!("devices[{i}].{below}"), message);
             }
         }
+        for (path, message) in crate::sources::shared_problems(&self.devices) {
+            push(path, message);
+        }
         found
     }
 }

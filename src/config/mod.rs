@@ -16,7 +16,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
-pub use device::{BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec};
+pub use device::{
+    BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec, duplicate_point_names,
+};
 pub use load::{ConfigError, Problem, load, load_remote, load_str};
 pub use mqtt::{BrokerUrl, Credentials, MqttConfig, Protocol, Secret, TlsConfig};
 pub use units::{ByteSize, Duration};

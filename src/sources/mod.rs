@@ -4,6 +4,7 @@
 //! an [`Ingest`] handle; it never talks to MQTT. Stopping is cooperative:
 //! every task watches the same cancellation token.
 
+pub mod modbus;
 pub mod serial;
 pub mod simulated;
 mod supervisor;
@@ -92,13 +93,21 @@ pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// Devices that share hardware form a group (one serial port, later one
-/// RS-485 bus): the group is started, stopped and restarted as a whole.
+/// Devices that share hardware form a group (one serial port, one RS-485
+/// bus, one Modbus TCP endpoint): the group is started, stopped and
+/// restarted as a whole.
 pub fn group_key(device: &DeviceConfig) -> String {
     match device {
         DeviceConfig::Simulated(d) => format!("simulated:{}", d.name),
         DeviceConfig::Serial(d) => format!("serial:{}", d.port),
+        DeviceConfig::Modbus(d) => format!("modbus:{}", modbus::bus_of(d)),
     }
+}
+
+/// The running tasks of one group, and the handles that write its points.
+pub struct Group {
+    pub tasks: JoinSet<()>,
+    pub modbus: modbus::Writers,
 }
 
 /// Starts the tasks of one group of devices.
@@ -107,7 +116,7 @@ pub fn spawn_group(
     default_qos: Qos,
     ingest: &Ingest,
     cancel: &CancellationToken,
-) -> JoinSet<()> {
+) -> Group {
     let mut tasks = JoinSet::new();
     for device in devices {
         let delivery = device.delivery(default_qos);
@@ -124,7 +133,14 @@ pub fn spawn_group(
                 // The write handle waits for the commands to be wired in.
                 let _writes = serial::spawn(serial.clone(), delivery, ingest, cancel, &mut tasks);
             }
+            DeviceConfig::Modbus(_) => {} // one task per bus, below
         }
     }
-    tasks
+    let modbus = modbus::spawn(devices, default_qos, ingest, cancel, &mut tasks);
+    Group { tasks, modbus }
+}
+
+/// Checks that span devices, as (path, message).
+pub fn shared_problems(devices: &[DeviceConfig]) -> Vec<(String, String)> {
+    modbus::shared_problems(devices)
 }

@@ -4,16 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ingest, group_key, spawn_group};
+use super::{Group, Ingest, group_key, spawn_group};
 use crate::config::{DeviceConfig, Qos};
 
 struct Running {
     devices: Vec<DeviceConfig>,
     cancel: CancellationToken,
-    tasks: JoinSet<()>,
+    group: Group,
 }
 
 pub struct Sources {
@@ -67,13 +66,13 @@ impl Sources {
 
     fn launch(&mut self, key: String, devices: Vec<DeviceConfig>) {
         let cancel = CancellationToken::new();
-        let tasks = spawn_group(&devices, self.default_qos, &self.ingest, &cancel);
+        let group = spawn_group(&devices, self.default_qos, &self.ingest, &cancel);
         self.running.insert(
             key,
             Running {
                 devices,
                 cancel,
-                tasks,
+                group,
             },
         );
     }
@@ -129,5 +128,5 @@ impl Sources {
 
 async fn stop(mut running: Running) {
     running.cancel.cancel();
-    while running.tasks.join_next().await.is_some() {}
+    while running.group.tasks.join_next().await.is_some() {}
 }

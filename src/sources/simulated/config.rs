@@ -3,7 +3,9 @@
 use serde::Deserialize;
 
 use super::Signal;
-use crate::config::{BatchConfig, DeviceSpec, Duration, Name, Priority, Qos};
+use crate::config::{
+    BatchConfig, DeviceSpec, Duration, Name, Priority, Qos, duplicate_point_names,
+};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,16 +56,8 @@ impl DeviceSpec for SimulatedDevice {
         if self.points.is_empty() {
             found.push(("points".into(), "expected at least one point".into()));
         }
+        found.extend(duplicate_point_names(self.points.iter().map(|p| &p.name)));
         for (i, point) in self.points.iter().enumerate() {
-            if let Some(first) = self.points[..i].iter().position(|p| p.name == point.name) {
-                found.push((
-                    format!("points[{i}].name"),
-                    format!(
-                        "duplicate point name `{}`, already used by points[{first}]",
-                        point.name
-                    ),
-                ));
-            }
             for (key, v) in [("min", point.min), ("max", point.max)] {
                 if !v.is_finite() {
                     found.push((
