@@ -2,6 +2,7 @@
 //! feed a SQLite store-and-forward queue that one MQTT uplink drains, so
 //! that every reading reaches the broker through outages and restarts.
 
+pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod health;

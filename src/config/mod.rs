@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer};
 
 pub use device::{
-    BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec, duplicate_point_names,
+    BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec, PointSpec, duplicate_point_names,
 };
 pub use load::{ConfigError, Problem, load, load_remote, load_str};
 pub use mqtt::{BrokerUrl, Credentials, MqttConfig, Protocol, Secret, TlsConfig};
@@ -33,6 +33,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub commands: CommandsConfig,
     /// `devices:` with nothing under it is an empty list, not an error.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub devices: Vec<DeviceConfig>,
@@ -117,6 +119,30 @@ impl Default for StoreConfig {
             max_rows: None,
             max_age: None,
             memory_buffer: Bounded(100_000),
+        }
+    }
+}
+
+/// How downstream commands are taken.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// A command issued longer ago than this (its `issued_at`) is answered
+    /// `expired` instead of run.
+    pub max_age: Duration,
+    /// Larger command payloads are rejected unread.
+    pub max_payload: ByteSize,
+    /// How long command ids are remembered, so a repeated one is answered
+    /// again rather than run again.
+    pub journal_retention: Duration,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            max_age: Duration::from_secs(300),
+            max_payload: ByteSize(16 << 10),
+            journal_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
