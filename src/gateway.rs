@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::store::{self, Store, StoreError};
-use crate::{sources, uplink};
+use crate::{service, sources, uplink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -49,11 +49,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         store.clone(),
         stop_uplink.clone(),
     ));
+    service::spawn_watchdog(store.clone(), stop_uplink.clone());
+    service::ready();
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
+    service::stopping();
 
     // Sources first, so that their last readings are in the final commit.
     stop_sources.cancel();

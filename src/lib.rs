@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod gateway;
+pub mod service;
 pub mod sources;
 pub mod store;
 pub mod uplink;
