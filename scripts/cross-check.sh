@@ -117,6 +117,14 @@ for t in "${TARGETS[@]}"; do
     fail "$t binary is $size bytes, over the $MAX_BYTES limit"
   fi
 done
+# The same binaries as Pi packages, when cargo-deb is there (scripts/check-deb.sh installs it).
+if cargo deb --version >/dev/null 2>&1; then
+  for t in "${TARGETS[@]}"; do
+    timed "package $t" cargo deb --target "$t" --no-build --no-strip --quiet >"$WORK/deb-path"
+    deb=$(tail -1 "$WORK/deb-path")
+    say "  $deb ($(dpkg-deb -f "$deb" Architecture), $(stat -c %s "$deb") bytes)"
+  done
+fi
 say "times:"
 printf '  %s\n' "${TIMES[@]}"
 say "total $((SECONDS - START))s"

@@ -70,7 +70,7 @@ install_files() {
 
 create_user() {
   if ! getent passwd "$USER_NAME" >/dev/null; then
-    useradd --system --user-group --home-dir /var/lib/fieldgate --no-create-home \
+    useradd --system --user-group --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin --comment "fieldgate gateway" "$USER_NAME"
     say "created the system user $USER_NAME"
   fi
