@@ -49,7 +49,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         store.clone(),
         stop_uplink.clone(),
     ));
-    service::spawn_watchdog(store.clone(), stop_uplink.clone());
+    service::spawn_watchdog(
+        store.clone(),
+        uplink_task.abort_handle(),
+        stop_uplink.clone(),
+    );
     service::ready();
 
     tokio::select! {

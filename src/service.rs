@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use sd_notify::NotifyState;
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
@@ -42,11 +43,12 @@ pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) ->
     Some(Duration::from_micros(usec / 2))
 }
 
-/// Pings the systemd watchdog until `stop`, but only while the store
-/// thread answers: a hung store (a stuck SD card, a deadlock) stops the
-/// pings and systemd restarts the service. A stalled runtime stops them
-/// too, since this runs on it.
-pub fn spawn_watchdog(store: Store, stop: CancellationToken) {
+/// Pings the systemd watchdog until `stop`, but only while the uplink task
+/// lives and the store thread answers: an uplink that died (a panic) or a
+/// hung store (a stuck SD card, a deadlock) stops the pings, and systemd
+/// restarts the service. A stalled runtime stops them too, since this runs
+/// on it.
+pub fn spawn_watchdog(store: Store, uplink: AbortHandle, stop: CancellationToken) {
     let usec = std::env::var("WATCHDOG_USEC").ok();
     let pid = std::env::var("WATCHDOG_PID").ok();
     let Some(every) = watchdog_interval(usec.as_deref(), pid.as_deref(), std::process::id()) else {
@@ -59,8 +61,13 @@ pub fn spawn_watchdog(store: Store, stop: CancellationToken) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if uplink.is_finished() {
+                tracing::warn!("watchdog: the uplink task has ended; not pinging");
+                continue;
             }
             match tokio::time::timeout(check_timeout, store.totals()).await {
                 Ok(Ok(_)) => notify(NotifyState::Watchdog),
