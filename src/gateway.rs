@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::commands::Commands;
 use crate::config::{self, BatchConfig, Config};
 use crate::health::Health;
+use crate::service;
 use crate::sources::{Ingest, Sources};
 use crate::store::{self, RemoteConfig, Store, StoreError};
 use crate::uplink::{self, Channels, ConfigInfo, payload};
@@ -101,6 +102,12 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         channels,
         stop_uplink.clone(),
     ));
+    service::spawn_watchdog(
+        store.clone(),
+        uplink_task.abort_handle(),
+        stop_uplink.clone(),
+    );
+    service::ready();
 
     loop {
         tokio::select! {
@@ -113,6 +120,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
             }
         }
     }
+    service::stopping();
 
     // Sources first, so that their last readings are in the final commit.
     sources.stop_all().await;

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod health;
+pub mod service;
 pub mod sources;
 pub mod store;
 pub mod uplink;
