@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs the system packages the tests need
-# (a private mosquitto is started by each test on a free port) when they
-# are missing; needs root or sudo for that step only.
+# (a private mosquitto is started by each test on a free port; socat makes
+# the ptys of the serial tests) when they are missing; needs root or sudo
+# for that step only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients dbus python3-dbusmock)
+packages=(mosquitto mosquitto-clients socat dbus python3-dbusmock)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

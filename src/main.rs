@@ -39,10 +39,19 @@ enum Command {
     },
     /// Inspect the store-and-forward queue (safe while the gateway runs).
     Queue {
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        /// Configuration file (before or after the action).
+        #[arg(short, long, default_value = DEFAULT_CONFIG, global = true)]
         config: PathBuf,
         #[command(subcommand)]
         action: cli::queue::Action,
+    },
+    /// Show the effective configuration, or drop the cached remote one.
+    Config {
+        /// Configuration file (before or after the action).
+        #[arg(short, long, default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: cli::config::Action,
     },
     /// Look for BLE devices nearby.
     Ble {
@@ -73,13 +82,23 @@ fn main() -> ExitCode {
             }
             Err(e) => config_failure(e),
         },
-        Command::Run { config } => {
-            let config = match config::load(&config) {
+        Command::Run { config: path } => {
+            let config = match config::load(&path) {
                 Ok(c) => c,
                 Err(e) => return config_failure(e),
             };
             init_logging(config.log.level.as_deref());
-            outcome(run(config))
+            outcome(run(config, path))
+        }
+        Command::Config {
+            config: path,
+            action,
+        } => {
+            let config = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return config_failure(e),
+            };
+            outcome(cli::config::run(&config, &path, action))
         }
         Command::Queue { config, action } => {
             let config = match config::load(&config) {
@@ -125,18 +144,24 @@ fn init_logging(level: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // The journal timestamps every line itself, and shows escape codes raw.
+    let journal = fieldgate::service::stderr_is_journal();
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(!journal && std::io::stderr().is_terminal());
+    if journal {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
 }
 
-fn run(config: config::Config) -> anyhow::Result<()> {
+fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(fieldgate::gateway::run(config))?;
+    runtime.block_on(fieldgate::gateway::run(config, path))?;
     Ok(())
 }

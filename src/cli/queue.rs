@@ -87,7 +87,7 @@ pub fn run(config: &Config, action: Action) -> anyhow::Result<Outcome> {
                 println!("{n} {what} would be deleted; run again with --yes to delete them");
                 return Ok(Outcome::NeedsConfirmation);
             }
-            let mut outbox = Outbox::open_for_purge(&path)
+            let mut outbox = Outbox::open_for_changes(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
             let n = outbox.purge(device.as_deref(), before)?;
             println!("deleted {n} {what}");

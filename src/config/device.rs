@@ -6,6 +6,8 @@ use serde::Deserialize;
 
 use super::{Bounded, ByteSize, Duration, Name, Priority, Qos, yaml};
 use crate::sources::ble::BleDevice;
+use crate::sources::modbus::ModbusDevice;
+use crate::sources::serial::SerialDevice;
 use crate::sources::simulated::SimulatedDevice;
 
 /// What every kind of device has, whatever else it has.
@@ -18,30 +20,21 @@ pub trait DeviceSpec {
     fn batch(&self) -> Option<&BatchConfig> {
         None
     }
+    /// The device's points, and which of them commands may write.
+    fn points(&self) -> Vec<PointSpec>;
     /// Checks across fields, as (path below the device, message).
     fn problems(&self) -> Vec<(String, String)> {
         Vec::new()
     }
 }
 
-/// Problems of a list of points whose names must be unique: one per
-/// repeated name, at `{list}[i].{field}`, naming the first use.
-pub fn duplicate_names<'a>(
-    list: &str,
-    field: &str,
-    names: impl IntoIterator<Item = &'a Name>,
-) -> Vec<(String, String)> {
-    let names: Vec<&Name> = names.into_iter().collect();
-    let mut found = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        if let Some(first) = names[..i].iter().position(|n| n == name) {
-            found.push((
-                format!("{list}[{i}].{field}"),
-                format!("duplicate point name `{name}`, already used by {list}[{first}]"),
-            ));
-        }
-    }
-    found
+/// A point as commands see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointSpec {
+    pub name: String,
+    pub writable: bool,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }
 
 /// `batch:` of a device: one publish carries a JSON array of its readings.
@@ -66,12 +59,41 @@ impl Default for BatchConfig {
     }
 }
 
+/// `points[i].name` problems for point names used more than once.
+pub fn duplicate_point_names<'a>(
+    names: impl IntoIterator<Item = &'a Name>,
+) -> Vec<(String, String)> {
+    duplicate_names("points", "name", names)
+}
+
+/// Problems of a list whose names must be unique: one per repeated name,
+/// at `{list}[i].{field}`, naming the first use.
+pub fn duplicate_names<'a>(
+    list: &str,
+    field: &str,
+    names: impl IntoIterator<Item = &'a Name>,
+) -> Vec<(String, String)> {
+    let names: Vec<&Name> = names.into_iter().collect();
+    let mut found = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if let Some(first) = names[..i].iter().position(|n| n == name) {
+            found.push((
+                format!("{list}[{i}].{field}"),
+                format!("duplicate point name `{name}`, already used by {list}[{first}]"),
+            ));
+        }
+    }
+    found
+}
+
 /// Declares the device kinds once: the enum, the list of kind names, and
 /// the position-keeping check of each kind.
 macro_rules! device_kinds {
     ($($kind:literal => $variant:ident($config:ty)),* $(,)?) => {
         /// One device; `kind` selects the source that owns it.
-        #[derive(Debug, Clone, Deserialize)]
+        // One value per configured device, built once: sizes don't matter.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug, Clone, PartialEq, Deserialize)]
         #[serde(tag = "kind")]
         pub enum DeviceConfig {
             $(#[serde(rename = $kind)] $variant($config),)*
@@ -105,6 +127,8 @@ macro_rules! device_kinds {
 
 device_kinds! {
     "simulated" => Simulated(SimulatedDevice),
+    "serial" => Serial(SerialDevice),
+    "modbus" => Modbus(ModbusDevice),
     "ble" => Ble(BleDevice),
 }
 

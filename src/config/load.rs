@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::Path;
 
 use super::yaml::{self, Diagnostic, Node, Value};
-use super::{Config, DEVICE_KINDS, DeviceConfig};
+use super::{Config, DEVICE_KINDS, DeviceConfig, Origin};
 
 /// One problem in a configuration: where, which key, what was expected.
 pub type Problem = Diagnostic;
@@ -118,17 +118,24 @@ fn check_tree(root: &Node) -> Vec<Problem> {
         .err()
         .unwrap_or_default();
 
-    let Some(devices) = root.get("devices") else {
-        return problems;
-    };
+    if let Some(devices) = root.get("devices") {
+        check_devices(devices, &mut problems);
+    }
+    problems
+}
+
+/// Type-checks a `devices:` list, each device by its `kind`; returns the
+/// devices that passed.
+fn check_devices(devices: &Node, problems: &mut Vec<Problem>) -> Vec<DeviceConfig> {
     let items: &[Node] = match &devices.value {
         Value::Seq(items) => items,
         Value::Null => &[],
         _ => {
             problems.push(at(devices, "devices", "expected a list of devices".into()));
-            return problems;
+            return Vec::new();
         }
     };
+    let mut typed = Vec::new();
     for (i, device) in items.iter().enumerate() {
         let path = format!("devices[{i}]");
         if !matches!(device.value, Value::Map(_)) {
@@ -144,7 +151,7 @@ fn check_tree(root: &Node) -> Vec<Problem> {
             _ => "",
         };
         match DeviceConfig::from_node(kind_text, device, &path) {
-            Some(Ok(_)) => {}
+            Some(Ok(d)) => typed.push(d),
             Some(Err(found)) => problems.extend(found),
             None => problems.push(at(
                 kind,
@@ -156,7 +163,91 @@ fn check_tree(root: &Node) -> Vec<Problem> {
             )),
         }
     }
-    problems
+    typed
+}
+
+/// The sections a remote configuration may not touch.
+const LOCAL_ONLY: &[&str] = &["gateway", "store", "mqtt", "log", "commands"];
+
+/// Checks a remote configuration (`version` and `devices`, YAML or JSON)
+/// exactly like the local file, and returns `local` with its devices
+/// replaced. Identity, broker, credentials and store stay local.
+pub fn load_remote(text: &str, local: &Config) -> Result<Config, ConfigError> {
+    let file = "remote configuration";
+    let invalid = |problems: Vec<Problem>| ConfigError::Invalid {
+        file: file.to_owned(),
+        problems,
+    };
+    let root = yaml::parse(text).map_err(|d| invalid(vec![d]))?;
+    let Value::Map(entries) = &root.value else {
+        return Err(invalid(vec![at(
+            &root,
+            "",
+            "expected a mapping with `version` and `devices`".into(),
+        )]));
+    };
+    let mut problems = Vec::new();
+    for (key, _) in entries {
+        let Value::Scalar { text: name, .. } = &key.value else {
+            continue;
+        };
+        match name.as_str() {
+            "version" | "devices" => {}
+            section if LOCAL_ONLY.contains(&section) => problems.push(at(
+                key,
+                section,
+                format!(
+                    "`{section}` stays local: a remote configuration may change `devices` only"
+                ),
+            )),
+            other => problems.push(at(
+                key,
+                other,
+                format!("unknown key `{other}`, expected `version` or `devices`"),
+            )),
+        }
+    }
+    let version = match root.get("version").map(|v| &v.value) {
+        Some(Value::Scalar { text, .. }) if !text.is_empty() && text.len() <= 128 => text.clone(),
+        Some(_) => {
+            let node = root.get("version").unwrap_or(&root);
+            problems.push(at(
+                node,
+                "version",
+                "expected a version string of 1 to 128 characters".into(),
+            ));
+            String::new()
+        }
+        None => {
+            problems.push(at(&root, "version", "missing field `version`".into()));
+            String::new()
+        }
+    };
+    let devices = match root.get("devices") {
+        Some(node) => check_devices(node, &mut problems),
+        None => {
+            problems.push(at(&root, "devices", "missing field `devices`".into()));
+            Vec::new()
+        }
+    };
+    if !problems.is_empty() {
+        sort(&mut problems);
+        return Err(invalid(problems));
+    }
+    let mut config = local.clone();
+    config.devices = devices;
+    config.version = version;
+    config.origin = Origin::Remote;
+    let mut problems = config.problems();
+    for p in &mut problems {
+        p.mark = Some(root.locate(&p.path).mark);
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        sort(&mut problems);
+        Err(invalid(problems))
+    }
 }
 
 fn at(node: &Node, path: &str, message: String) -> Problem {
@@ -249,6 +340,9 @@ impl Config {
                 push(format!("devices[{i}].{below}"), message);
             }
         }
+        for (path, message) in crate::sources::shared_problems(&self.devices) {
+            push(path, message);
+        }
         found
     }
 }
@@ -330,6 +424,47 @@ devices:
         assert!(load_str(&text, "f.yaml").unwrap().devices.is_empty());
         let text = MINIMAL[..MINIMAL.find("devices:").unwrap()].to_owned();
         assert!(load_str(&text, "f.yaml").unwrap().devices.is_empty());
+    }
+
+    #[test]
+    fn a_remote_configuration_replaces_the_devices_only() {
+        let local = load_str(MINIMAL, "f.yaml").unwrap();
+        let remote = "version: v2\ndevices:\n  - { name: fresh, kind: simulated, points: [{ name: x, signal: ramp }] }\n";
+        let merged = load_remote(remote, &local).unwrap();
+        assert_eq!(merged.version, "v2");
+        assert_eq!(merged.origin, Origin::Remote);
+        assert_eq!(merged.devices.len(), 1);
+        assert_eq!(merged.devices[0].name().as_str(), "fresh");
+        assert_eq!(merged.gateway.id.as_str(), "gw-1");
+
+        // JSON is welcome too.
+        let json = r#"{"version": "v3", "devices": []}"#;
+        assert!(load_remote(json, &local).unwrap().devices.is_empty());
+    }
+
+    #[test]
+    fn a_remote_configuration_is_checked_like_the_file_and_may_not_touch_mqtt() {
+        let local = load_str(MINIMAL, "f.yaml").unwrap();
+        let remote = "version: v9\nmqtt:\n  url: mqtt://evil:1883\ndevices:\n  - name: a\n    kind: simulated\n    poll: soon\n    colour: red\n    points: [{ name: x, signal: ramp }]\n";
+        let err = load_remote(remote, &local).unwrap_err().to_string();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 3, "{err}");
+        assert!(
+            lines[0].starts_with("remote configuration:2:1: mqtt: `mqtt` stays local"),
+            "{err}"
+        );
+        assert!(
+            lines[1].starts_with("remote configuration:7:11: devices[0].poll: invalid duration"),
+            "{err}"
+        );
+        assert!(
+            lines[2].starts_with("remote configuration:8:5: devices[0].colour: unknown key"),
+            "{err}"
+        );
+        let err = load_remote("devices: []\n", &local)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `version`"), "{err}");
     }
 
     #[test]

@@ -18,8 +18,11 @@ use serde::{Deserialize, Deserializer};
 
 use crate::sources::ble::BleConfig;
 
-pub use device::{BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec, duplicate_names};
-pub use load::{ConfigError, Problem, load, load_str};
+pub use device::{
+    BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec, PointSpec, duplicate_names,
+    duplicate_point_names,
+};
+pub use load::{ConfigError, Problem, load, load_remote, load_str};
 pub use mqtt::{BrokerUrl, Credentials, MqttConfig, Protocol, Secret, TlsConfig};
 pub use units::{ByteSize, Duration};
 
@@ -33,6 +36,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub commands: CommandsConfig,
     /// The Bluetooth adapter of the BLE devices.
     #[serde(default)]
     pub ble: BleConfig,
@@ -40,9 +45,31 @@ pub struct Config {
     #[serde(default, deserialize_with = "null_as_empty")]
     pub devices: Vec<DeviceConfig>,
     /// Identifies this configuration in the birth message: `local-` and a
-    /// hash of the file text.
+    /// hash of the file text, or the version of a remote configuration.
     #[serde(skip)]
     pub version: String,
+    /// Where the devices come from.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// Where the running devices came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// The local file.
+    #[default]
+    Local,
+    /// A configuration received on `P/config/set` (cached in the store).
+    Remote,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Local => "local",
+            Origin::Remote => "remote",
+        }
+    }
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
@@ -98,6 +125,30 @@ impl Default for StoreConfig {
             max_rows: None,
             max_age: None,
             memory_buffer: Bounded(100_000),
+        }
+    }
+}
+
+/// How downstream commands are taken.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// A command issued longer ago than this (its `issued_at`) is answered
+    /// `expired` instead of run.
+    pub max_age: Duration,
+    /// Larger command payloads are rejected unread.
+    pub max_payload: ByteSize,
+    /// How long command ids are remembered, so a repeated one is answered
+    /// again rather than run again.
+    pub journal_retention: Duration,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            max_age: Duration::from_secs(300),
+            max_payload: ByteSize(16 << 10),
+            journal_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }

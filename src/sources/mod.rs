@@ -5,16 +5,22 @@
 //! every task watches the same cancellation token.
 
 pub mod ble;
+pub mod modbus;
+pub mod serial;
 pub mod simulated;
+mod supervisor;
+
+pub use supervisor::{Change, Sources};
 
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::config::{Config, Delivery, DeviceConfig, Name};
+use crate::config::{Delivery, DeviceConfig, Name, Qos};
 use crate::health::{DeviceHealth, Health};
 use crate::store::{Store, StoreError};
 
@@ -71,10 +77,12 @@ impl Ingest {
     /// Queues a reading; fails only when the store is shutting down.
     pub async fn append(&self, reading: Reading) -> Result<(), StoreError> {
         self.health.readings_in.fetch_add(1, Relaxed);
-        self.health
-            .device(reading.device.as_str())
-            .readings
-            .fetch_add(1, Relaxed);
+        let device = self.health.device(reading.device.as_str());
+        device.readings.fetch_add(1, Relaxed);
+        // What a command that reads a point is answered with.
+        if reading.quality == Quality::Good {
+            device.remember(reading.ts_ms, &reading.values);
+        }
         self.store.append(reading).await
     }
 
@@ -89,13 +97,86 @@ pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// Starts one task per device (buses shared by several devices will group
-/// them here as those sources arrive).
-pub fn spawn_all(config: &Config, ingest: &Ingest, cancel: &CancellationToken) -> JoinSet<()> {
+/// Devices that share hardware form a group (one serial port, one RS-485
+/// bus, one Modbus TCP endpoint): the group is started, stopped and
+/// restarted as a whole.
+pub fn group_key(device: &DeviceConfig) -> String {
+    match device {
+        DeviceConfig::Simulated(d) => format!("simulated:{}", d.name),
+        DeviceConfig::Serial(d) => format!("serial:{}", d.port),
+        DeviceConfig::Modbus(d) => format!("modbus:{}", modbus::bus_of(d)),
+        // One scanner per adapter: every BLE device is in its group.
+        DeviceConfig::Ble(_) => "ble".into(),
+    }
+}
+
+/// The running tasks of one group, and the handles that write its points.
+pub struct Group {
+    pub tasks: JoinSet<()>,
+    pub writers: HashMap<String, PointWriter>,
+}
+
+/// Writes the points of one device, through the task that owns its
+/// hardware (so a write takes its turn with the polls).
+#[derive(Clone)]
+pub enum PointWriter {
+    Modbus(modbus::BusHandle),
+    Serial(serial::SerialHandle),
+    Ble(ble::GattHandle),
+}
+
+/// Why a write did not happen: refused before anything was sent, or failed
+/// on the way to the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailure {
+    pub rejected: bool,
+    pub reason: String,
+}
+
+impl PointWriter {
+    pub async fn write(
+        &self,
+        device: &str,
+        point: &str,
+        value: &Value,
+    ) -> Result<(), WriteFailure> {
+        match self {
+            PointWriter::Modbus(bus) => {
+                bus.write(device, point, value)
+                    .await
+                    .map_err(|e| WriteFailure {
+                        rejected: e.is_rejected(),
+                        reason: e.to_string(),
+                    })
+            }
+            PointWriter::Serial(port) => port.write(point, value).await.map_err(|e| WriteFailure {
+                rejected: matches!(
+                    e,
+                    serial::WriteError::NotWritable(_) | serial::WriteError::InvalidValue(_)
+                ),
+                reason: e.to_string(),
+            }),
+            PointWriter::Ble(gatt) => gatt.write(point, value).await.map_err(|e| WriteFailure {
+                rejected: e.is_rejected(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Starts the tasks of one group of devices.
+pub fn spawn_group(
+    devices: &[DeviceConfig],
+    default_qos: Qos,
+    ble: &ble::BleConfig,
+    ingest: &Ingest,
+    cancel: &CancellationToken,
+) -> Group {
     let mut tasks = JoinSet::new();
+    let mut writers = HashMap::new();
     let mut ble_devices = Vec::new();
-    for device in &config.devices {
-        let delivery = device.delivery(config.mqtt.qos);
+    for device in devices {
+        let delivery = device.delivery(default_qos);
         match device {
             DeviceConfig::Ble(ble) => ble_devices.push((ble.clone(), delivery)),
             DeviceConfig::Simulated(sim) => {
@@ -106,16 +187,28 @@ pub fn spawn_all(config: &Config, ingest: &Ingest, cancel: &CancellationToken) -
                     cancel.clone(),
                 ));
             }
+            DeviceConfig::Serial(serial) => {
+                let port = serial::spawn(serial.clone(), delivery, ingest, cancel, &mut tasks);
+                writers.insert(serial.name.to_string(), PointWriter::Serial(port));
+            }
+            DeviceConfig::Modbus(_) => {} // one task per bus, below
         }
     }
     // One scanner for the adapter, whatever the number of BLE devices.
     if !ble_devices.is_empty() {
-        tasks.spawn(ble::run(
-            config.ble.clone(),
-            ble_devices,
-            ingest.clone(),
-            cancel.clone(),
-        ));
+        let handles = ble::spawn(ble.clone(), ble_devices, ingest, cancel, &mut tasks);
+        for (device, handle) in handles {
+            writers.insert(device, PointWriter::Ble(handle));
+        }
     }
-    tasks
+    let modbus = modbus::spawn(devices, default_qos, ingest, cancel, &mut tasks);
+    for (device, bus) in modbus.handles() {
+        writers.insert(device.clone(), PointWriter::Modbus(bus.clone()));
+    }
+    Group { tasks, writers }
+}
+
+/// Checks that span devices, as (path, message).
+pub fn shared_problems(devices: &[DeviceConfig]) -> Vec<(String, String)> {
+    modbus::shared_problems(devices)
 }

@@ -74,6 +74,11 @@ pub struct Row {
     pub values: String,
     pub quality: Quality,
     pub error: Option<String>,
+    /// Set for a message that is not a reading (an answer to a command):
+    /// `values` is then its whole payload, sent as it is to this topic.
+    pub topic: Option<String>,
+    /// MQTT 5 correlation data to send with it.
+    pub correlation: Option<Vec<u8>>,
 }
 
 impl Row {
@@ -140,6 +145,39 @@ impl Default for Changes<'_> {
     }
 }
 
+/// A message for the outbox that is not a reading: an answer to a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Shown where a device's name would be (`queue stats`, `peek`).
+    pub source: String,
+    pub topic: String,
+    pub payload: String,
+    pub correlation: Option<Vec<u8>>,
+    pub qos: Qos,
+    pub priority: Priority,
+    pub ts_ms: i64,
+}
+
+/// What the journal knows of a command id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Journaled {
+    /// First seen now: execute it.
+    New,
+    /// Seen before, answered with this response.
+    Answered(String),
+    /// Seen before, never answered (the gateway stopped while it ran).
+    Unanswered,
+}
+
+/// A remote configuration as received: its version and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteConfig {
+    pub version: String,
+    pub text: String,
+    /// When it was applied, in milliseconds since the epoch.
+    pub at_ms: i64,
+}
+
 /// Dead letters kept at most; the oldest go first.
 const MAX_DEAD_LETTERS: i64 = 10_000;
 
@@ -179,8 +217,9 @@ impl Outbox {
         Self::open_existing(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
     }
 
-    /// Opens an existing store to purge rows from it, next to a running daemon.
-    pub fn open_for_purge(path: &Path) -> Result<Outbox, StoreError> {
+    /// Opens an existing store to change it (purge rows, drop the cached
+    /// remote configuration) next to a running daemon.
+    pub fn open_for_changes(path: &Path) -> Result<Outbox, StoreError> {
         Self::open_existing(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
     }
 
@@ -299,7 +338,7 @@ impl Outbox {
         limit: usize,
     ) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, qos, ts_ms, device, quality, vals, error FROM outbox
+            "SELECT seq, qos, ts_ms, device, quality, vals, error, topic, correlation FROM outbox
              WHERE priority = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![priority as i64, after, limit as i64], |r| {
@@ -369,6 +408,108 @@ impl Outbox {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Records command `id` as received, unless it was seen before; prunes
+    /// entries older than `retention_ms`. One transaction, on disk when
+    /// this returns: only then may the broker get its ack.
+    pub fn journal_command(
+        &mut self,
+        id: &str,
+        now_ms: i64,
+        retention_ms: i64,
+    ) -> Result<Journaled, StoreError> {
+        let tx = self.conn.transaction()?;
+        let seen: Option<Option<String>> = tx
+            .query_row(
+                "SELECT response FROM command_journal WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let outcome = match seen {
+            Some(Some(response)) => Journaled::Answered(response),
+            Some(None) => Journaled::Unanswered,
+            None => {
+                tx.execute(
+                    "INSERT INTO command_journal (id, received_ms) VALUES (?1, ?2)",
+                    params![id, now_ms],
+                )?;
+                Journaled::New
+            }
+        };
+        tx.execute(
+            "DELETE FROM command_journal WHERE received_ms < ?1",
+            [now_ms - retention_ms],
+        )?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Records the answer to command `id` and queues it, in one
+    /// transaction: an answer is never lost, nor sent without being kept.
+    pub fn answer_command(&mut self, id: &str, answer: &Message) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE command_journal SET response = ?2 WHERE id = ?1",
+            params![id, answer.payload],
+        )?;
+        tx.execute(
+            "INSERT INTO outbox (priority, seq, qos, ts_ms, device, quality, vals, topic, correlation)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8)",
+            params![
+                answer.priority as i64,
+                self.next_seq,
+                answer.qos as i64,
+                answer.ts_ms,
+                answer.source,
+                answer.payload,
+                answer.topic,
+                answer.correlation
+            ],
+        )?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
+            [self.next_seq + 1],
+        )?;
+        tx.commit()?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// The cached remote configuration, if one was applied.
+    pub fn remote_config(&self) -> Result<Option<RemoteConfig>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT version, text, at_ms FROM config_cache WHERE slot = 'devices'",
+                [],
+                |r| {
+                    Ok(RemoteConfig {
+                        version: r.get(0)?,
+                        text: r.get(1)?,
+                        at_ms: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Replaces the cached remote configuration (one transaction).
+    pub fn save_remote_config(&mut self, config: &RemoteConfig) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO config_cache (slot, version, text, at_ms) VALUES ('devices', ?1, ?2, ?3)",
+            params![config.version, config.text, config.at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the remote configuration; returns whether there was one.
+    pub fn clear_remote_config(&mut self) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM config_cache WHERE slot = 'devices'", [])?
+            > 0)
+    }
+
     /// Bytes of the database file in use.
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
         Ok(limits::used_bytes(&self.conn)?)
@@ -379,7 +520,7 @@ impl Outbox {
         let mut rows = Vec::new();
         for priority in Priority::ALL {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, qos, ts_ms, device, quality, vals, error FROM outbox
+                "SELECT seq, qos, ts_ms, device, quality, vals, error, topic, correlation FROM outbox
                  WHERE priority = ?1 AND (?2 IS NULL OR device = ?2) ORDER BY seq LIMIT ?3",
             )?;
             let found = stmt.query_map(
@@ -446,6 +587,8 @@ fn row(r: &rusqlite::Row<'_>, priority: Priority) -> rusqlite::Result<Row> {
         quality: Quality::from_code(r.get(4)?),
         values: r.get(5)?,
         error: r.get(6)?,
+        topic: r.get(7)?,
+        correlation: r.get(8)?,
     })
 }
 
@@ -722,6 +865,73 @@ mod tests {
     }
 
     #[test]
+    fn the_remote_configuration_is_cached_replaced_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir, Limits::default());
+        assert_eq!(store.remote_config().unwrap(), None);
+        let first = RemoteConfig {
+            version: "v1".into(),
+            text: "devices: []".into(),
+            at_ms: 1,
+        };
+        store.save_remote_config(&first).unwrap();
+        let second = RemoteConfig {
+            version: "v2".into(),
+            text: "devices: [x]".into(),
+            at_ms: 2,
+        };
+        store.save_remote_config(&second).unwrap();
+        drop(store);
+        let mut store = open(&dir, Limits::default());
+        assert_eq!(store.remote_config().unwrap(), Some(second));
+        assert!(store.clear_remote_config().unwrap());
+        assert!(!store.clear_remote_config().unwrap());
+        assert_eq!(store.remote_config().unwrap(), None);
+    }
+
+    #[test]
+    fn commands_are_journaled_once_and_answers_queued_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir, Limits::default());
+        assert_eq!(
+            store.journal_command("c-1", 1_000, 60_000).unwrap(),
+            Journaled::New
+        );
+        assert_eq!(
+            store.journal_command("c-1", 1_001, 60_000).unwrap(),
+            Journaled::Unanswered
+        );
+        let answer = Message {
+            source: "(commands)".into(),
+            topic: "p/responses".into(),
+            payload: r#"{"id":"c-1","status":"ok"}"#.into(),
+            correlation: Some(vec![1, 2]),
+            qos: Qos::AtLeastOnce,
+            priority: Priority::High,
+            ts_ms: 1_002,
+        };
+        store.answer_command("c-1", &answer).unwrap();
+        assert_eq!(
+            store.journal_command("c-1", 1_003, 60_000).unwrap(),
+            Journaled::Answered(answer.payload.clone())
+        );
+        let queued = store.fetch(Priority::High, 0, 10).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].topic.as_deref(), Some("p/responses"));
+        assert_eq!(queued[0].values, answer.payload);
+        assert_eq!(queued[0].correlation, Some(vec![1, 2]));
+        // Pruned once older than the retention.
+        assert_eq!(
+            store.journal_command("c-2", 100_000, 60_000).unwrap(),
+            Journaled::New
+        );
+        assert_eq!(
+            store.journal_command("c-1", 100_001, 60_000).unwrap(),
+            Journaled::New
+        );
+    }
+
+    #[test]
     fn make_room_and_purge() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(&dir, Limits::default());
@@ -787,7 +997,7 @@ mod tests {
             &[reading("a", Priority::Low, Qos::AtMostOnce, 2.0)],
         );
         assert_eq!(reader.totals().unwrap().rows, 2);
-        let mut purger = Outbox::open_for_purge(&path).unwrap();
+        let mut purger = Outbox::open_for_changes(&path).unwrap();
         assert_eq!(purger.purge(None, None).unwrap(), 2);
         append(
             &mut daemon,

@@ -61,6 +61,28 @@ const MIGRATIONS: &[&str] = &[
         at_ms    INTEGER NOT NULL
     );
     ",
+    // 5: the last good remote configuration, replaced in one transaction so
+    // that a power cut leaves the old one or the new one.
+    "
+    CREATE TABLE config_cache (
+        slot    TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        text    TEXT NOT NULL,
+        at_ms   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
+    // 6: messages other than readings (answers to commands) travel through
+    // the outbox too, to their own topic; and the command journal that
+    // makes commands idempotent.
+    "
+    ALTER TABLE outbox ADD COLUMN topic TEXT;
+    ALTER TABLE outbox ADD COLUMN correlation BLOB;
+    CREATE TABLE command_journal (
+        id          TEXT PRIMARY KEY,
+        received_ms INTEGER NOT NULL,
+        response    TEXT
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this binary writes.

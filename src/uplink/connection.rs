@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -12,7 +13,7 @@ use super::backoff::Backoff;
 use super::inflight::{Inflight, Tracked};
 use super::link::{self, Event, Link, Refusal};
 use super::throttle::Throttle;
-use super::{LinkLog, Settings, UplinkError, credentials, payload, tls};
+use super::{Channels, CommandIn, LinkLog, Settings, UplinkError, credentials, payload, tls};
 use crate::config::{BatchConfig, BrokerUrl, Protocol, Qos};
 use crate::health::Health;
 use crate::sources::now_ms;
@@ -22,6 +23,9 @@ use crate::store::{Row, RowKey, Store, StoreError};
 /// rumqttc pings once per period, so a live broker is never silent for
 /// much more than one.
 const SILENCE_FACTOR: f64 = 1.5;
+
+/// How long a command may take to be journaled before it goes unacknowledged.
+const JOURNAL_WAIT: Duration = Duration::from_secs(10);
 
 /// Rows fetched per message of room, at most, when devices batch.
 const FETCH_CAP: usize = 5_000;
@@ -43,6 +47,7 @@ pub(super) struct Connection<'a> {
     settings: &'a Settings,
     store: &'a Store,
     health: &'a Health,
+    config: Channels,
     link: Option<Link>,
     flight: Inflight,
     /// Per priority, the highest `seq` fetched.
@@ -64,11 +69,17 @@ pub(super) struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    pub(super) fn new(settings: &'a Settings, store: &'a Store, health: &'a Health) -> Self {
+    pub(super) fn new(
+        settings: &'a Settings,
+        store: &'a Store,
+        health: &'a Health,
+        config: Channels,
+    ) -> Self {
         Connection {
             settings,
             store,
             health,
+            config,
             link: None,
             flight: Inflight::default(),
             cursors: [0; 3],
@@ -104,6 +115,7 @@ impl<'a> Connection<'a> {
         let keep_alive = self.settings.keep_alive;
         let check = (keep_alive / 4).max(Duration::from_millis(100));
         let mut liveness = tokio::time::interval(check);
+        let mut config_state = self.config.state.clone();
         loop {
             self.refill().await?;
             let wake = self.next_wake();
@@ -128,6 +140,11 @@ impl<'a> Connection<'a> {
                     self.report().await?;
                 }
                 _ = status_tick.tick(), if self.connected => self.publish_status().await?,
+                changed = config_state.changed(), if self.connected => {
+                    if changed.is_ok() {
+                        self.publish_config_state()?;
+                    }
+                }
                 _ = liveness.tick(), if self.connected && !keep_alive.is_zero() => {
                     let silent = self.last_heard.elapsed();
                     if silent.as_secs_f64() > keep_alive.as_secs_f64() * SILENCE_FACTOR {
@@ -188,8 +205,9 @@ impl<'a> Connection<'a> {
         self.close_due_batches(now);
         if !self.caught_up && self.ready.len() < window && self.flight.outstanding() * 2 <= window {
             let per_message = self
-                .settings
+                .config
                 .batches
+                .borrow()
                 .values()
                 .map(|b| b.max_readings.get() as usize)
                 .max();
@@ -219,7 +237,7 @@ impl<'a> Connection<'a> {
 
     /// Routes a fetched row: straight to `ready`, or into its device's batch.
     fn enqueue(&mut self, row: Row, now: Instant) {
-        let Some(config) = self.settings.batches.get(&row.device).copied() else {
+        let Some(config) = self.config.batches.borrow().get(&row.device).copied() else {
             self.ready.push_back(Message::Single(row));
             return;
         };
@@ -286,6 +304,19 @@ impl<'a> Connection<'a> {
 
     fn publish(&mut self, message: Message) -> Result<(), UplinkError> {
         let (device, qos, keys, body) = match message {
+            // Not a reading: an answer to a command, to its own topic.
+            Message::Single(row) if row.topic.is_some() => {
+                let (qos, keys) = (row.qos, vec![row.key()]);
+                let topic = row.topic.unwrap_or_default();
+                let body = row.values.into_bytes();
+                let client = self.client()?;
+                match row.correlation {
+                    Some(c) => client.try_publish_correlated(topic, qos, body, c)?,
+                    None => client.try_publish(topic, qos, false, body)?,
+                }
+                self.flight.requested(Tracked::Rows(keys, qos));
+                return Ok(());
+            }
             Message::Single(row) => {
                 let body = payload::telemetry(&row);
                 (row.device.clone(), row.qos, vec![row.key()], body)
@@ -324,9 +355,14 @@ impl<'a> Connection<'a> {
             Event::Connected => {
                 self.connected = true;
                 self.caught_up = false;
+                let client = self.client()?;
+                client.try_subscribe(self.settings.topics.config_set(), Qos::AtLeastOnce)?;
+                client.try_subscribe(self.settings.topics.commands(), Qos::AtLeastOnce)?;
                 self.publish_status().await?;
+                self.publish_config_state()?;
                 return Ok(true);
             }
+            Event::Message(message) => self.receive(message).await?,
             Event::Published(pkid) => {
                 let done = self.flight.published(pkid)?;
                 self.deliver(done);
@@ -357,6 +393,43 @@ impl<'a> Connection<'a> {
             Event::Disconnecting | Event::Incoming | Event::Other => {}
         }
         Ok(false)
+    }
+
+    /// A message from the broker: a command is acknowledged only once the
+    /// gateway has journaled it; a configuration once it is handed over.
+    async fn receive(&mut self, message: Box<link::Incoming>) -> Result<(), UplinkError> {
+        let topics = &self.settings.topics;
+        if message.topic == topics.commands() {
+            let (journaled, answer) = oneshot::channel();
+            let command = CommandIn {
+                payload: message.payload.clone(),
+                response_topic: message.response_topic.clone(),
+                correlation: message.correlation.clone(),
+                journaled,
+            };
+            if self.config.commands.send(command).await.is_err() {
+                tracing::warn!("a command arrived while shutting down; not acknowledged");
+                return Ok(());
+            }
+            match tokio::time::timeout(JOURNAL_WAIT, answer).await {
+                Ok(Ok(true)) => {}
+                _ => {
+                    tracing::warn!("a command could not be journaled; not acknowledged");
+                    return Ok(());
+                }
+            }
+        } else if message.topic == topics.config_set()
+            && self
+                .config
+                .received
+                .send(message.payload.clone())
+                .await
+                .is_err()
+        {
+            tracing::warn!("a configuration arrived while shutting down; ignored");
+        }
+        self.client()?.try_ack(&message)?;
+        Ok(())
     }
 
     fn deliver(&mut self, rows: Vec<RowKey>) {
@@ -395,17 +468,21 @@ impl<'a> Connection<'a> {
     /// The retained online status, with the queue and the counters.
     async fn publish_status(&mut self) -> Result<(), UplinkError> {
         let queue = self.store.status().await?;
-        let body = payload::status(
-            crate::VERSION,
-            &self.settings.config_version,
-            &queue,
-            &self.health.snapshot(),
-        );
-        self.publish_control(body)
+        let info = self.config.info.borrow().clone();
+        let body = payload::status(crate::VERSION, &info, &queue, &self.health.snapshot());
+        self.publish_control(self.settings.topics.status(), body)
     }
 
-    fn publish_control(&mut self, body: String) -> Result<(), UplinkError> {
-        let topic = self.settings.topics.status();
+    /// The retained outcome of the last configuration received, if any.
+    fn publish_config_state(&mut self) -> Result<(), UplinkError> {
+        let state = self.config.state.borrow().clone();
+        match state {
+            Some(body) => self.publish_control(self.settings.topics.config_state(), body),
+            None => Ok(()),
+        }
+    }
+
+    fn publish_control(&mut self, topic: String, body: String) -> Result<(), UplinkError> {
         self.client()?
             .try_publish(topic, Qos::AtLeastOnce, true, body.into_bytes())?;
         self.flight.requested(Tracked::Control(Qos::AtLeastOnce));
@@ -434,7 +511,7 @@ impl<'a> Connection<'a> {
             }
             if self.flight.outstanding() == 0 && self.caught_up && self.ready.is_empty() {
                 if !offline_sent {
-                    self.publish_control(payload::offline())?;
+                    self.publish_control(self.settings.topics.status(), payload::offline())?;
                     offline_sent = true;
                 } else if !disconnect_sent {
                     self.client()?.try_disconnect()?;

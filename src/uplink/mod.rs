@@ -21,10 +21,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use backoff::Backoff;
 use connection::Connection;
+pub use payload::ConfigInfo;
 use payload::Topics;
 
 use crate::config::{BatchConfig, BrokerUrl, Config, Credentials, Protocol, TlsConfig};
@@ -46,13 +48,10 @@ pub struct Settings {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub topics: Topics,
-    pub config_version: String,
     /// How often the retained status is refreshed.
     pub status_interval: Duration,
     /// How long a shutdown waits for outstanding acks.
     pub drain_grace: Duration,
-    /// Devices whose readings travel in batches.
-    pub batches: HashMap<String, BatchConfig>,
 }
 
 impl Settings {
@@ -73,14 +72,8 @@ impl Settings {
             backoff_min: mqtt.backoff_min.get(),
             backoff_max: mqtt.backoff_max.get(),
             topics: Topics::new(mqtt.topic_prefix.as_str(), config.gateway.id.as_str()),
-            config_version: config.version.clone(),
             status_interval: config.gateway.status_interval.get(),
             drain_grace: Duration::from_secs(3),
-            batches: config
-                .devices
-                .iter()
-                .filter_map(|d| Some((d.name().to_string(), *d.spec().batch()?)))
-                .collect(),
         }
     }
 }
@@ -105,12 +98,39 @@ enum UplinkError {
     Leaked,
 }
 
+/// A command received on `P/commands`, for the gateway to journal and run.
+#[derive(Debug)]
+pub struct CommandIn {
+    pub payload: Vec<u8>,
+    /// MQTT 5: where to answer instead of `P/responses`, and what to send back.
+    pub response_topic: Option<String>,
+    pub correlation: Option<Vec<u8>>,
+    /// `true` once journaled: only then is it acknowledged to the broker.
+    pub journaled: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// How the uplink and the rest of the gateway talk: configuration and commands.
+#[derive(Clone)]
+pub struct Channels {
+    /// Which configuration runs, for `P/status`.
+    pub info: watch::Receiver<ConfigInfo>,
+    /// The retained `P/config/state` to publish, once there is one.
+    pub state: watch::Receiver<Option<String>>,
+    /// Devices whose readings travel in batches.
+    pub batches: watch::Receiver<HashMap<String, BatchConfig>>,
+    /// Documents received on `P/config/set`.
+    pub received: mpsc::Sender<Vec<u8>>,
+    /// Commands received on `P/commands`.
+    pub commands: mpsc::Sender<CommandIn>,
+}
+
 /// Runs until `shutdown`: connect, drain, and reconnect with backoff,
 /// going through the brokers in order.
 pub async fn run(
     settings: Settings,
     store: Store,
     health: Arc<Health>,
+    config: Channels,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
@@ -121,7 +141,7 @@ pub async fn run(
             tracing::error!("no MQTT broker configured");
             return;
         };
-        let mut connection = Connection::new(&settings, &store, &health);
+        let mut connection = Connection::new(&settings, &store, &health, config.clone());
         match connection
             .run(broker, &shutdown, &mut backoff, &mut link)
             .await

@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use crate::config::Origin;
 use crate::health::Snapshot;
 use crate::store::{QueueStatus, Row};
 
@@ -24,6 +25,22 @@ impl Topics {
 
     pub fn status(&self) -> String {
         format!("{}/status", self.base)
+    }
+
+    pub fn commands(&self) -> String {
+        format!("{}/commands", self.base)
+    }
+
+    pub fn responses(&self) -> String {
+        format!("{}/responses", self.base)
+    }
+
+    pub fn config_set(&self) -> String {
+        format!("{}/config/set", self.base)
+    }
+
+    pub fn config_state(&self) -> String {
+        format!("{}/config/state", self.base)
     }
 }
 
@@ -53,18 +70,42 @@ pub fn telemetry(row: &Row) -> String {
     )
 }
 
+/// Which configuration runs: its version and where its devices came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigInfo {
+    pub version: String,
+    pub origin: Origin,
+}
+
+/// The retained `P/config/state`: the outcome of the last configuration
+/// received, and which one runs.
+pub fn config_state(version: &str, outcome: Result<(), &str>, running: &ConfigInfo) -> String {
+    let mut body = json!({
+        "version": version,
+        "status": if outcome.is_ok() { "applied" } else { "rejected" },
+        "running_version": running.version,
+        "running_origin": running.origin.as_str(),
+        "ts": timestamp(jiff::Timestamp::now().as_millisecond()),
+    });
+    if let Err(error) = outcome {
+        body["error"] = error.into();
+    }
+    body.to_string()
+}
+
 /// The retained `P/status` while online: the birth message at connect,
 /// refreshed every `gateway.status_interval`.
 pub fn status(
     version: &str,
-    config_version: &str,
+    config: &ConfigInfo,
     queue: &QueueStatus,
     health: &Snapshot,
 ) -> String {
     let mut body = json!({
         "state": "online",
         "version": version,
-        "config_version": config_version,
+        "config_version": config.version,
+        "config_origin": config.origin.as_str(),
         "uptime_s": health.uptime_s,
         "queue": {
             "rows": queue.rows,
@@ -109,6 +150,8 @@ mod tests {
             values: r#"{"temperature":21.5}"#.into(),
             quality: Quality::Good,
             error: None,
+            topic: None,
+            correlation: None,
         };
         let text = telemetry(&row);
         assert_eq!(
@@ -129,6 +172,36 @@ mod tests {
         assert_eq!(parsed["error"], "timeout after 1s \"unit 3\"");
     }
 
+    fn info() -> ConfigInfo {
+        ConfigInfo {
+            version: "local-ab".into(),
+            origin: Origin::Local,
+        }
+    }
+
+    #[test]
+    fn config_state_says_applied_or_rejected_with_the_error() {
+        let running = ConfigInfo {
+            version: "v7".into(),
+            origin: Origin::Remote,
+        };
+        let ok: serde_json::Value =
+            serde_json::from_str(&config_state("v7", Ok(()), &running)).unwrap();
+        assert_eq!(
+            (ok["status"].as_str(), ok.get("error")),
+            (Some("applied"), None)
+        );
+        let bad: serde_json::Value = serde_json::from_str(&config_state(
+            "v8",
+            Err("devices[0].poll: invalid"),
+            &running,
+        ))
+        .unwrap();
+        assert_eq!(bad["status"], "rejected");
+        assert_eq!(bad["error"], "devices[0].poll: invalid");
+        assert_eq!(bad["running_version"], "v7");
+    }
+
     #[test]
     fn topics_and_status_payloads() {
         let t = Topics::new("fieldgate", "pi-01");
@@ -147,7 +220,8 @@ mod tests {
             .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         let snap = health.snapshot();
         let b: serde_json::Value =
-            serde_json::from_str(&status("0.1.0", "local-ab", &queue, &snap)).unwrap();
+            serde_json::from_str(&status("0.1.0", &info(), &queue, &snap)).unwrap();
+        assert_eq!(b["config_origin"], "local");
         assert_eq!(b["devices"]["pump"]["bad_input"], 2);
         assert_eq!(b["counters"]["published"], 0);
         assert_eq!(b["state"], "online");
@@ -159,7 +233,7 @@ mod tests {
                 .unwrap()
                 .contains("corrupt")
         );
-        let plain = status("0.1.0", "local-ab", &QueueStatus::default(), &snap);
+        let plain = status("0.1.0", &info(), &QueueStatus::default(), &snap);
         assert!(!plain.contains("store"), "{plain}");
         assert_eq!(offline(), r#"{"state":"offline"}"#);
     }

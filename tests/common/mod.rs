@@ -12,6 +12,7 @@
 //! This file is compiled into several test binaries and not every item is used by each.
 #![allow(dead_code)]
 
+pub mod modbus_slave;
 pub mod pki;
 pub mod proxy;
 
@@ -632,6 +633,11 @@ impl Gateway {
         }
     }
 
+    /// SIGHUP: reload the configuration.
+    pub fn sighup(&self) {
+        send_signal(self.child.id(), "HUP");
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         kill_and_reap(&mut self.child);
@@ -700,6 +706,26 @@ fn new_log_file(dir: &Path) -> (PathBuf, File) {
 /// YAML (already indented by two spaces per item) and extra `mqtt:` keys.
 pub fn write_config(dir: &Path, port: u16, mqtt_extra: &str, devices: &str) -> PathBuf {
     write_config_with_store(dir, port, "", mqtt_extra, devices)
+}
+
+/// Publishes `payload` to `topic` at QoS 1 with mosquitto_pub.
+pub fn publish(port: u16, topic: &str, payload: &str) {
+    let status = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .status()
+        .expect("run mosquitto_pub");
+    assert!(status.success(), "mosquitto_pub failed");
 }
 
 /// A config with the whole `mqtt:` section given (indented keys, no header).
@@ -817,4 +843,100 @@ pub fn next_seq(dir: &Path) -> i64 {
     fieldgate::store::Outbox::open(&db, Default::default())
         .expect("open store")
         .next_seq()
+}
+
+// ---- serial ports ------------------------------------------------------------
+
+/// A pseudo-terminal made by `socat` with a symlink at `link`: the gateway
+/// opens `link` like a serial port, and what the test [`Pty::send`]s comes
+/// out there. Closing it (or dropping it) removes the terminal and the link,
+/// as unplugging a USB serial adapter does.
+#[derive(Debug)]
+pub struct Pty {
+    /// `None` once closed.
+    child: Option<Child>,
+    stdin: Option<std::process::ChildStdin>,
+    pub link: PathBuf,
+}
+
+impl Pty {
+    /// Starts socat and waits until the link exists (it appears shortly after
+    /// socat starts).
+    pub fn start(link: &Path) -> Pty {
+        let mut child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", link.display()))
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn socat (apt install socat)");
+        let stdin = child.stdin.take();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while fs::symlink_metadata(link).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "socat made no link at {}",
+                link.display()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        Pty {
+            child: Some(child),
+            stdin,
+            link: link.to_owned(),
+        }
+    }
+
+    /// Writes `bytes` to the terminal, as the device would.
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("pty is open");
+        stdin.write_all(bytes).expect("write to socat");
+        stdin.flush().expect("flush to socat");
+    }
+
+    /// Removes the terminal: SIGTERM, so socat removes its link too.
+    pub fn close(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.stdin = None;
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        send_signal(child.id(), "TERM");
+        if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
+            kill_and_reap(&mut child);
+        }
+        let _ = fs::remove_file(&self.link);
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The latest `P/status` counters of `device` (`devices.<device>`), if any.
+pub fn device_status(messages: &[Message], device: &str) -> Option<serde_json::Value> {
+    messages
+        .iter()
+        .rev()
+        .filter(|m| m.topic.ends_with("/status"))
+        .find_map(|m| m.json().get("devices")?.get(device).cloned())
+}
+
+/// The values of `device`'s readings, in arrival order, duplicates dropped.
+pub fn device_values(messages: &[Message], device: &str) -> Vec<serde_json::Value> {
+    let mut seen = std::collections::HashSet::new();
+    messages
+        .iter()
+        .filter(|m| m.topic.ends_with(&format!("/telemetry/{device}")))
+        .map(Message::json)
+        .filter(|j| seen.insert(j["seq"].as_i64()))
+        .map(|j| j["values"].clone())
+        .collect()
 }

@@ -59,7 +59,7 @@ fn explain_text(text: &str) -> String {
         "BlueZ is not running (no org.bluez on the system D-Bus; start bluetooth.service)".into()
     } else if text.contains("AccessDenied") || text.contains("not allowed") {
         format!(
-            "the system D-Bus does not let this user talk to BlueZ ({text}); add the user to the bluetooth group"
+            "the system D-Bus does not let this user talk to BlueZ ({text}); install fieldgate-bluez.conf in /etc/dbus-1/system.d or add the user to the bluetooth group"
         )
     } else if text.contains("Failed to connect to socket")
         || text.contains("Unable to autolaunch")

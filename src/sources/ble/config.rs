@@ -4,7 +4,9 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config::{BatchConfig, DeviceSpec, Duration, Name, Priority, Qos, duplicate_names};
+use crate::config::{
+    BatchConfig, DeviceSpec, Duration, Name, PointSpec, Priority, Qos, duplicate_names,
+};
 
 /// `ble:` at the top of the file: the Bluetooth adapter that scans for
 /// every BLE device.
@@ -29,7 +31,7 @@ impl Default for BleConfig {
 
 /// A `kind: ble` device: a sensor that advertises its readings, or one the
 /// gateway connects to and reads over GATT.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BleDevice {
     pub name: Name,
@@ -109,6 +111,19 @@ impl DeviceSpec for BleDevice {
     }
     fn batch(&self) -> Option<&BatchConfig> {
         self.batch.as_ref()
+    }
+    /// The characteristics of a `gatt` device; advertisements have no
+    /// points to write (their names come from the decoder).
+    fn points(&self) -> Vec<PointSpec> {
+        self.characteristics
+            .iter()
+            .map(|c| PointSpec {
+                name: c.point.to_string(),
+                writable: c.writable,
+                min: None,
+                max: None,
+            })
+            .collect()
     }
 
     fn problems(&self) -> Vec<(String, String)> {
@@ -208,7 +223,7 @@ impl fmt::Display for Decoder {
 }
 
 /// One GATT characteristic, read as one point.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Characteristic {
     /// The point this characteristic's value becomes.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use btleplug::api::{Characteristic as GattCharacteristic, Peripheral as _};
+use btleplug::api::{Characteristic as GattCharacteristic, Peripheral as _, WriteType};
 use btleplug::platform::Peripheral;
 use futures::StreamExt;
 use serde_json::Map;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::adapter::explain;
 use super::decode::value;
 use super::device::DeviceState;
+use super::write::{Requests, WriteError, WriteRequest};
 use super::{BleDevice, Characteristic, Mode};
 use crate::config::Delivery;
 use crate::sources::Ingest;
@@ -45,8 +46,12 @@ pub async fn run(
     delivery: Delivery,
     ingest: Ingest,
     mut signals: mpsc::Receiver<Signal>,
+    requests: Requests,
     cancel: CancellationToken,
 ) {
+    // The previous connection task of this device has ended: its scanner
+    // joined it before starting this one.
+    let mut writes = requests.lock_owned().await;
     let mut state = DeviceState::new(&device, delivery, &ingest, Instant::now());
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut peripheral: Option<Peripheral> = None;
@@ -68,22 +73,20 @@ pub async fn run(
                     Some(_) => {}
                     None => return,
                 },
+                Some(request) = writes.recv() => refuse(request, "not seen yet"),
             }
         }
         let Some(p) = peripheral.clone() else {
             continue;
         };
         attempts += 1;
-        let end = session(
-            &p,
-            &device,
-            &mut state,
-            &mut signals,
-            &mut backoff,
-            &cancel,
-            attempts,
-        )
-        .await;
+        let link = Link {
+            signals: &mut signals,
+            writes: &mut writes,
+            backoff: &mut backoff,
+            cancel: &cancel,
+        };
+        let end = session(&p, &device, &mut state, link, attempts).await;
         let cause = match end {
             End::Cancelled => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), p.disconnect()).await;
@@ -109,9 +112,24 @@ pub async fn run(
                     Some(_) => {}
                     None => return,
                 },
+                Some(request) = writes.recv() => refuse(request, "reconnecting"),
             }
         }
     }
+}
+
+fn refuse(request: WriteRequest, why: &str) {
+    let _ = request
+        .reply
+        .send(Err(WriteError::NotConnected(why.to_owned())));
+}
+
+/// What a connection shares with the task that makes it.
+struct Link<'a> {
+    signals: &'a mut mpsc::Receiver<Signal>,
+    writes: &'a mut mpsc::Receiver<WriteRequest>,
+    backoff: &'a mut Backoff,
+    cancel: &'a CancellationToken,
 }
 
 /// One connection, from connect to its end.
@@ -119,11 +137,15 @@ async fn session(
     p: &Peripheral,
     device: &BleDevice,
     state: &mut DeviceState,
-    signals: &mut mpsc::Receiver<Signal>,
-    backoff: &mut Backoff,
-    cancel: &CancellationToken,
+    link: Link<'_>,
     attempt: u64,
 ) -> End {
+    let Link {
+        signals,
+        writes,
+        backoff,
+        cancel,
+    } = link;
     let setup = async {
         if !p.is_connected().await.unwrap_or(false) {
             timed(CONNECT_TIMEOUT, "connect", p.connect()).await?;
@@ -213,6 +235,24 @@ async fn session(
                 }
                 state.heard(Instant::now());
                 values
+            }
+            Some(request) = writes.recv() => {
+                let target = chars.iter().find(|(c, _)| c.point.as_str() == request.point);
+                let result = match target {
+                    Some((_, gatt)) => timed(
+                        READ_TIMEOUT,
+                        "write",
+                        p.write(gatt, &request.bytes, WriteType::WithResponse),
+                    )
+                    .await
+                    .map_err(WriteError::Failed),
+                    None => Err(WriteError::NotWritable(request.point.clone())),
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(device = %device.name, point = %request.point, "{e}");
+                }
+                let _ = request.reply.send(result);
+                continue;
             }
             _ = stale_tick.tick() => {
                 if let Some(reading) = state.check_stale(Instant::now())

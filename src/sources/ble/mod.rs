@@ -15,21 +15,45 @@ mod device;
 mod gatt;
 pub mod scan;
 mod scanner;
+mod write;
 
 pub use config::{BleConfig, BleDevice, Characteristic, Decoder, Endian, Mode, ValueType};
 
+pub use write::{GattHandle, WriteError};
+
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Ingest;
 use crate::config::Delivery;
 
-/// Runs the scanner of the adapter (and the connections of `gatt` devices)
-/// until cancelled.
-pub async fn run(
+/// Starts the scanner of the adapter (and the connections of `gatt`
+/// devices) in `tasks`, until cancelled; returns the write handles of the
+/// `gatt` devices, by device name.
+pub fn spawn(
     settings: BleConfig,
     devices: Vec<(BleDevice, Delivery)>,
-    ingest: Ingest,
-    cancel: CancellationToken,
-) {
-    scanner::run(settings, devices, ingest, cancel).await;
+    ingest: &Ingest,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Vec<(String, GattHandle)> {
+    let mut handles = Vec::new();
+    let devices: Vec<_> = devices
+        .into_iter()
+        .map(|(device, delivery)| {
+            let requests = (device.decoder == Decoder::Gatt).then(|| {
+                let (handle, requests) = GattHandle::new(&device);
+                handles.push((device.name.to_string(), handle));
+                requests
+            });
+            (device, delivery, requests)
+        })
+        .collect();
+    tasks.spawn(scanner::run(
+        settings,
+        devices,
+        ingest.clone(),
+        cancel.clone(),
+    ));
+    handles
 }

@@ -16,7 +16,8 @@ use super::adapter::{self, explain};
 use super::decode::{self, DecodeError, Decoded};
 use super::device::DeviceState;
 use super::gatt::{self, Signal};
-use super::{BleConfig, BleDevice, Decoder};
+use super::write::Requests;
+use super::{BleConfig, BleDevice};
 use crate::config::Delivery;
 use crate::sources::Ingest;
 
@@ -45,7 +46,7 @@ struct Routing {
 /// cause, wait, again.
 pub async fn run(
     settings: BleConfig,
-    devices: Vec<(BleDevice, Delivery)>,
+    devices: Vec<(BleDevice, Delivery, Option<Requests>)>,
     ingest: Ingest,
     cancel: CancellationToken,
 ) {
@@ -53,16 +54,21 @@ pub async fn run(
     let mut scanner = Scanner {
         all: devices
             .iter()
-            .map(|(d, delivery)| DeviceState::new(d, *delivery, &ingest, now))
+            .map(|(d, delivery, _)| DeviceState::new(d, *delivery, &ingest, now))
             .collect(),
         adverts: Vec::new(),
         gatts: Vec::new(),
         routes: HashMap::new(),
         ingest,
     };
-    for (device, delivery) in devices {
-        if device.decoder == Decoder::Gatt {
-            scanner.gatts.push((device, delivery, None));
+    for (device, delivery, requests) in devices {
+        if let Some(requests) = requests {
+            scanner.gatts.push(Gatt {
+                device,
+                delivery,
+                requests,
+                signals: None,
+            });
         } else {
             let state = DeviceState::new(&device, delivery, &scanner.ingest, now);
             scanner.adverts.push((device, state));
@@ -104,12 +110,20 @@ pub async fn run(
     }
 }
 
+/// A `gatt` device: what its connection task needs.
+struct Gatt {
+    device: BleDevice,
+    delivery: Delivery,
+    requests: Requests,
+    /// While scanning, the channel to its connection.
+    signals: Option<mpsc::Sender<Signal>>,
+}
+
 struct Scanner {
     /// Every BLE device, for reporting the adapter's state.
     all: Vec<DeviceState>,
     adverts: Vec<(BleDevice, DeviceState)>,
-    /// `gatt` devices and, while scanning, the channel to their connection.
-    gatts: Vec<(BleDevice, Delivery, Option<mpsc::Sender<Signal>>)>,
+    gatts: Vec<Gatt>,
     routes: HashMap<PeripheralId, Routing>,
     ingest: Ingest,
 }
@@ -157,14 +171,15 @@ impl Scanner {
         self.routes.clear();
         let connections = cancel.child_token();
         let mut tasks = JoinSet::new();
-        for (device, delivery, signals) in &mut self.gatts {
+        for gatt in &mut self.gatts {
             let (tx, rx) = mpsc::channel(16);
-            *signals = Some(tx);
+            gatt.signals = Some(tx);
             tasks.spawn(gatt::run(
-                device.clone(),
-                *delivery,
+                gatt.device.clone(),
+                gatt.delivery,
                 self.ingest.clone(),
                 rx,
+                gatt.requests.clone(),
                 connections.clone(),
             ));
         }
@@ -210,8 +225,8 @@ impl Scanner {
         };
         connections.cancel();
         while tasks.join_next().await.is_some() {}
-        for (_, _, signals) in &mut self.gatts {
-            *signals = None;
+        for gatt in &mut self.gatts {
+            gatt.signals = None;
         }
         outcome
     }
@@ -306,7 +321,7 @@ impl Scanner {
 
     async fn signal(&mut self, adapter: &Adapter, id: &PeripheralId, signal: Signal) {
         if let Some(Target::Gatt(j)) = self.route(adapter, id, false).await
-            && let Some(tx) = &self.gatts[j].2
+            && let Some(tx) = &self.gatts[j].signals
         {
             let _ = tx.try_send(signal);
         }
@@ -332,7 +347,7 @@ impl Scanner {
             .adverts
             .iter()
             .map(|(d, _)| d)
-            .chain(self.gatts.iter().map(|(d, _, _)| d))
+            .chain(self.gatts.iter().map(|g| &g.device))
             .any(|d| d.address.is_none());
         let peripheral = if by_name || address.is_none() || self.has_gatt_match(address) {
             match tokio::time::timeout(CALL_TIMEOUT, adapter.peripheral(id)).await {
@@ -363,18 +378,18 @@ impl Scanner {
             let j = self
                 .gatts
                 .iter()
-                .position(|(d, _, _)| d.matches(address, name))?;
+                .position(|g| g.device.matches(address, name))?;
             Some(Target::Gatt(j))
         });
         if let (Some(Target::Gatt(j)), Some(p)) = (target, peripheral)
-            && let Some(tx) = &self.gatts[j].2
+            && let Some(tx) = &self.gatts[j].signals
         {
             let _ = tx.try_send(Signal::Found(p));
         }
         if let Some(target) = target {
             let device = match target {
                 Target::Advert(i) => &self.adverts[i].0,
-                Target::Gatt(j) => &self.gatts[j].0,
+                Target::Gatt(j) => &self.gatts[j].device,
             };
             tracing::info!(device = %device.name, peripheral = %id, "BLE: found {}", device.identity());
         }
@@ -389,7 +404,7 @@ impl Scanner {
     }
 
     fn has_gatt_match(&self, address: Option<[u8; 6]>) -> bool {
-        address.is_some_and(|a| self.gatts.iter().any(|(d, _, _)| d.matches(a, None)))
+        address.is_some_and(|a| self.gatts.iter().any(|g| g.device.matches(a, None)))
     }
 }
 

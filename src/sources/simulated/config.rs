@@ -3,9 +3,11 @@
 use serde::Deserialize;
 
 use super::Signal;
-use crate::config::{BatchConfig, DeviceSpec, Duration, Name, Priority, Qos, duplicate_names};
+use crate::config::{
+    BatchConfig, DeviceSpec, Duration, Name, PointSpec, Priority, Qos, duplicate_point_names,
+};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatedDevice {
     pub name: Name,
@@ -45,6 +47,15 @@ impl DeviceSpec for SimulatedDevice {
     fn batch(&self) -> Option<&BatchConfig> {
         self.batch.as_ref()
     }
+    fn points(&self) -> Vec<PointSpec> {
+        let read_only = |p: &SimulatedPoint| PointSpec {
+            name: p.name.to_string(),
+            writable: false,
+            min: None,
+            max: None,
+        };
+        self.points.iter().map(read_only).collect()
+    }
 
     fn problems(&self) -> Vec<(String, String)> {
         let mut found = Vec::new();
@@ -54,11 +65,7 @@ impl DeviceSpec for SimulatedDevice {
         if self.points.is_empty() {
             found.push(("points".into(), "expected at least one point".into()));
         }
-        found.extend(duplicate_names(
-            "points",
-            "name",
-            self.points.iter().map(|p| &p.name),
-        ));
+        found.extend(duplicate_point_names(self.points.iter().map(|p| &p.name)));
         for (i, point) in self.points.iter().enumerate() {
             for (key, v) in [("min", point.min), ("max", point.max)] {
                 if !v.is_finite() {
@@ -82,7 +89,7 @@ impl DeviceSpec for SimulatedDevice {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatedPoint {
     pub name: Name,

@@ -1,0 +1,515 @@
+//! The YAML of a `kind: modbus` device: where it is (an RTU port or a TCP
+//! endpoint), how it is polled, and its register map.
+
+use serde::Deserialize;
+
+use super::plan::{Limits, MAX_BITS, MAX_REGISTERS};
+use super::value::{Layout, Order, RegisterKind, ValueType};
+use crate::config::{
+    BatchConfig, Bounded, DeviceSpec, Duration, Name, PointSpec, Priority, Qos,
+    duplicate_point_names,
+};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusDevice {
+    pub name: Name,
+    /// The serial (RS-485) port the device is wired to; give `rtu` or `tcp`.
+    #[serde(default)]
+    pub rtu: Option<RtuPort>,
+    /// The device's (or a Modbus TCP gateway's) address; give `rtu` or `tcp`.
+    #[serde(default)]
+    pub tcp: Option<TcpEndpoint>,
+    /// Unit id (slave address): 1 to 247 on RTU, 0 to 255 on TCP.
+    #[serde(default = "ModbusDevice::default_unit")]
+    pub unit: u8,
+    /// One reading per interval.
+    #[serde(default = "ModbusDevice::default_poll")]
+    pub poll: Duration,
+    /// How long to wait for each answer.
+    #[serde(default = "ModbusDevice::default_timeout")]
+    pub timeout: Duration,
+    /// Repeats of a failed request within one poll, while the device answers.
+    #[serde(default = "ModbusDevice::default_retries")]
+    pub retries: Bounded<0, 10>,
+    /// `0` when `address` is the protocol address, `1` when the device's
+    /// manual counts registers from 1 (the protocol address is one less).
+    #[serde(default = "ModbusDevice::default_address_base")]
+    pub address_base: Bounded<0, 1>,
+    /// Unmapped registers (or bits) that may be read to join two ranges
+    /// into one request.
+    #[serde(default)]
+    pub max_gap: u16,
+    /// Registers per request, at most (the protocol allows 125).
+    #[serde(default = "ModbusDevice::default_max_registers")]
+    pub max_registers: Bounded<1, 125>,
+    /// Coils or discrete inputs per request, at most (the protocol allows 2000).
+    #[serde(default = "ModbusDevice::default_max_bits")]
+    pub max_bits: Bounded<1, 2000>,
+    /// Points with a `deadband` are published at least this often.
+    #[serde(default = "ModbusDevice::default_heartbeat")]
+    pub heartbeat: Duration,
+    /// MQTT QoS of this device's readings; `mqtt.qos` when unset.
+    #[serde(default)]
+    pub qos: Option<Qos>,
+    #[serde(default)]
+    pub priority: Priority,
+    /// Several readings per publish, as a JSON array.
+    #[serde(default)]
+    pub batch: Option<BatchConfig>,
+    pub points: Vec<ModbusPoint>,
+}
+
+/// A serial port and its line settings. Devices on the same port share it
+/// and must agree on the settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtuPort {
+    /// Device path, e.g. `/dev/ttyUSB0` or `/dev/serial/by-id/…`.
+    pub port: String,
+    /// Bits per second.
+    #[serde(default = "RtuPort::default_baud")]
+    pub baud: u32,
+    #[serde(default)]
+    pub parity: Parity,
+    /// 7 or 8.
+    #[serde(default = "RtuPort::default_data_bits")]
+    pub data_bits: Bounded<7, 8>,
+    /// 1 or 2.
+    #[serde(default = "RtuPort::default_stop_bits")]
+    pub stop_bits: Bounded<1, 2>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+/// A Modbus TCP server. Devices at the same host and port share one
+/// connection.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpEndpoint {
+    /// Host name or IP address.
+    pub host: String,
+    #[serde(default = "TcpEndpoint::default_port")]
+    pub port: u16,
+}
+
+/// One value of the device's register map.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusPoint {
+    /// The key of the value in readings.
+    pub name: Name,
+    /// The data table: `coil`, `discrete`, `input` or `holding`.
+    pub register: RegisterKind,
+    /// Address of the first register or bit (see `address_base`).
+    pub address: u32,
+    /// `bool` for coils and discrete inputs, `u16` for registers when unset
+    /// (`bool` when `bit` is set).
+    #[serde(default, rename = "type")]
+    pub value_type: Option<ValueType>,
+    /// Registers of a `string` (two characters each).
+    #[serde(default)]
+    pub length: Option<u16>,
+    /// Order of the registers of a 32- or 64-bit value; `big` when unset
+    /// (most significant register first).
+    #[serde(default)]
+    pub word_order: Option<Order>,
+    /// Order of the two bytes in each register; `big` when unset (high
+    /// byte first, as the protocol sends them).
+    #[serde(default)]
+    pub byte_order: Option<Order>,
+    /// One bit of a register, 0 (least significant) to 15.
+    #[serde(default)]
+    pub bit: Option<u8>,
+    /// The value is `raw * scale + offset`.
+    #[serde(default)]
+    pub scale: Option<f64>,
+    #[serde(default)]
+    pub offset: Option<f64>,
+    /// Engineering unit, for the reader of the configuration.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Publish only when the value moved more than this since it was last
+    /// published (or `heartbeat` passed); unset: every poll.
+    #[serde(default)]
+    pub deadband: Option<f64>,
+    /// Whether commands may write this point (coils and holding registers).
+    #[serde(default)]
+    pub writable: bool,
+    /// Lowest value a write may set.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Highest value a write may set.
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+impl ModbusDevice {
+    fn default_unit() -> u8 {
+        1
+    }
+    fn default_poll() -> Duration {
+        Duration::from_secs(5)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_address_base() -> Bounded<0, 1> {
+        Bounded(0)
+    }
+    fn default_retries() -> Bounded<0, 10> {
+        Bounded(1)
+    }
+    fn default_max_registers() -> Bounded<1, 125> {
+        Bounded(u64::from(MAX_REGISTERS))
+    }
+    fn default_max_bits() -> Bounded<1, 2000> {
+        Bounded(u64::from(MAX_BITS))
+    }
+    fn default_heartbeat() -> Duration {
+        Duration::from_secs(300)
+    }
+
+    /// Request coalescing settings.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_gap: self.max_gap,
+            max_registers: self.max_registers.get() as u16,
+            max_bits: self.max_bits.get() as u16,
+        }
+    }
+
+    /// The points with defaults resolved and 0-based addresses.
+    pub fn layouts(&self) -> Vec<Layout> {
+        self.points
+            .iter()
+            .map(|p| p.layout(self.address_base.get()))
+            .collect()
+    }
+}
+
+impl RtuPort {
+    fn default_baud() -> u32 {
+        9600
+    }
+    fn default_data_bits() -> Bounded<7, 8> {
+        Bounded(8)
+    }
+    fn default_stop_bits() -> Bounded<1, 2> {
+        Bounded(1)
+    }
+}
+
+impl TcpEndpoint {
+    fn default_port() -> u16 {
+        502
+    }
+}
+
+impl ModbusPoint {
+    pub fn value_type(&self) -> ValueType {
+        match self.value_type {
+            Some(t) => t,
+            None if self.register.is_bits() || self.bit.is_some() => ValueType::Bool,
+            None => ValueType::U16,
+        }
+    }
+
+    /// This point's layout, its address made 0-based (`base` is 0 or 1).
+    pub fn layout(&self, base: u64) -> Layout {
+        let address = u64::from(self.address).saturating_sub(base);
+        Layout {
+            register: self.register,
+            address: u16::try_from(address).unwrap_or(u16::MAX),
+            value_type: self.value_type(),
+            length: self.length.unwrap_or(1),
+            word_order: self.word_order.unwrap_or_default(),
+            byte_order: self.byte_order.unwrap_or_default(),
+            bit: self.bit,
+            scale: self.scale.unwrap_or(1.0),
+            offset: self.offset.unwrap_or(0.0),
+        }
+    }
+
+    /// Problems of this point alone, as (key, message).
+    fn problems(&self, device: &ModbusDevice) -> Vec<(&'static str, String)> {
+        let t = self.value_type();
+        let bits = self.register.is_bits();
+        let numeric = t.is_numeric();
+        let on_bits = "to coils and discrete inputs";
+        let on_text = "to `bool` and `string` points";
+        let read_only = "to points that are not writable";
+        let mut found: Vec<(&'static str, String)> = [
+            ("byte_order", bits && self.byte_order.is_some(), on_bits),
+            ("bit", bits && self.bit.is_some(), on_bits),
+            (
+                "word_order",
+                self.word_order.is_some() && t.words() == 1,
+                "to 16-bit types, bools and strings",
+            ),
+            (
+                "length",
+                self.length.is_some() && t != ValueType::String,
+                "to types other than `string`",
+            ),
+            ("scale", self.scale.is_some() && !numeric, on_text),
+            ("offset", self.offset.is_some() && !numeric, on_text),
+            ("min", self.min.is_some() && !self.writable, read_only),
+            ("max", self.max.is_some() && !self.writable, read_only),
+        ]
+        .into_iter()
+        .filter(|(_, set, _)| *set)
+        .map(|(key, _, why)| (key, format!("does not apply {why}")))
+        .collect();
+        if bits && t != ValueType::Bool {
+            found.push(("type", "coils and discrete inputs are `bool`".into()));
+        }
+        if t == ValueType::String && self.length.is_none() {
+            found.push(("length", "a `string` needs its length in registers".into()));
+        }
+        if self.length == Some(0) {
+            found.push(("length", "must be at least 1".into()));
+        }
+        if let Some(bit) = self.bit {
+            if bit > 15 {
+                found.push((
+                    "bit",
+                    format!("{bit} is not a bit of a register, expected 0 to 15"),
+                ));
+            }
+            if t != ValueType::Bool {
+                found.push(("type", "a `bit` is a `bool`".into()));
+            }
+        }
+        let base = device.address_base.get();
+        let layout = self.layout(base);
+        let limit = if bits {
+            device.max_bits.get()
+        } else {
+            device.max_registers.get()
+        };
+        if u64::from(self.address) < base {
+            found.push(("address", format!("must be at least {base} (address_base)")));
+        } else if u64::from(layout.address) + u64::from(layout.width()) > 1 << 16 {
+            found.push((
+                "address",
+                format!(
+                    "the point ends beyond the last protocol address, 65535 (address_base: {base})"
+                ),
+            ));
+        }
+        if u64::from(layout.width()) > limit {
+            found.push((
+                "length",
+                format!(
+                    "{} registers do not fit one request (max_registers: {limit})",
+                    layout.width()
+                ),
+            ));
+        }
+        if self.scale.is_some_and(|s| s == 0.0 || !s.is_finite()) {
+            found.push(("scale", "expected a finite number other than 0".into()));
+        }
+        for (key, v) in [
+            ("offset", self.offset),
+            ("min", self.min),
+            ("max", self.max),
+        ] {
+            if v.is_some_and(|v| !v.is_finite()) {
+                found.push((key, "expected a finite number".into()));
+            }
+        }
+        if let (Some(min), Some(max)) = (self.min, self.max)
+            && min > max
+        {
+            found.push(("max", format!("must not be below min ({min})")));
+        }
+        if self.deadband.is_some_and(|d| d < 0.0 || !d.is_finite()) {
+            found.push(("deadband", "expected a finite number, 0 or more".into()));
+        }
+        if self.writable {
+            if !matches!(self.register, RegisterKind::Coil | RegisterKind::Holding) {
+                let table = self.register.as_str();
+                found.push(("writable", format!("{table} registers are read-only: only coils and holding registers can be written")));
+            } else if self.bit.is_some() {
+                found.push((
+                    "writable",
+                    "writing one bit of a register is not supported".into(),
+                ));
+            }
+        }
+        found
+    }
+}
+
+impl DeviceSpec for ModbusDevice {
+    fn name(&self) -> &Name {
+        &self.name
+    }
+    fn qos(&self) -> Option<Qos> {
+        self.qos
+    }
+    fn priority(&self) -> Priority {
+        self.priority
+    }
+    fn batch(&self) -> Option<&BatchConfig> {
+        self.batch.as_ref()
+    }
+    fn points(&self) -> Vec<PointSpec> {
+        let spec = |p: &ModbusPoint| PointSpec {
+            name: p.name.to_string(),
+            writable: p.writable,
+            min: p.min,
+            max: p.max,
+        };
+        self.points.iter().map(spec).collect()
+    }
+
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = Vec::new();
+        let mut push = |path: &str, message: String| found.push((path.to_owned(), message));
+        match (&self.rtu, &self.tcp) {
+            (None, None) => push(
+                "rtu",
+                "expected `rtu: { port: … }` or `tcp: { host: … }`".into(),
+            ),
+            (Some(_), Some(_)) => push("tcp", "give either `rtu` or `tcp`, not both".into()),
+            (Some(rtu), None) => {
+                if !(1..=247).contains(&self.unit) {
+                    push(
+                        "unit",
+                        format!("{} is not an RTU unit id, expected 1 to 247", self.unit),
+                    );
+                }
+                if rtu.port.is_empty() {
+                    push(
+                        "rtu.port",
+                        "expected a device path such as /dev/ttyUSB0".into(),
+                    );
+                }
+                if rtu.baud == 0 {
+                    push("rtu.baud", "must be at least 1".into());
+                }
+            }
+            (None, Some(tcp)) => {
+                if tcp.host.is_empty() {
+                    push("tcp.host", "expected a host name or IP address".into());
+                }
+                if tcp.port == 0 {
+                    push("tcp.port", "expected a port from 1 to 65535".into());
+                }
+            }
+        }
+        for (key, d) in [
+            ("poll", self.poll),
+            ("timeout", self.timeout),
+            ("heartbeat", self.heartbeat),
+        ] {
+            if d.get().is_zero() {
+                push(key, "must be at least 1ms".into());
+            }
+        }
+        if self.points.is_empty() {
+            push("points", "expected at least one point".into());
+        }
+        for (path, message) in duplicate_point_names(self.points.iter().map(|p| &p.name)) {
+            push(&path, message);
+        }
+        for (i, point) in self.points.iter().enumerate() {
+            for (key, message) in point.problems(self) {
+                push(&format!("points[{i}].{key}"), message);
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, DeviceConfig, load_str};
+    use crate::sources::modbus::value::{Order, RegisterKind, ValueType};
+
+    const HEAD: &str = "gateway: { id: gw }\nmqtt: { url: \"mqtt://127.0.0.1:1883\" }\ndevices:\n";
+
+    fn problems(devices: &str) -> Vec<(usize, String)> {
+        match load_str(&format!("{HEAD}{devices}"), "f.yaml") {
+            Err(ConfigError::Invalid { problems, .. }) => problems
+                .into_iter()
+                .map(|p| (p.mark.map_or(0, |m| m.line), p.to_string()))
+                .collect(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_a_one_based_map() {
+        let text = format!(
+            "{HEAD}  - name: m\n    kind: modbus\n    tcp: {{ host: 127.0.0.1 }}\n    address_base: 1\n    points:\n      - {{ name: v, register: holding, address: 40, type: f32, word_order: little }}\n      - {{ name: on, register: input, address: 1, bit: 3 }}\n"
+        );
+        let config = load_str(&text, "f.yaml").unwrap();
+        let DeviceConfig::Modbus(m) = &config.devices[0] else {
+            panic!("a modbus device");
+        };
+        assert_eq!((m.unit, m.tcp.as_ref().unwrap().port), (1, 502));
+        assert_eq!(
+            (m.poll.to_string(), m.timeout.to_string()),
+            ("5s".into(), "1s".into())
+        );
+        assert_eq!(m.retries.get(), 1);
+        let layouts = m.layouts();
+        assert_eq!(
+            (layouts[0].address, layouts[0].word_order),
+            (39, Order::Little)
+        );
+        assert_eq!(layouts[0].register, RegisterKind::Holding);
+        assert_eq!(
+            (layouts[1].value_type, layouts[1].bit),
+            (ValueType::Bool, Some(3))
+        );
+        assert_eq!(layouts[1].address, 0);
+    }
+
+    #[test]
+    fn cross_field_problems_name_their_key() {
+        let found = problems(
+            "  - name: m\n    kind: modbus\n    address_base: 1\n    points:\n      - { name: a, register: input, address: 0, writable: true }\n      - { name: a, register: holding, address: 5, type: string }\n",
+        );
+        let texts: Vec<&str> = found.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "devices[0].rtu: expected `rtu: { port: … }` or `tcp: { host: … }`",
+                "devices[0].points[0].address: must be at least 1 (address_base)",
+                "devices[0].points[0].writable: input registers are read-only: only coils and holding registers can be written",
+                "devices[0].points[1].length: a `string` needs its length in registers",
+                "devices[0].points[1].name: duplicate point name `a`, already used by points[0]",
+            ]
+        );
+        assert_eq!(found[1].0, 8, "at the point's line");
+    }
+
+    #[test]
+    fn unknown_orders_and_tables_list_the_choices() {
+        let found = problems(
+            "  - name: m\n    kind: modbus\n    tcp: { host: h }\n    points:\n      - { name: a, register: inputs, address: 0, byte_order: middle }\n",
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0]
+                .1
+                .ends_with("expected one of `coil`, `discrete`, `input`, `holding`")
+        );
+        assert!(
+            found[1]
+                .1
+                .ends_with("unknown variant `middle`, expected `big` or `little`")
+        );
+    }
+}
