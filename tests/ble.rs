@@ -310,6 +310,72 @@ fn gatt_notifications_and_reads_become_readings_and_a_dropped_link_reconnects() 
 }
 
 #[test]
+fn a_command_writes_a_writable_gatt_characteristic() {
+    let bluez = MockBluez::start();
+    let devices = "  - name: strap
+    kind: ble
+    address: \"AA:BB:CC:DD:EE:03\"
+    decoder: gatt
+    min_interval: 0s
+    poll: 500ms
+    characteristics:
+      - { point: setpoint, service: fff0, uuid: fff1, type: i16, scale: 0.1, mode: read, writable: true }
+      - { point: battery, service: 180f, uuid: 2a19, mode: read }
+";
+    let (mut gw, sub, keep) = rig(&bluez.address, "check-write", devices, "");
+    let port = keep.0.port;
+    let responses = Subscriber::connect(port, "check-responses", "fieldgate/gw/responses");
+    let setpoint = |x: f64| move |m: &[Message]| good_with(m, "strap", |v| v["setpoint"] == x);
+    assert!(
+        sub.wait_until(WAIT, setpoint(21.0)),
+        "{}\n{}",
+        gw.log(),
+        bluez.logs()
+    );
+
+    let command = |id: &str, point: &str, value: &str| {
+        let payload =
+            format!(r#"{{"id":"{id}","device":"strap","point":"{point}","value":{value}}}"#);
+        publish(port, "fieldgate/gw/commands", &payload);
+    };
+    let answer = |id: &str| {
+        let id = id.to_owned();
+        move |m: &[Message]| m.iter().any(|m| m.json()["id"] == id.as_str())
+    };
+    let answered = |id: &str| -> Value {
+        assert!(responses.wait_until(WAIT, answer(id)), "{}", gw.log());
+        responses
+            .messages()
+            .iter()
+            .map(Message::json)
+            .find(|j| j["id"] == id)
+            .unwrap()
+    };
+
+    command("w-1", "setpoint", "23.5");
+    assert_eq!(answered("w-1")["status"], "ok", "{}", gw.log());
+    assert!(
+        sub.wait_until(WAIT, setpoint(23.5)),
+        "read back\n{}",
+        gw.log()
+    );
+
+    command("w-2", "setpoint", "5000");
+    let out_of_range = answered("w-2");
+    assert_eq!(out_of_range["status"], "rejected");
+    assert!(
+        out_of_range["error"]
+            .as_str()
+            .unwrap()
+            .contains("out of range"),
+        "{out_of_range}"
+    );
+    command("w-3", "battery", "50");
+    assert_eq!(answered("w-3")["status"], "rejected");
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
 fn without_a_bus_the_cause_is_logged_once_and_simulated_devices_keep_publishing() {
     let devices = "  - name: livingroom
     kind: ble

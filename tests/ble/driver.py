@@ -9,7 +9,8 @@ adapter hci0 and three devices:
 - C4:00:00:00:00:02 "Ruuvi 0002": Ruuvi data format 5 (the specification's
   valid-data vector), the measurement sequence going up each round;
 - AA:BB:CC:DD:EE:03 "HR-strap": GATT, a heart rate measurement (0x180D /
-  0x2A37, read + notify) and a battery level (0x180F / 0x2A19, read, 87).
+  0x2A37, read + notify), a battery level (0x180F / 0x2A19, read, 87) and
+  a setpoint (0xFFF0 / 0xFFF1, read + write, i16 LE, 0xD2 0x00 = 210).
 
 Prints `ready` once the objects exist. Once a client discovers, it
 advertises a round every 0.3 s. Once the client subscribes to the heart
@@ -134,7 +135,9 @@ def add_service(path, short):
 def add_characteristic(path, service, short, value, flags):
     methods = [
         ('ReadValue', 'a{sv}', 'ay', "ret = self.props['org.bluez.GattCharacteristic1']['Value']"),
-        ('WriteValue', 'aya{sv}', '', ''),
+        ('WriteValue', 'aya{sv}', '',
+         "self.UpdateProperties('org.bluez.GattCharacteristic1',"
+         " {'Value': dbus.Array(args[0], signature='y', variant_level=1)})"),
     ]
     if 'notify' in flags:
         methods += [
@@ -165,6 +168,10 @@ add_service(hr_service, 0x180D)
 add_characteristic(hr_char, hr_service, 0x2A37, [0x00, 59], ['read', 'notify'])
 add_service(battery_service, 0x180F)
 add_characteristic(battery_char, battery_service, 0x2A19, [87], ['read'])
+setpoint_service = strap + '/service0014'
+setpoint_char = setpoint_service + '/char0015'
+add_service(setpoint_service, 0xFFF0)
+add_characteristic(setpoint_char, setpoint_service, 0xFFF1, [0xD2, 0x00], ['read', 'write'])
 log('ready')
 
 
