@@ -167,7 +167,7 @@ fn check_devices(devices: &Node, problems: &mut Vec<Problem>) -> Vec<DeviceConfi
 }
 
 /// The sections a remote configuration may not touch.
-const LOCAL_ONLY: &[&str] = &["gateway", "store", "mqtt", "log", "commands"];
+const LOCAL_ONLY: &[&str] = &["gateway", "store", "mqtt", "log", "commands", "metrics"];
 
 /// Checks a remote configuration (`version` and `devices`, YAML or JSON)
 /// exactly like the local file, and returns `local` with its devices

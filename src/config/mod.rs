@@ -35,6 +35,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub commands: CommandsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// `devices:` with nothing under it is an empty list, not an error.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub devices: Vec<DeviceConfig>,
@@ -121,6 +123,15 @@ impl Default for StoreConfig {
             memory_buffer: Bounded(100_000),
         }
     }
+}
+
+/// `metrics:` the optional Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics`, e.g. `127.0.0.1:9464`; off when unset.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// How downstream commands are taken.
