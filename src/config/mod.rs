@@ -28,14 +28,14 @@ pub use units::{ByteSize, Duration};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub gateway: GatewayConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub store: StoreConfig,
     pub mqtt: MqttConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub log: LogConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub commands: CommandsConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub metrics: MetricsConfig,
     /// `devices:` with nothing under it is an empty list, not an error.
     #[serde(default, deserialize_with = "null_as_empty")]
@@ -69,7 +69,15 @@ impl Origin {
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+    null_as_default(d)
+}
+
+/// A section written with nothing under it (`metrics:` with its keys
+/// commented out) takes its defaults.
+fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Deserialize)]
