@@ -103,7 +103,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     let uplink_task = tokio::spawn(uplink::run(
         uplink::Settings::from_config(&gateway.local),
         store.clone(),
-        health,
+        health.clone(),
         channels,
         stop_uplink.clone(),
     ));
@@ -112,6 +112,10 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         uplink_task.abort_handle(),
         stop_uplink.clone(),
     );
+    let metrics =
+        gateway.local.metrics.listen.map(|listen| {
+            tokio::spawn(crate::metrics::serve(listen, store.clone(), health.clone()))
+        });
     service::ready();
 
     loop {
@@ -126,6 +130,9 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         }
     }
     service::stopping();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
 
     // Sources first, so that their last readings are in the final commit.
     sources.stop_all().await;

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod health;
+pub mod metrics;
 pub mod service;
 pub mod sources;
 pub mod store;

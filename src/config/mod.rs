@@ -31,15 +31,17 @@ pub use units::{ByteSize, Duration};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub gateway: GatewayConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub store: StoreConfig,
     pub mqtt: MqttConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub log: LogConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub commands: CommandsConfig,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metrics: MetricsConfig,
     /// The Bluetooth adapter of the BLE devices.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub ble: BleConfig,
     /// `devices:` with nothing under it is an empty list, not an error.
     #[serde(default, deserialize_with = "null_as_empty")]
@@ -73,7 +75,15 @@ impl Origin {
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+    null_as_default(d)
+}
+
+/// A section written with nothing under it (`metrics:` with its keys
+/// commented out) takes its defaults.
+fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +137,15 @@ impl Default for StoreConfig {
             memory_buffer: Bounded(100_000),
         }
     }
+}
+
+/// `metrics:` the optional Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics`, e.g. `127.0.0.1:9464`; off when unset.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// How downstream commands are taken.

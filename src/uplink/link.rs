@@ -360,42 +360,33 @@ async fn poll_v5(
     }
 }
 
-/// MQTT 5 reason codes of a failed PUBACK (0x10, no subscribers, is a success).
-fn puback_refusal(reason: &v5b::PubAckReason, text: Option<String>) -> Option<Refusal> {
-    use v5b::PubAckReason as R;
-    let code = match reason {
-        R::Success | R::NoMatchingSubscribers => return None,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
+/// The refusal in an MQTT 5 PUBACK or PUBREC reason, if it is one (0x10,
+/// no matching subscribers, is a success). Both reason enums have the same
+/// variants, so one macro maps both.
+macro_rules! refusal {
+    ($fn:ident, $reason:ty) => {
+        fn $fn(reason: &$reason, text: Option<String>) -> Option<Refusal> {
+            type R = $reason;
+            let code = match reason {
+                R::Success | R::NoMatchingSubscribers => return None,
+                R::UnspecifiedError => 0x80,
+                R::ImplementationSpecificError => 0x83,
+                R::NotAuthorized => 0x87,
+                R::TopicNameInvalid => 0x90,
+                R::PacketIdentifierInUse => 0x91,
+                R::QuotaExceeded => 0x97,
+                R::PayloadFormatInvalid => 0x99,
+            };
+            Some(Refusal {
+                code,
+                reason: text.unwrap_or_else(|| format!("{reason:?}")),
+            })
+        }
     };
-    Some(Refusal {
-        code,
-        reason: text.unwrap_or_else(|| format!("{reason:?}")),
-    })
 }
 
-fn pubrec_refusal(reason: &v5b::PubRecReason, text: Option<String>) -> Option<Refusal> {
-    use v5b::PubRecReason as R;
-    let code = match reason {
-        R::Success | R::NoMatchingSubscribers => return None,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
-    };
-    Some(Refusal {
-        code,
-        reason: text.unwrap_or_else(|| format!("{reason:?}")),
-    })
-}
+refusal!(puback_refusal, v5b::PubAckReason);
+refusal!(pubrec_refusal, v5b::PubRecReason);
 
 fn v4_qos(q: Qos) -> rumqttc::QoS {
     match q {
