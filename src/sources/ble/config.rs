@@ -426,6 +426,8 @@ mod tests {
         assert!(!d.matches([0xA4, 0xC1, 0x38, 0, 0, 2], Some("t")));
         let defaults = load_str(&format!("{HEAD}devices:\n"), "f.yaml").unwrap();
         assert_eq!(defaults.ble, BleConfig::default());
+        let empty = load_str(&format!("{HEAD}ble:\ndevices:\n"), "f.yaml").unwrap();
+        assert_eq!(empty.ble, BleConfig::default());
     }
 
     fn positioned(found: &[Problem]) -> Vec<(String, Option<usize>, String)> {
