@@ -27,8 +27,9 @@ struct Args {
     port: u16,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    /// The gateway id in the topics, as the gateway under test has it.
-    #[arg(long, default_value = "bench")]
+    /// The gateway id in the topics (the payloads are the gateway's own;
+    /// the id differs so that a probe of the gateway never sees these).
+    #[arg(long, default_value = "baseline")]
     gateway_id: String,
     /// Messages in flight at most (the gateway's `mqtt.max_inflight`).
     #[arg(long, default_value_t = 100)]
@@ -79,8 +80,19 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let seconds = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    // A QoS 0 message written is not yet read by the broker: wait for the
+    // ack of one more QoS 1 message, so that the broker is idle when the
+    // next measurement starts.
     let client = publisher.await??;
+    client
+        .publish(topics.telemetry("sync"), QoS::AtLeastOnce, false, "{}")
+        .await?;
+    while !matches!(eventloop.poll().await?, Event::Incoming(Packet::PubAck(_))) {}
     client.disconnect().await?;
+    while !matches!(
+        eventloop.poll().await,
+        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)
+    ) {}
     println!(
         "messages={total} seconds={seconds:.2} msgs_per_s={:.0}",
         total as f64 / seconds

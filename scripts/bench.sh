@@ -16,9 +16,10 @@
 #            first publish and the peak RSS (examples/bench_probe.rs)
 #   steady   10 simulated devices every 10 ms (1,000 readings/s, two points
 #            each): bytes written per reading, CPU time per reading, latency
-#            from reading to subscriber
+#            from reading to subscriber; with the default store settings,
+#            then with store.flush_interval at FAST_FLUSH (shorter runs)
 #   idle     RSS with 10 devices at 1 reading/s each after IDLE_SECONDS; the
-#            RUNS gateways run side by side, so this costs one period
+#            RUNS gateways run side by side during the steady runs
 #   size     the stripped release binaries
 # It exits non-zero only when it cannot run (a missing tool, a gateway that
 # fails), never because a figure misses its goal.
@@ -31,6 +32,7 @@ ingest_readings=${INGEST_READINGS:-500000}
 steady_warmup=${STEADY_WARMUP:-5}
 steady_seconds=${STEADY_SECONDS:-20}
 idle_seconds=${IDLE_SECONDS:-60}
+fast_flush=${FAST_FLUSH:-20ms}
 began=$(date +%s)
 
 say() { echo "bench: $*" >&2; }
@@ -74,14 +76,16 @@ for _ in $(seq 50); do
 done
 (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || die "mosquitto did not start: $(cat "$work/mosquitto.log")"
 
-# gateway_config NAME ID POLL DEVICES: a config in $work/NAME with its own
-# state dir, DEVICES simulated devices of two points every POLL.
+# gateway_config NAME ID POLL DEVICES [STORE]: a config in $work/NAME with
+# its own state dir, DEVICES simulated devices of two points every POLL, and
+# the given `store:` section.
 gateway_config() {
     local dir=$work/$1
     mkdir -p "$dir"
     {
         echo "gateway: { id: $2, state_dir: $dir/state, status_interval: 1h }"
         echo "mqtt: { url: \"mqtt://127.0.0.1:$port\" }"
+        echo "store: { ${5:-} }"
         echo "devices:"
         [ "$4" -eq 0 ] && echo "  []"
         for i in $(seq 0 $(($4 - 1))); do
@@ -147,18 +151,8 @@ for run in $(seq "$runs"); do
 done
 rm -rf "$drain_config/state"
 
-steady_config=$(gateway_config steady bench 10ms 10)
-for run in $(seq "$runs"); do
-    say "steady 1,000 readings/s, run $run/$runs (${steady_warmup}s warm-up, ${steady_seconds}s window)"
-    rm -rf "$steady_config/state"
-    out=$(measure "$examples/bench_probe" steady --port "$port" --db "$steady_config/state/fieldgate.db" \
-        --warmup "$steady_warmup" --seconds "$steady_seconds" \
-        -- "$bin" run --config "$steady_config/fieldgate.yaml")
-    for figure in readings_per_s bytes_per_reading cpu_us_per_reading latency_p50_ms latency_p99_ms; do
-        record "$figure" "$(value "$out" "$figure")"
-    done
-done
-
+# The idle gateways run side by side while the steady runs go on (they
+# last longer than the idle period); the steady figures are per process.
 say "idle: $runs gateways side by side, 10 devices at 1 reading/s, RSS after ${idle_seconds}s"
 idle_pids=()
 for run in $(seq "$runs"); do
@@ -167,6 +161,25 @@ for run in $(seq "$runs"); do
         -- "$bin" run --config "$config/fieldgate.yaml" >"$work/idle$run.out") &
     idle_pids+=($!)
 done
+
+# steady PREFIX WARMUP SECONDS [STORE]: the steady runs of 10 devices
+# every 10 ms, with the given `store:` section; figures named PREFIX*.
+steady() {
+    local config
+    config=$(gateway_config "steady$1" bench 10ms 10 "${4:-}")
+    for run in $(seq "$runs"); do
+        say "steady 1,000 readings/s${4:+ with $4}, run $run/$runs (${2}s warm-up, ${3}s window)"
+        rm -rf "$config/state"
+        out=$(measure "$examples/bench_probe" steady --port "$port" --db "$config/state/fieldgate.db" \
+            --warmup "$2" --seconds "$3" -- "$bin" run --config "$config/fieldgate.yaml")
+        for figure in readings_per_s bytes_per_reading cpu_us_per_reading latency_p50_ms latency_p99_ms; do
+            record "$1$figure" "$(value "$out" "$figure")"
+        done
+    done
+}
+steady "" "$steady_warmup" "$steady_seconds"
+steady fast_ 3 10 "flush_interval: $fast_flush"
+
 for i in "${!idle_pids[@]}"; do
     wait "${idle_pids[$i]}" || die "idle run $((i + 1)) failed"
     record idle_rss "$(awk -v k="$(value "$(cat "$work/idle$((i + 1)).out")" idle_rss_kb)" 'BEGIN { print k / 1024 }')"
@@ -224,6 +237,10 @@ table() {
     row cpu_us_per_reading "CPU time per reading at that rate (utime+stime)" "µs" 1 "<= 20"
     row latency_p50_ms "latency reading to subscriber at that rate, p50" "ms" 1 ""
     row latency_p99_ms "latency reading to subscriber at that rate, p99" "ms" 1 "<= 50"
+    row fast_latency_p50_ms "… with store.flush_interval: $fast_flush: latency p50" "ms" 1 ""
+    row fast_latency_p99_ms "… with store.flush_interval: $fast_flush: latency p99" "ms" 1 "<= 50"
+    row fast_bytes_per_reading "… with store.flush_interval: $fast_flush: bytes written per reading" "bytes" 0 "<= 256"
+    row fast_cpu_us_per_reading "… with store.flush_interval: $fast_flush: CPU time per reading" "µs" 1 "<= 20"
     row size_x86_64 "stripped release binary, x86_64" "MB" 2 ""
     row size_arm64 "stripped release binary, arm64" "MB" 2 ""
 }
@@ -244,7 +261,8 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
     echo "Each figure is the median of its runs, with the smallest and largest."
     echo "The drain ratio is taken run by run, each gateway run against the"
     echo "baseline run just before it, in the same broker. The broker has no"
-    echo "subscriber while draining; the idle gateways ran side by side."
+    echo "subscriber while draining. The idle gateways ran side by side, during"
+    echo "the steady runs."
     echo "Figures taken on a machine shared with other work are noisy; compare"
     echo "ratios, and runs made on the same machine."
 } >BENCHMARKS.md
