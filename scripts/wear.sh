@@ -15,8 +15,8 @@ work=$(mktemp -d)
 broker_pid=""
 gw_pid=""
 cleanup() {
-    [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null || true
-    [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
+    if [ -n "$gw_pid" ]; then kill "$gw_pid" 2>/dev/null || true; fi
+    if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; fi
     wait 2>/dev/null || true
     rm -rf "$work"
 }

@@ -10,11 +10,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::commands::Commands;
 use crate::config::{self, BatchConfig, Config};
 use crate::health::Health;
+use crate::service;
 use crate::sources::{Ingest, Sources};
 use crate::store::{self, RemoteConfig, Store, StoreError};
-use crate::uplink::{self, ConfigChannels, ConfigInfo, payload};
+use crate::uplink::{self, Channels, ConfigInfo, payload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -72,22 +74,44 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         state,
     };
 
+    let (commands_tx, mut incoming_commands) = mpsc::channel(32);
+    let topics = uplink::payload::Topics::new(
+        gateway.local.mqtt.topic_prefix.as_str(),
+        gateway.local.gateway.id.as_str(),
+    );
+    let commands = Commands::new(
+        store.clone(),
+        gateway.local.commands.clone(),
+        topics.responses(),
+        health.clone(),
+    );
     let ingest = Ingest::new(store.clone(), health.clone());
     let mut sources = Sources::start(&gateway.running.devices, gateway.local.mqtt.qos, ingest);
     let stop_uplink = CancellationToken::new();
-    let channels = ConfigChannels {
+    let channels = Channels {
         info: info_rx,
         state: state_rx,
         batches: batches_rx,
         received: received_tx,
+        commands: commands_tx,
     };
     let uplink_task = tokio::spawn(uplink::run(
         uplink::Settings::from_config(&gateway.local),
         store.clone(),
-        health,
+        health.clone(),
         channels,
         stop_uplink.clone(),
     ));
+    service::spawn_watchdog(
+        store.clone(),
+        uplink_task.abort_handle(),
+        stop_uplink.clone(),
+    );
+    let metrics =
+        gateway.local.metrics.listen.map(|listen| {
+            tokio::spawn(crate::metrics::serve(listen, store.clone(), health.clone()))
+        });
+    service::ready();
 
     loop {
         tokio::select! {
@@ -95,7 +119,14 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break }
             _ = sighup.recv() => gateway.reload(&mut sources).await,
             Some(document) = received.recv() => gateway.apply_remote(document, &mut sources).await,
+            Some(command) = incoming_commands.recv() => {
+                commands.receive(command, &gateway.running.devices, &sources).await
+            }
         }
+    }
+    service::stopping();
+    if let Some(metrics) = metrics {
+        metrics.abort();
     }
 
     // Sources first, so that their last readings are in the final commit.
@@ -107,7 +138,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     if uplink_task.await.is_err() {
         tracing::error!("the uplink task panicked");
     }
-    drop((store, gateway, sources));
+    drop((store, gateway, sources, commands));
     // The store thread commits the last acks and checkpoints the WAL.
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
     tracing::info!("stopped");

@@ -30,6 +30,8 @@ pub struct DeviceHealth {
     pub errors: AtomicU64,
     /// What is wrong now, if anything (cleared when it works again).
     problem: Mutex<Option<String>>,
+    /// The last good value of each point, and when it was read.
+    latest: Mutex<BTreeMap<String, (i64, serde_json::Value)>>,
 }
 
 impl DeviceHealth {
@@ -40,6 +42,20 @@ impl DeviceHealth {
         let changed = *current != problem;
         *current = problem;
         changed
+    }
+
+    /// Keeps the values of a good reading, for commands that read.
+    pub fn remember(&self, ts_ms: i64, values: &serde_json::Map<String, serde_json::Value>) {
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        for (point, value) in values {
+            latest.insert(point.clone(), (ts_ms, value.clone()));
+        }
+    }
+
+    /// The last good value of `point` and its time.
+    pub fn latest(&self, point: &str) -> Option<(i64, serde_json::Value)> {
+        let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        latest.get(point).cloned()
     }
 
     pub fn problem(&self) -> Option<String> {

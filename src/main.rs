@@ -128,11 +128,17 @@ fn init_logging(level: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // The journal timestamps every line itself, and shows escape codes raw.
+    let journal = fieldgate::service::stderr_is_journal();
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(!journal && std::io::stderr().is_terminal());
+    if journal {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
 }
 
 fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {

@@ -5,258 +5,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
-use tokio_modbus::server::Service;
+use tokio_modbus::prelude::ExceptionCode;
 
+use common::modbus_slave::*;
 use common::*;
 
 const LONG: Duration = Duration::from_secs(60);
-
-// ---- the test slave ---------------------------------------------------------------------------
-
-/// The data tables of one unit.
-#[derive(Default, Clone)]
-struct Tables {
-    holding: BTreeMap<u16, u16>,
-    input: BTreeMap<u16, u16>,
-    coils: BTreeMap<u16, bool>,
-    discrete: BTreeMap<u16, bool>,
-}
-
-impl Tables {
-    fn holding(mut self, address: u16, words: &[u16]) -> Tables {
-        for (i, w) in words.iter().enumerate() {
-            self.holding.insert(address + i as u16, *w);
-        }
-        self
-    }
-}
-
-/// One request the slave saw: unit, function code, address, count, when.
-#[derive(Debug, Clone)]
-struct Seen {
-    unit: u8,
-    function: u8,
-    address: u16,
-    count: u16,
-    at: Instant,
-}
-
-#[derive(Default)]
-struct State {
-    /// Units that answer; any other unit id is silent.
-    units: HashMap<u8, Tables>,
-    /// Answer every request of this unit with an exception.
-    refuse: HashMap<u8, ExceptionCode>,
-    seen: Vec<Seen>,
-}
-
-fn range<T: Copy>(
-    table: &BTreeMap<u16, T>,
-    address: u16,
-    count: u16,
-) -> Result<Vec<T>, ExceptionCode> {
-    (0..count)
-        .map(|i| {
-            let at = address
-                .checked_add(i)
-                .ok_or(ExceptionCode::IllegalDataAddress)?;
-            table
-                .get(&at)
-                .copied()
-                .ok_or(ExceptionCode::IllegalDataAddress)
-        })
-        .collect()
-}
-
-fn write<T: Copy>(
-    table: &mut BTreeMap<u16, T>,
-    address: u16,
-    values: &[T],
-) -> Result<(), ExceptionCode> {
-    range(table, address, values.len() as u16)?;
-    for (i, v) in values.iter().enumerate() {
-        table.insert(address + i as u16, *v);
-    }
-    Ok(())
-}
-
-impl State {
-    fn answer(
-        &mut self,
-        unit: u8,
-        request: Request<'static>,
-    ) -> Result<Option<Response>, ExceptionCode> {
-        let (function, address, count) = match &request {
-            Request::ReadCoils(a, n) => (1, *a, *n),
-            Request::ReadDiscreteInputs(a, n) => (2, *a, *n),
-            Request::ReadHoldingRegisters(a, n) => (3, *a, *n),
-            Request::ReadInputRegisters(a, n) => (4, *a, *n),
-            Request::WriteSingleCoil(a, _) => (5, *a, 1),
-            Request::WriteSingleRegister(a, _) => (6, *a, 1),
-            Request::WriteMultipleCoils(a, v) => (15, *a, v.len() as u16),
-            Request::WriteMultipleRegisters(a, v) => (16, *a, v.len() as u16),
-            _ => (0, 0, 0),
-        };
-        let at = Instant::now();
-        self.seen.push(Seen {
-            unit,
-            function,
-            address,
-            count,
-            at,
-        });
-        if let Some(code) = self.refuse.get(&unit) {
-            return Err(*code);
-        }
-        let Some(t) = self.units.get_mut(&unit) else {
-            return Ok(None);
-        };
-        let response = match request {
-            Request::ReadCoils(a, n) => Response::ReadCoils(range(&t.coils, a, n)?),
-            Request::ReadDiscreteInputs(a, n) => {
-                Response::ReadDiscreteInputs(range(&t.discrete, a, n)?)
-            }
-            Request::ReadHoldingRegisters(a, n) => {
-                Response::ReadHoldingRegisters(range(&t.holding, a, n)?)
-            }
-            Request::ReadInputRegisters(a, n) => {
-                Response::ReadInputRegisters(range(&t.input, a, n)?)
-            }
-            Request::WriteSingleCoil(a, v) => {
-                write(&mut t.coils, a, &[v])?;
-                Response::WriteSingleCoil(a, v)
-            }
-            Request::WriteSingleRegister(a, v) => {
-                write(&mut t.holding, a, &[v])?;
-                Response::WriteSingleRegister(a, v)
-            }
-            Request::WriteMultipleRegisters(a, v) => {
-                write(&mut t.holding, a, &v)?;
-                Response::WriteMultipleRegisters(a, v.len() as u16)
-            }
-            _ => return Err(ExceptionCode::IllegalFunction),
-        };
-        Ok(Some(response))
-    }
-}
-
-#[derive(Clone)]
-struct Answer(Arc<Mutex<State>>);
-
-impl Service for Answer {
-    type Request = SlaveRequest<'static>;
-    type Response = Option<Response>;
-    type Exception = ExceptionCode;
-    type Future = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
-
-    fn call(&self, req: SlaveRequest<'static>) -> Self::Future {
-        let result = lock(&self.0).answer(req.slave, req.request);
-        Box::pin(std::future::ready(result))
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A Modbus slave on its own runtime: TCP on 127.0.0.1, or RTU on a pty
-/// whose other end is reachable through a symlink.
-struct Slave {
-    state: Arc<Mutex<State>>,
-    rt: tokio::runtime::Runtime,
-    server: Option<tokio::task::JoinHandle<()>>,
-    /// RTU: the pty end the gateway does not use, kept open.
-    pty: Option<tokio_serial::SerialStream>,
-}
-
-impl Slave {
-    fn new(units: impl IntoIterator<Item = (u8, Tables)>) -> Slave {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let state = State {
-            units: units.into_iter().collect(),
-            ..State::default()
-        };
-        Slave {
-            state: Arc::new(Mutex::new(state)),
-            rt,
-            server: None,
-            pty: None,
-        }
-    }
-
-    /// Serves Modbus TCP on `port` (0: a free one); returns the port.
-    fn serve_tcp(&mut self, port: u16) -> u16 {
-        let listener = self
-            .rt
-            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let service = Answer(self.state.clone());
-        self.server = Some(self.rt.spawn(async move {
-            let server = tokio_modbus::server::tcp::Server::new(listener);
-            let on_connected = |stream, addr| {
-                let service = service.clone();
-                async move {
-                    tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, |_| {
-                        Ok(Some(service.clone()))
-                    })
-                }
-            };
-            let _ = server
-                .serve(&on_connected, |e| eprintln!("slave: {e}"))
-                .await;
-        }));
-        port
-    }
-
-    /// Serves Modbus RTU on a new pty pair; `link` then points at the end
-    /// the gateway opens.
-    fn serve_rtu(&mut self, link: &Path) {
-        let _guard = self.rt.enter();
-        let (a, b) = tokio_serial::SerialStream::pair().unwrap();
-        use tokio_serial::SerialPort;
-        let (server_end, gateway_end) = if a.name().is_some() { (b, a) } else { (a, b) };
-        let path = gateway_end.name().expect("the pty's path");
-        let _ = std::fs::remove_file(link);
-        std::os::unix::fs::symlink(&path, link).unwrap();
-        self.pty = Some(gateway_end);
-        let service = Answer(self.state.clone());
-        self.server = Some(self.rt.spawn(async move {
-            let server = tokio_modbus::server::rtu::Server::new(server_end);
-            let _ = server.serve_forever(service).await;
-        }));
-    }
-
-    /// Stops serving and closes the connections (or the pty).
-    fn kill(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.abort();
-            let _ = self.rt.block_on(server);
-        }
-        self.pty = None;
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.state().seen.clone()
-    }
-}
 
 // ---- helpers -------------------------------------------------------------------------------
 
@@ -668,17 +427,23 @@ fn writes_encode_values_and_use_functions_5_6_and_16() {
         let cancel = tokio_util::sync::CancellationToken::new();
         let mut running =
             fieldgate::sources::spawn_group(&config.devices, config.mqtt.qos, &ingest, &cancel);
-        let writers = running.modbus.clone();
+        let writers = running.writers.clone();
+        let write = |device: &'static str, point: &'static str, value: serde_json::Value| {
+            let writer = writers.get(device).cloned();
+            async move {
+                match writer {
+                    Some(w) => w.write(device, point, &value).await,
+                    None => Err(fieldgate::sources::WriteFailure {
+                        rejected: true,
+                        reason: format!("no Modbus device `{device}`"),
+                    }),
+                }
+            }
+        };
 
-        writers
-            .write("plc", "setpoint", &json!(-12.5))
-            .await
-            .unwrap();
-        writers
-            .write("plc", "target", &json!(70_000))
-            .await
-            .unwrap();
-        writers.write("plc", "pump", &json!(false)).await.unwrap();
+        write("plc", "setpoint", json!(-12.5)).await.unwrap();
+        write("plc", "target", json!(70_000)).await.unwrap();
+        write("plc", "pump", json!(false)).await.unwrap();
         {
             let state = slave.state();
             assert_eq!(state.units[&1].holding[&50], (-125i16) as u16);
@@ -697,30 +462,24 @@ fn writes_encode_values_and_use_functions_5_6_and_16() {
         }
 
         let rejected = [
-            writers.write("plc", "fan", &json!(true)).await,
-            writers.write("plc", "setpoint", &json!(80.5)).await,
-            writers.write("plc", "setpoint", &json!("warm")).await,
-            writers.write("plc", "nothing", &json!(1)).await,
-            writers.write("nobody", "pump", &json!(1)).await,
+            write("plc", "fan", json!(true)).await,
+            write("plc", "setpoint", json!(80.5)).await,
+            write("plc", "setpoint", json!("warm")).await,
+            write("plc", "nothing", json!(1)).await,
+            write("nobody", "pump", json!(1)).await,
         ];
         for result in &rejected {
-            assert!(
-                result.as_ref().is_err_and(|e| e.is_rejected()),
-                "{result:?}"
-            );
+            assert!(result.as_ref().is_err_and(|e| e.rejected), "{result:?}");
         }
         assert_eq!(
-            rejected[1].as_ref().unwrap_err().to_string(),
+            rejected[1].as_ref().unwrap_err().reason,
             "invalid value for `setpoint`: 80.5 is above max 80"
         );
         // A unit that does not answer: the write fails, after its timeout.
-        let failed = writers
-            .write("ghost", "pump", &json!(true))
-            .await
-            .unwrap_err();
-        assert!(!failed.is_rejected());
+        let failed = write("ghost", "pump", json!(true)).await.unwrap_err();
+        assert!(!failed.rejected);
         assert_eq!(
-            failed.to_string(),
+            failed.reason,
             "write to `pump` failed: no answer within 500ms"
         );
 

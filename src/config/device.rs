@@ -19,10 +19,21 @@ pub trait DeviceSpec {
     fn batch(&self) -> Option<&BatchConfig> {
         None
     }
+    /// The device's points, and which of them commands may write.
+    fn points(&self) -> Vec<PointSpec>;
     /// Checks across fields, as (path below the device, message).
     fn problems(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+}
+
+/// A point as commands see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointSpec {
+    pub name: String,
+    pub writable: bool,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }
 
 /// `batch:` of a device: one publish carries a JSON array of its readings.

@@ -79,6 +79,11 @@ pub fn load_str(text: &str, file: &str) -> Result<Config, ConfigError> {
 
     let mut config = with_environment(text).map_err(|p| invalid(vec![p]))?;
     config.version = format!("local-{:016x}", fnv1a(text.as_bytes()));
+    whole_config_checks(config, &root).map_err(invalid)
+}
+
+/// The checks that span keys, located in `root` by their paths.
+fn whole_config_checks(config: Config, root: &Node) -> Result<Config, Vec<Problem>> {
     let mut problems = config.problems();
     for p in &mut problems {
         p.mark = Some(root.locate(&p.path).mark);
@@ -87,7 +92,7 @@ pub fn load_str(text: &str, file: &str) -> Result<Config, ConfigError> {
         Ok(config)
     } else {
         sort(&mut problems);
-        Err(invalid(problems))
+        Err(problems)
     }
 }
 
@@ -167,7 +172,7 @@ fn check_devices(devices: &Node, problems: &mut Vec<Problem>) -> Vec<DeviceConfi
 }
 
 /// The sections a remote configuration may not touch.
-const LOCAL_ONLY: &[&str] = &["gateway", "store", "mqtt", "log"];
+const LOCAL_ONLY: &[&str] = &["gateway", "store", "mqtt", "log", "commands", "metrics"];
 
 /// Checks a remote configuration (`version` and `devices`, YAML or JSON)
 /// exactly like the local file, and returns `local` with its devices
@@ -238,16 +243,7 @@ pub fn load_remote(text: &str, local: &Config) -> Result<Config, ConfigError> {
     config.devices = devices;
     config.version = version;
     config.origin = Origin::Remote;
-    let mut problems = config.problems();
-    for p in &mut problems {
-        p.mark = Some(root.locate(&p.path).mark);
-    }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        sort(&mut problems);
-        Err(invalid(problems))
-    }
+    whole_config_checks(config, &root).map_err(invalid)
 }
 
 fn at(node: &Node, path: &str, message: String) -> Problem {

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer};
 
 pub use device::{
-    BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec, duplicate_point_names,
+    BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec, PointSpec, duplicate_point_names,
 };
 pub use load::{ConfigError, Problem, load, load_remote, load_str};
 pub use mqtt::{BrokerUrl, Credentials, MqttConfig, Protocol, Secret, TlsConfig};
@@ -28,11 +28,15 @@ pub use units::{ByteSize, Duration};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub gateway: GatewayConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub store: StoreConfig,
     pub mqtt: MqttConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub log: LogConfig,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub commands: CommandsConfig,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metrics: MetricsConfig,
     /// `devices:` with nothing under it is an empty list, not an error.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub devices: Vec<DeviceConfig>,
@@ -65,7 +69,15 @@ impl Origin {
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+    null_as_default(d)
+}
+
+/// A section written with nothing under it (`metrics:` with its keys
+/// commented out) takes its defaults.
+fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +129,39 @@ impl Default for StoreConfig {
             max_rows: None,
             max_age: None,
             memory_buffer: Bounded(100_000),
+        }
+    }
+}
+
+/// `metrics:` the optional Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics`, e.g. `127.0.0.1:9464`; off when unset.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// How downstream commands are taken.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// A command issued longer ago than this (its `issued_at`) is answered
+    /// `expired` instead of run.
+    pub max_age: Duration,
+    /// Larger command payloads are rejected unread.
+    pub max_payload: ByteSize,
+    /// How long command ids are remembered, so a repeated one is answered
+    /// again rather than run again.
+    pub journal_retention: Duration,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            max_age: Duration::from_secs(300),
+            max_payload: ByteSize(16 << 10),
+            journal_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -75,10 +76,12 @@ impl Ingest {
     /// Queues a reading; fails only when the store is shutting down.
     pub async fn append(&self, reading: Reading) -> Result<(), StoreError> {
         self.health.readings_in.fetch_add(1, Relaxed);
-        self.health
-            .device(reading.device.as_str())
-            .readings
-            .fetch_add(1, Relaxed);
+        let device = self.health.device(reading.device.as_str());
+        device.readings.fetch_add(1, Relaxed);
+        // What a command that reads a point is answered with.
+        if reading.quality == Quality::Good {
+            device.remember(reading.ts_ms, &reading.values);
+        }
         self.store.append(reading).await
     }
 
@@ -107,7 +110,50 @@ pub fn group_key(device: &DeviceConfig) -> String {
 /// The running tasks of one group, and the handles that write its points.
 pub struct Group {
     pub tasks: JoinSet<()>,
-    pub modbus: modbus::Writers,
+    pub writers: HashMap<String, PointWriter>,
+}
+
+/// Writes the points of one device, through the task that owns its
+/// hardware (so a write takes its turn with the polls).
+#[derive(Clone)]
+pub enum PointWriter {
+    Modbus(modbus::BusHandle),
+    Serial(serial::SerialHandle),
+}
+
+/// Why a write did not happen: refused before anything was sent, or failed
+/// on the way to the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailure {
+    pub rejected: bool,
+    pub reason: String,
+}
+
+impl PointWriter {
+    pub async fn write(
+        &self,
+        device: &str,
+        point: &str,
+        value: &Value,
+    ) -> Result<(), WriteFailure> {
+        match self {
+            PointWriter::Modbus(bus) => {
+                bus.write(device, point, value)
+                    .await
+                    .map_err(|e| WriteFailure {
+                        rejected: e.is_rejected(),
+                        reason: e.to_string(),
+                    })
+            }
+            PointWriter::Serial(port) => port.write(point, value).await.map_err(|e| WriteFailure {
+                rejected: matches!(
+                    e,
+                    serial::WriteError::NotWritable(_) | serial::WriteError::InvalidValue(_)
+                ),
+                reason: e.to_string(),
+            }),
+        }
+    }
 }
 
 /// Starts the tasks of one group of devices.
@@ -118,6 +164,7 @@ pub fn spawn_group(
     cancel: &CancellationToken,
 ) -> Group {
     let mut tasks = JoinSet::new();
+    let mut writers = HashMap::new();
     for device in devices {
         let delivery = device.delivery(default_qos);
         match device {
@@ -130,14 +177,17 @@ pub fn spawn_group(
                 ));
             }
             DeviceConfig::Serial(serial) => {
-                // The write handle waits for the commands to be wired in.
-                let _writes = serial::spawn(serial.clone(), delivery, ingest, cancel, &mut tasks);
+                let port = serial::spawn(serial.clone(), delivery, ingest, cancel, &mut tasks);
+                writers.insert(serial.name.to_string(), PointWriter::Serial(port));
             }
             DeviceConfig::Modbus(_) => {} // one task per bus, below
         }
     }
     let modbus = modbus::spawn(devices, default_qos, ingest, cancel, &mut tasks);
-    Group { tasks, modbus }
+    for (device, bus) in modbus.handles() {
+        writers.insert(device.clone(), PointWriter::Modbus(bus.clone()));
+    }
+    Group { tasks, writers }
 }
 
 /// Checks that span devices, as (path, message).

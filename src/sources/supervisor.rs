@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Group, Ingest, group_key, spawn_group};
+use super::{Group, Ingest, PointWriter, group_key, spawn_group};
 use crate::config::{DeviceConfig, Qos};
 
 struct Running {
@@ -115,6 +115,13 @@ impl Sources {
         change.restarted.sort();
         change.restarted.dedup();
         change
+    }
+
+    /// The writer of `device`'s points, if its source can write.
+    pub fn writer(&self, device: &str) -> Option<PointWriter> {
+        self.running
+            .values()
+            .find_map(|r| r.group.writers.get(device).cloned())
     }
 
     /// Stops every source; their last readings are in the store's queue

@@ -146,6 +146,20 @@ impl Batcher {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Command::Journal {
+                id,
+                retention_ms,
+                reply,
+            } => {
+                let _ = reply.send(self.outbox.journal_command(&id, now_ms(), retention_ms));
+            }
+            Command::Answer(id, answer, reply) => {
+                let result = self.outbox.answer_command(&id, &answer);
+                if result.is_ok() {
+                    self.committed.send_modify(|n| *n += 1);
+                }
+                let _ = reply.send(result);
+            }
             Command::LoadConfig(reply) => {
                 let _ = reply.send(self.outbox.remote_config());
             }

@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use limits::{Evicted, Limits};
 pub use outbox::{
-    Changes, CommitReport, DeviceStats, Outbox, RemoteConfig, Row, RowKey, StoreError, Totals,
+    Changes, CommitReport, DeviceStats, Journaled, Message, Outbox, RemoteConfig, Row, RowKey,
+    StoreError, Totals,
 };
 pub use schema::SCHEMA_VERSION;
 
@@ -63,6 +64,12 @@ enum Command {
     },
     Status(oneshot::Sender<Result<QueueStatus, StoreError>>),
     LoadConfig(oneshot::Sender<Result<Option<RemoteConfig>, StoreError>>),
+    Journal {
+        id: String,
+        retention_ms: i64,
+        reply: oneshot::Sender<Result<Journaled, StoreError>>,
+    },
+    Answer(String, Message, oneshot::Sender<Result<(), StoreError>>),
     SaveConfig(RemoteConfig, oneshot::Sender<Result<(), StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
@@ -154,6 +161,30 @@ impl Store {
     pub async fn save_remote_config(&self, config: RemoteConfig) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::SaveConfig(config, reply)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records a command id before it is acknowledged; says whether it was
+    /// seen before.
+    pub async fn journal_command(
+        &self,
+        id: String,
+        retention_ms: i64,
+    ) -> Result<Journaled, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Journal {
+            id,
+            retention_ms,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Keeps the answer to a command and queues it for the uplink.
+    pub async fn answer_command(&self, id: String, answer: Message) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Answer(id, answer, reply)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

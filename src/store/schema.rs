@@ -71,6 +71,18 @@ const MIGRATIONS: &[&str] = &[
         at_ms   INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
+    // 6: messages other than readings (answers to commands) travel through
+    // the outbox too, to their own topic; and the command journal that
+    // makes commands idempotent.
+    "
+    ALTER TABLE outbox ADD COLUMN topic TEXT;
+    ALTER TABLE outbox ADD COLUMN correlation BLOB;
+    CREATE TABLE command_journal (
+        id          TEXT PRIMARY KEY,
+        received_ms INTEGER NOT NULL,
+        response    TEXT
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this binary writes.

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -12,7 +13,7 @@ use super::backoff::Backoff;
 use super::inflight::{Inflight, Tracked};
 use super::link::{self, Event, Link, Refusal};
 use super::throttle::Throttle;
-use super::{ConfigChannels, LinkLog, Settings, UplinkError, credentials, payload, tls};
+use super::{Channels, CommandIn, LinkLog, Settings, UplinkError, credentials, payload, tls};
 use crate::config::{BatchConfig, BrokerUrl, Protocol, Qos};
 use crate::health::Health;
 use crate::sources::now_ms;
@@ -22,6 +23,9 @@ use crate::store::{Row, RowKey, Store, StoreError};
 /// rumqttc pings once per period, so a live broker is never silent for
 /// much more than one.
 const SILENCE_FACTOR: f64 = 1.5;
+
+/// How long a command may take to be journaled before it goes unacknowledged.
+const JOURNAL_WAIT: Duration = Duration::from_secs(10);
 
 /// Rows fetched per message of room, at most, when devices batch.
 const FETCH_CAP: usize = 5_000;
@@ -46,7 +50,7 @@ pub(super) struct Connection<'a> {
     settings: &'a Settings,
     store: &'a Store,
     health: &'a Health,
-    config: ConfigChannels,
+    config: Channels,
     link: Option<Link>,
     flight: Inflight,
     /// Per priority, the highest `seq` fetched.
@@ -72,7 +76,7 @@ impl<'a> Connection<'a> {
         settings: &'a Settings,
         store: &'a Store,
         health: &'a Health,
-        config: ConfigChannels,
+        config: Channels,
     ) -> Self {
         Connection {
             settings,
@@ -313,6 +317,19 @@ impl<'a> Connection<'a> {
 
     fn publish(&mut self, message: Message) -> Result<(), UplinkError> {
         let (device, qos, keys, body) = match message {
+            // Not a reading: an answer to a command, to its own topic.
+            Message::Single(row) if row.topic.is_some() => {
+                let (qos, keys) = (row.qos, vec![row.key()]);
+                let topic = row.topic.unwrap_or_default();
+                let body = row.values.into_bytes();
+                let client = self.client()?;
+                match row.correlation {
+                    Some(c) => client.try_publish_correlated(topic, qos, body, c)?,
+                    None => client.try_publish(topic, qos, false, body)?,
+                }
+                self.flight.requested(Tracked::Rows(keys, qos));
+                return Ok(());
+            }
             Message::Single(row) => {
                 let body = payload::telemetry(&row);
                 (row.device.clone(), row.qos, vec![row.key()], body)
@@ -351,20 +368,14 @@ impl<'a> Connection<'a> {
             Event::Connected => {
                 self.connected = true;
                 self.caught_up = false;
-                let topic = self.settings.topics.config_set();
-                self.client()?.try_subscribe(topic, Qos::AtLeastOnce)?;
+                let client = self.client()?;
+                client.try_subscribe(self.settings.topics.config_set(), Qos::AtLeastOnce)?;
+                client.try_subscribe(self.settings.topics.commands(), Qos::AtLeastOnce)?;
                 self.publish_status().await?;
                 self.publish_config_state()?;
                 return Ok(true);
             }
-            Event::Message(topic, payload) => {
-                if topic == self.settings.topics.config_set() {
-                    // The gateway checks it and answers on P/config/state.
-                    if self.config.received.send(payload).await.is_err() {
-                        tracing::warn!("a configuration arrived while shutting down; ignored");
-                    }
-                }
-            }
+            Event::Message(message) => self.receive(message).await?,
             Event::Published(pkid) => {
                 let done = self.flight.published(pkid)?;
                 self.deliver(done);
@@ -395,6 +406,43 @@ impl<'a> Connection<'a> {
             Event::Disconnecting | Event::Incoming | Event::Other => {}
         }
         Ok(false)
+    }
+
+    /// A message from the broker: a command is acknowledged only once the
+    /// gateway has journaled it; a configuration once it is handed over.
+    async fn receive(&mut self, message: Box<link::Incoming>) -> Result<(), UplinkError> {
+        let topics = &self.settings.topics;
+        if message.topic == topics.commands() {
+            let (journaled, answer) = oneshot::channel();
+            let command = CommandIn {
+                payload: message.payload.clone(),
+                response_topic: message.response_topic.clone(),
+                correlation: message.correlation.clone(),
+                journaled,
+            };
+            if self.config.commands.send(command).await.is_err() {
+                tracing::warn!("a command arrived while shutting down; not acknowledged");
+                return Ok(());
+            }
+            match tokio::time::timeout(JOURNAL_WAIT, answer).await {
+                Ok(Ok(true)) => {}
+                _ => {
+                    tracing::warn!("a command could not be journaled; not acknowledged");
+                    return Ok(());
+                }
+            }
+        } else if message.topic == topics.config_set()
+            && self
+                .config
+                .received
+                .send(message.payload.clone())
+                .await
+                .is_err()
+        {
+            tracing::warn!("a configuration arrived while shutting down; ignored");
+        }
+        self.client()?.try_ack(&message)?;
+        Ok(())
     }
 
     fn deliver(&mut self, rows: Vec<RowKey>) {

@@ -29,6 +29,24 @@ pub struct Options<'a> {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+/// A message from the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// MQTT 5: where the sender wants the answer, and what to send with it.
+    pub response_topic: Option<String>,
+    pub correlation: Option<Vec<u8>>,
+    ack: Ack,
+}
+
+/// What rumqttc needs to acknowledge a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ack {
+    V4(rumqttc::Publish),
+    V5(v5b::Publish),
+}
+
 /// A broker's refusal of one message (MQTT 5 reason code >= 0x80).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -50,8 +68,9 @@ pub enum Event {
     Disconnecting,
     /// The broker closed the session.
     Disconnected,
-    /// A message on a topic we subscribed to.
-    Message(String, Vec<u8>),
+    /// A message on a topic we subscribed to; acknowledge it with
+    /// [`Client::try_ack`] once it is safe.
+    Message(Box<Incoming>),
     /// Any other packet from the broker (a PINGRESP, say): the link lives.
     Incoming,
     Other,
@@ -138,6 +157,41 @@ impl Client {
         }
     }
 
+    /// Publishes with MQTT 5 correlation data (dropped on 3.1.1, which has none).
+    pub fn try_publish_correlated(
+        &self,
+        topic: String,
+        qos: Qos,
+        payload: Vec<u8>,
+        correlation: Vec<u8>,
+    ) -> Result<(), LinkError> {
+        let failed = |e: &dyn std::fmt::Display| LinkError::Client(e.to_string());
+        match self {
+            Client::V4(c) => c
+                .try_publish(topic, v4_qos(qos), false, payload)
+                .map_err(|e| failed(&e)),
+            Client::V5(c) => {
+                let properties = v5b::PublishProperties {
+                    correlation_data: Some(correlation.into()),
+                    ..Default::default()
+                };
+                c.try_publish_with_properties(topic, v5_qos(qos), false, payload, properties)
+                    .map_err(|e| failed(&e))
+            }
+        }
+    }
+
+    /// Acknowledges a message from the broker (we ack by hand, after the
+    /// message is safe).
+    pub fn try_ack(&self, message: &Incoming) -> Result<(), LinkError> {
+        let failed = |e: &dyn std::fmt::Display| LinkError::Client(e.to_string());
+        match (self, &message.ack) {
+            (Client::V4(c), Ack::V4(p)) => c.try_ack(p).map_err(|e| failed(&e)),
+            (Client::V5(c), Ack::V5(p)) => c.try_ack(p).map_err(|e| failed(&e)),
+            _ => Err(LinkError::Client("an ack for the other protocol".into())),
+        }
+    }
+
     pub fn try_subscribe(&self, topic: String, qos: Qos) -> Result<(), LinkError> {
         let failed = |e: &dyn std::fmt::Display| LinkError::Client(e.to_string());
         match self {
@@ -183,6 +237,7 @@ impl Link {
                     rumqttc::MqttOptions::new(o.client_id, &o.broker.host, o.broker.port);
                 options
                     .set_clean_session(true)
+                    .set_manual_acks(true)
                     .set_keep_alive(o.keep_alive)
                     .set_inflight(o.inflight)
                     .set_max_packet_size(1 << 20, 1 << 20)
@@ -204,6 +259,7 @@ impl Link {
                     rumqttc::v5::MqttOptions::new(o.client_id, &o.broker.host, o.broker.port);
                 options
                     .set_clean_start(true)
+                    .set_manual_acks(true)
                     .set_keep_alive(o.keep_alive)
                     .set_outgoing_inflight_upper_limit(o.inflight)
                     .set_max_packet_size(Some(1 << 20))
@@ -239,7 +295,13 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Result<Even
             Ok(E::Incoming(I::PubRec(r))) => Ok(Event::PubRec(r.pkid, None)),
             Ok(E::Incoming(I::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
             Ok(E::Incoming(I::Disconnect)) => Ok(Event::Disconnected),
-            Ok(E::Incoming(I::Publish(p))) => Ok(Event::Message(p.topic, p.payload.to_vec())),
+            Ok(E::Incoming(I::Publish(p))) => Ok(Event::Message(Box::new(Incoming {
+                topic: p.topic.clone(),
+                payload: p.payload.to_vec(),
+                response_topic: None,
+                correlation: None,
+                ack: Ack::V4(p),
+            }))),
             Ok(E::Incoming(_)) => Ok(Event::Incoming),
             Ok(E::Outgoing(O::Publish(pkid))) => Ok(Event::Published(pkid)),
             Ok(E::Outgoing(O::AwaitAck(pkid))) => Ok(Event::AwaitAck(pkid)),
@@ -274,10 +336,16 @@ async fn poll_v5(
             }
             Ok(E::Incoming(P::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
             Ok(E::Incoming(P::Disconnect(_))) => Ok(Event::Disconnected),
-            Ok(E::Incoming(P::Publish(p))) => Ok(Event::Message(
-                String::from_utf8_lossy(&p.topic).into_owned(),
-                p.payload.to_vec(),
-            )),
+            Ok(E::Incoming(P::Publish(p))) => {
+                let properties = p.properties.clone().unwrap_or_default();
+                Ok(Event::Message(Box::new(Incoming {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload.to_vec(),
+                    response_topic: properties.response_topic,
+                    correlation: properties.correlation_data.map(|c| c.to_vec()),
+                    ack: Ack::V5(p),
+                })))
+            }
             Ok(E::Incoming(_)) => Ok(Event::Incoming),
             Ok(E::Outgoing(O::Publish(pkid))) => Ok(Event::Published(pkid)),
             Ok(E::Outgoing(O::AwaitAck(pkid))) => Ok(Event::AwaitAck(pkid)),
@@ -292,42 +360,33 @@ async fn poll_v5(
     }
 }
 
-/// MQTT 5 reason codes of a failed PUBACK (0x10, no subscribers, is a success).
-fn puback_refusal(reason: &v5b::PubAckReason, text: Option<String>) -> Option<Refusal> {
-    use v5b::PubAckReason as R;
-    let code = match reason {
-        R::Success | R::NoMatchingSubscribers => return None,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
+/// The refusal in an MQTT 5 PUBACK or PUBREC reason, if it is one (0x10,
+/// no matching subscribers, is a success). Both reason enums have the same
+/// variants, so one macro maps both.
+macro_rules! refusal {
+    ($fn:ident, $reason:ty) => {
+        fn $fn(reason: &$reason, text: Option<String>) -> Option<Refusal> {
+            type R = $reason;
+            let code = match reason {
+                R::Success | R::NoMatchingSubscribers => return None,
+                R::UnspecifiedError => 0x80,
+                R::ImplementationSpecificError => 0x83,
+                R::NotAuthorized => 0x87,
+                R::TopicNameInvalid => 0x90,
+                R::PacketIdentifierInUse => 0x91,
+                R::QuotaExceeded => 0x97,
+                R::PayloadFormatInvalid => 0x99,
+            };
+            Some(Refusal {
+                code,
+                reason: text.unwrap_or_else(|| format!("{reason:?}")),
+            })
+        }
     };
-    Some(Refusal {
-        code,
-        reason: text.unwrap_or_else(|| format!("{reason:?}")),
-    })
 }
 
-fn pubrec_refusal(reason: &v5b::PubRecReason, text: Option<String>) -> Option<Refusal> {
-    use v5b::PubRecReason as R;
-    let code = match reason {
-        R::Success | R::NoMatchingSubscribers => return None,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
-    };
-    Some(Refusal {
-        code,
-        reason: text.unwrap_or_else(|| format!("{reason:?}")),
-    })
-}
+refusal!(puback_refusal, v5b::PubAckReason);
+refusal!(pubrec_refusal, v5b::PubRecReason);
 
 fn v4_qos(q: Qos) -> rumqttc::QoS {
     match q {

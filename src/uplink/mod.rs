@@ -98,9 +98,20 @@ enum UplinkError {
     Leaked,
 }
 
-/// How the uplink and the rest of the gateway talk about configuration.
+/// A command received on `P/commands`, for the gateway to journal and run.
+#[derive(Debug)]
+pub struct CommandIn {
+    pub payload: Vec<u8>,
+    /// MQTT 5: where to answer instead of `P/responses`, and what to send back.
+    pub response_topic: Option<String>,
+    pub correlation: Option<Vec<u8>>,
+    /// `true` once journaled: only then is it acknowledged to the broker.
+    pub journaled: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// How the uplink and the rest of the gateway talk: configuration and commands.
 #[derive(Clone)]
-pub struct ConfigChannels {
+pub struct Channels {
     /// Which configuration runs, for `P/status`.
     pub info: watch::Receiver<ConfigInfo>,
     /// The retained `P/config/state` to publish, once there is one.
@@ -109,6 +120,8 @@ pub struct ConfigChannels {
     pub batches: watch::Receiver<HashMap<String, BatchConfig>>,
     /// Documents received on `P/config/set`.
     pub received: mpsc::Sender<Vec<u8>>,
+    /// Commands received on `P/commands`.
+    pub commands: mpsc::Sender<CommandIn>,
 }
 
 /// Runs until `shutdown`: connect, drain, and reconnect with backoff,
@@ -117,7 +130,7 @@ pub async fn run(
     settings: Settings,
     store: Store,
     health: Arc<Health>,
-    config: ConfigChannels,
+    config: Channels,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);

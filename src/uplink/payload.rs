@@ -27,6 +27,14 @@ impl Topics {
         format!("{}/status", self.base)
     }
 
+    pub fn commands(&self) -> String {
+        format!("{}/commands", self.base)
+    }
+
+    pub fn responses(&self) -> String {
+        format!("{}/responses", self.base)
+    }
+
     pub fn config_set(&self) -> String {
         format!("{}/config/set", self.base)
     }
@@ -142,6 +150,8 @@ mod tests {
             values: r#"{"temperature":21.5}"#.into(),
             quality: Quality::Good,
             error: None,
+            topic: None,
+            correlation: None,
         };
         let text = telemetry(&row);
         assert_eq!(

@@ -12,6 +12,7 @@
 //! This file is compiled into several test binaries and not every item is used by each.
 #![allow(dead_code)]
 
+pub mod modbus_slave;
 pub mod pki;
 pub mod proxy;
 

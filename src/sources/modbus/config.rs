@@ -6,7 +6,8 @@ use serde::Deserialize;
 use super::plan::{Limits, MAX_BITS, MAX_REGISTERS};
 use super::value::{Layout, Order, RegisterKind, ValueType};
 use crate::config::{
-    BatchConfig, Bounded, DeviceSpec, Duration, Name, Priority, Qos, duplicate_point_names,
+    BatchConfig, Bounded, DeviceSpec, Duration, Name, PointSpec, Priority, Qos,
+    duplicate_point_names,
 };
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -360,6 +361,15 @@ impl DeviceSpec for ModbusDevice {
     }
     fn batch(&self) -> Option<&BatchConfig> {
         self.batch.as_ref()
+    }
+    fn points(&self) -> Vec<PointSpec> {
+        let spec = |p: &ModbusPoint| PointSpec {
+            name: p.name.to_string(),
+            writable: p.writable,
+            min: p.min,
+            max: p.max,
+        };
+        self.points.iter().map(spec).collect()
     }
 
     fn problems(&self) -> Vec<(String, String)> {

@@ -37,6 +37,11 @@ pub struct Writers {
 }
 
 impl Writers {
+    /// The bus handle of each device.
+    pub fn handles(&self) -> impl Iterator<Item = (&String, &BusHandle)> {
+        self.buses.iter()
+    }
+
     /// Writes `value` to `point` of `device`; see [`BusHandle::write`].
     pub async fn write(&self, device: &str, point: &str, value: &Value) -> Result<(), WriteError> {
         match self.buses.get(device) {

@@ -7,7 +7,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, de::value::MapAccessDeserializer};
 
 use super::template::WriteTemplate;
-use crate::config::{BatchConfig, Bounded, DeviceSpec, Duration, Name, Priority, Qos};
+use crate::config::{BatchConfig, Bounded, DeviceSpec, Duration, Name, PointSpec, Priority, Qos};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +156,22 @@ impl DeviceSpec for SerialDevice {
     }
     fn batch(&self) -> Option<&BatchConfig> {
         self.batch.as_ref()
+    }
+    /// The points it reads, and those it can be told (a `write` template).
+    fn points(&self) -> Vec<PointSpec> {
+        let mut names: Vec<&Name> = self.fields.values().map(|f| &f.point).collect();
+        names.extend(self.write.keys());
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| PointSpec {
+                name: name.to_string(),
+                writable: self.write.contains_key(name),
+                min: None,
+                max: None,
+            })
+            .collect()
     }
 
     fn problems(&self) -> Vec<(String, String)> {

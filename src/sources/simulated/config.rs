@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::Signal;
 use crate::config::{
-    BatchConfig, DeviceSpec, Duration, Name, Priority, Qos, duplicate_point_names,
+    BatchConfig, DeviceSpec, Duration, Name, PointSpec, Priority, Qos, duplicate_point_names,
 };
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -46,6 +46,15 @@ impl DeviceSpec for SimulatedDevice {
     }
     fn batch(&self) -> Option<&BatchConfig> {
         self.batch.as_ref()
+    }
+    fn points(&self) -> Vec<PointSpec> {
+        let read_only = |p: &SimulatedPoint| PointSpec {
+            name: p.name.to_string(),
+            writable: false,
+            min: None,
+            max: None,
+        };
+        self.points.iter().map(read_only).collect()
     }
 
     fn problems(&self) -> Vec<(String, String)> {

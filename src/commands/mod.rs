@@ -1,0 +1,204 @@
+//! Downstream commands: checked before anything touches a device, journaled
+//! before the broker gets its ack, run at most once, and answered exactly
+//! once on `P/responses` (or the MQTT 5 response topic) through the store,
+//! so that an answer given offline is delivered later.
+
+pub mod message;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use message::{Action, Refusal};
+
+use crate::config::{CommandsConfig, DeviceConfig, Priority, Qos};
+use crate::health::Health;
+use crate::sources::{Sources, now_ms};
+use crate::store::{Journaled, Message, Store};
+use crate::uplink::CommandIn;
+use crate::uplink::payload::timestamp;
+
+/// Shown as the "device" of answers in `queue stats`.
+const SOURCE: &str = "(commands)";
+
+#[derive(Clone)]
+pub struct Commands {
+    store: Store,
+    settings: CommandsConfig,
+    responses: String,
+    health: Arc<Health>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Ok(Option<(Value, i64)>),
+    Rejected(String),
+    Failed(String),
+    Expired(String),
+}
+
+/// Where the answer goes.
+struct Reply {
+    topic: String,
+    correlation: Option<Vec<u8>>,
+}
+
+impl Commands {
+    pub fn new(
+        store: Store,
+        settings: CommandsConfig,
+        responses: String,
+        health: Arc<Health>,
+    ) -> Self {
+        Commands {
+            store,
+            settings,
+            responses,
+            health,
+        }
+    }
+
+    /// Journals the command (and lets the uplink acknowledge it), checks it
+    /// against the running devices, and starts it. Answers come later,
+    /// through the store.
+    pub async fn receive(&self, incoming: CommandIn, devices: &[DeviceConfig], sources: &Sources) {
+        let reply = Reply {
+            topic: incoming
+                .response_topic
+                .unwrap_or_else(|| self.responses.clone()),
+            correlation: incoming.correlation,
+        };
+        let max_payload = self.settings.max_payload.0 as usize;
+        let command = match message::parse(&incoming.payload, max_payload) {
+            Ok(command) => command,
+            Err((id, why)) => {
+                // Without a readable id there is nothing to journal; the
+                // answer says why all the same.
+                let _ = incoming.journaled.send(true);
+                tracing::warn!("command rejected: {why}");
+                self.answer(id.unwrap_or_default(), Outcome::Rejected(why), reply)
+                    .await;
+                return;
+            }
+        };
+        let retention = self.settings.journal_retention.get().as_millis() as i64;
+        match self
+            .store
+            .journal_command(command.id.clone(), retention)
+            .await
+        {
+            Err(e) => {
+                tracing::error!(
+                    "command {} not journaled ({e}): left unacknowledged",
+                    command.id
+                );
+                let _ = incoming.journaled.send(false);
+                return;
+            }
+            Ok(seen) => {
+                let _ = incoming.journaled.send(true);
+                match seen {
+                    Journaled::New => {}
+                    Journaled::Answered(response) => {
+                        tracing::info!(
+                            "command {} seen before: answered again, not run",
+                            command.id
+                        );
+                        self.send(command.id, response, reply).await;
+                        return;
+                    }
+                    Journaled::Unanswered => {
+                        let why = "the gateway stopped while this command ran; it is not run again";
+                        self.answer(command.id, Outcome::Failed(why.into()), reply)
+                            .await;
+                        return;
+                    }
+                }
+            }
+        }
+        let max_age = self.settings.max_age.get().as_millis() as i64;
+        let point = match message::check(&command, devices, now_ms(), max_age) {
+            Ok(point) => point,
+            Err(refusal) => {
+                let outcome = match refusal {
+                    Refusal::Rejected(why) => Outcome::Rejected(why),
+                    Refusal::Expired(why) => Outcome::Expired(why),
+                };
+                tracing::warn!("command {} not run: {outcome:?}", command.id);
+                self.answer(command.id, outcome, reply).await;
+                return;
+            }
+        };
+        if command.action == Action::Read {
+            let latest = self.health.device(&command.device).latest(&point.name);
+            let outcome = match latest {
+                Some((ts, value)) => Outcome::Ok(Some((value, ts))),
+                None => Outcome::Failed(format!("no value of `{}` read yet", point.name)),
+            };
+            self.answer(command.id, outcome, reply).await;
+            return;
+        }
+        let Some(writer) = sources.writer(&command.device) else {
+            let why = format!("device `{}` is not running", command.device);
+            self.answer(command.id, Outcome::Failed(why), reply).await;
+            return;
+        };
+        // The write waits for its turn on the bus: not in the gateway's loop.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let value = command.value.clone().unwrap_or(Value::Null);
+            let outcome = match writer.write(&command.device, &command.point, &value).await {
+                Ok(()) => Outcome::Ok(None),
+                Err(e) if e.rejected => Outcome::Rejected(e.reason),
+                Err(e) => Outcome::Failed(e.reason),
+            };
+            tracing::info!(
+                "command {} ({}.{} = {value}): {outcome:?}",
+                command.id,
+                command.device,
+                command.point
+            );
+            this.answer(command.id, outcome, reply).await;
+        });
+    }
+
+    async fn answer(&self, id: String, outcome: Outcome, reply: Reply) {
+        self.send(id.clone(), response(&id, &outcome), reply).await;
+    }
+
+    /// Keeps the answer in the journal and queues it, in one transaction.
+    async fn send(&self, id: String, payload: String, reply: Reply) {
+        let message = Message {
+            source: SOURCE.into(),
+            topic: reply.topic,
+            payload,
+            correlation: reply.correlation,
+            qos: Qos::AtLeastOnce,
+            priority: Priority::High,
+            ts_ms: now_ms(),
+        };
+        if let Err(e) = self.store.answer_command(id.clone(), message).await {
+            tracing::error!("the answer to command {id} could not be stored: {e}");
+        }
+    }
+}
+
+/// `{"id":"c-17","status":"ok"|"rejected"|"failed"|"expired","error":"…","value":…,"ts":"…"}`
+fn response(id: &str, outcome: &Outcome) -> String {
+    let (status, error) = match outcome {
+        Outcome::Ok(_) => ("ok", None),
+        Outcome::Rejected(why) => ("rejected", Some(why)),
+        Outcome::Failed(why) => ("failed", Some(why)),
+        Outcome::Expired(why) => ("expired", Some(why)),
+    };
+    let mut body = json!({ "id": id, "status": status, "ts": timestamp(now_ms()) });
+    if let Some(error) = error {
+        body["error"] = error.as_str().into();
+    }
+    if let Outcome::Ok(Some((value, ts))) = outcome {
+        body["value"] = value.clone();
+        body["value_ts"] = timestamp(*ts).into();
+    }
+    body.to_string()
+}

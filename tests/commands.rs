@@ -1,0 +1,333 @@
+//! Commands end to end: mosquitto → gateway → a tokio-modbus slave, and
+//! the answers back on `P/responses`.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::modbus_slave::*;
+use common::*;
+
+const LONG: Duration = Duration::from_secs(60);
+const COMMANDS: &str = "fieldgate/gw/commands";
+
+const POINTS: &str = "
+      - { name: setpoint, register: holding, address: 10, type: i16, scale: 0.1, writable: true, min: 5, max: 80 }
+      - { name: big, register: holding, address: 100, type: u32, word_order: little, writable: true }
+      - { name: temperature, register: input, address: 0, type: i16, scale: 0.1 }
+";
+
+fn device(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    kind: modbus\n    tcp: {{ host: 127.0.0.1, port: {port} }}\n    poll: 200ms\n    timeout: 1500ms\n{extra}    points:{POINTS}"
+    )
+}
+
+fn slave() -> (Slave, u16) {
+    let mut tables = Tables::default().holding(10, &[200]).holding(100, &[0, 0]);
+    tables.input.insert(0, 215);
+    let mut slave = Slave::new([(1, tables)]);
+    let port = slave.serve_tcp(0);
+    (slave, port)
+}
+
+/// Writes (function 5, 6, 15 or 16) the slave received.
+fn writes(slave: &Slave) -> usize {
+    slave.seen().iter().filter(|s| s.function >= 5).count()
+}
+
+fn responses(sub: &Subscriber) -> Vec<Value> {
+    sub.messages()
+        .iter()
+        .filter(|m| m.topic.ends_with("/responses"))
+        .map(Message::json)
+        .collect()
+}
+
+fn answer(sub: &Subscriber, id: &str, gw: &Gateway) -> Value {
+    let found = |m: &[Message]| {
+        m.iter()
+            .any(|m| m.topic.ends_with("/responses") && m.json()["id"] == id)
+    };
+    assert!(
+        sub.wait_until(LONG, found),
+        "no answer to {id}\n{}",
+        gw.log()
+    );
+    responses(sub).into_iter().find(|r| r["id"] == id).unwrap()
+}
+
+#[test]
+fn a_write_reaches_the_slave_scaled_and_in_word_order_and_is_answered_ok() {
+    let broker = Broker::start();
+    let (slave, port) = slave();
+    let sub = Subscriber::connect(broker.port, "check-cmd", "fieldgate/gw/responses");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), broker.port, "", &device("boiler", port, ""));
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+
+    publish(
+        broker.port,
+        COMMANDS,
+        r#"{"id":"c-1","device":"boiler","point":"setpoint","value":22.5}"#,
+    );
+    let ok = answer(&sub, "c-1", &gw);
+    assert_eq!(ok["status"], "ok", "{ok}");
+    assert_eq!(
+        slave.state().units[&1].holding[&10],
+        225,
+        "scale 0.1 undone"
+    );
+
+    publish(
+        broker.port,
+        COMMANDS,
+        r#"{"id":"c-2","device":"boiler","point":"big","value":70000}"#,
+    );
+    assert_eq!(answer(&sub, "c-2", &gw)["status"], "ok");
+    let units = &slave.state().units[&1];
+    assert_eq!(
+        [units.holding[&100], units.holding[&101]],
+        [70_000u32 as u16, 1],
+        "low word first"
+    );
+
+    // A read answers with the value last read from the device.
+    publish(
+        broker.port,
+        COMMANDS,
+        r#"{"id":"c-3","device":"boiler","point":"temperature","action":"read"}"#,
+    );
+    let read = answer(&sub, "c-3", &gw);
+    assert_eq!(
+        (read["status"].as_str(), read["value"].as_f64()),
+        (Some("ok"), Some(21.5)),
+        "{read}"
+    );
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn every_rejection_is_answered_with_its_reason_and_nothing_reaches_the_slave() {
+    let broker = Broker::start();
+    let (slave, port) = slave();
+    let sub = Subscriber::connect(broker.port, "check-reject-cmd", "fieldgate/gw/responses");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), broker.port, "", &device("boiler", port, ""));
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+
+    let cases: [(&str, &str, &str); 8] = [
+        (
+            "r-json",
+            r#"{"id":"r-json","device":"boiler",#"#,
+            "invalid JSON",
+        ),
+        (
+            "r-dev",
+            r#"{"id":"r-dev","device":"furnace","point":"setpoint","value":20}"#,
+            "unknown device `furnace`",
+        ),
+        (
+            "r-pt",
+            r#"{"id":"r-pt","device":"boiler","point":"valve","value":1}"#,
+            "has no point `valve`",
+        ),
+        (
+            "r-ro",
+            r#"{"id":"r-ro","device":"boiler","point":"temperature","value":1}"#,
+            "not writable",
+        ),
+        (
+            "r-max",
+            r#"{"id":"r-max","device":"boiler","point":"setpoint","value":95}"#,
+            "above the point's max 80",
+        ),
+        (
+            "r-type",
+            r#"{"id":"r-type","device":"boiler","point":"setpoint","value":"warm"}"#,
+            "invalid value",
+        ),
+        (
+            "r-field",
+            r#"{"id":"r-field","device":"boiler","point":"setpoint","value":20,"when":"now"}"#,
+            "unknown field `when`",
+        ),
+        (
+            "r-old",
+            r#"{"id":"r-old","device":"boiler","point":"setpoint","value":20,"expires_at":"2020-01-01T00:00:00Z"}"#,
+            "expired at",
+        ),
+    ];
+    for (_, payload, _) in &cases {
+        publish(broker.port, COMMANDS, payload);
+    }
+    let all =
+        |m: &[Message]| m.iter().filter(|m| m.topic.ends_with("/responses")).count() >= cases.len();
+    assert!(
+        sub.wait_until(LONG, all),
+        "{:?}\n{}",
+        responses(&sub),
+        gw.log()
+    );
+    let answers = responses(&sub);
+    for (id, _, reason) in cases {
+        // Invalid JSON has no readable id: its answer carries an empty one.
+        let want = if id == "r-json" { "" } else { id };
+        let a = answers
+            .iter()
+            .find(|a| a["id"] == want)
+            .unwrap_or_else(|| panic!("{id}: {answers:?}"));
+        let status = if id == "r-old" { "expired" } else { "rejected" };
+        assert_eq!(a["status"], status, "{id}: {a}");
+        assert!(a["error"].as_str().unwrap().contains(reason), "{id}: {a}");
+    }
+    assert_eq!(
+        writes(&slave),
+        0,
+        "a rejected command must never reach the device"
+    );
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn a_repeated_id_runs_once_and_is_answered_twice() {
+    let broker = Broker::start();
+    let (slave, port) = slave();
+    let sub = Subscriber::connect(broker.port, "check-twice", "fieldgate/gw/responses");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), broker.port, "", &device("boiler", port, ""));
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+
+    let command = r#"{"id":"once","device":"boiler","point":"setpoint","value":30}"#;
+    publish(broker.port, COMMANDS, command);
+    answer(&sub, "once", &gw);
+    publish(broker.port, COMMANDS, command);
+    let twice = |m: &[Message]| m.iter().filter(|m| m.topic.ends_with("/responses")).count() >= 2;
+    assert!(sub.wait_until(LONG, twice), "{}", gw.log());
+    let answers = responses(&sub);
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0], answers[1], "the same answer, from the journal");
+    assert_eq!(writes(&slave), 1, "executed once");
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn an_unreachable_slave_fails_and_an_answer_survives_a_broker_outage() {
+    let mut broker = Broker::start();
+    let (mut slave, port) = slave();
+    let sub = Subscriber::connect(broker.port, "check-fail", "fieldgate/gw/responses");
+    let dir = tempfile::tempdir().unwrap();
+    // `ghost` is unit 9: the slave never answers it, so its write takes the
+    // whole timeout; the broker goes away meanwhile.
+    let devices = device("boiler", port, "") + &device("ghost", port, "    unit: 9\n");
+    let config = write_config(dir.path(), broker.port, "", &devices);
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+
+    publish(
+        broker.port,
+        COMMANDS,
+        r#"{"id":"slow","device":"ghost","point":"setpoint","value":20}"#,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    broker.stop();
+    assert!(gw.wait_for_log("command slow", LONG), "{}", gw.log());
+    // Answered while the broker was away: not delivered yet, but kept.
+    assert!(
+        responses(&sub).is_empty(),
+        "answered before the outage; the test proves nothing"
+    );
+    broker.restart();
+    let late = answer(&sub, "slow", &gw);
+    assert_eq!(late["status"], "failed", "{late}");
+    assert!(
+        late["error"].as_str().unwrap().contains("no answer"),
+        "{late}"
+    );
+
+    slave.kill();
+    publish(
+        broker.port,
+        COMMANDS,
+        r#"{"id":"dead","device":"boiler","point":"setpoint","value":20}"#,
+    );
+    let dead = answer(&sub, "dead", &gw);
+    assert_eq!(dead["status"], "failed", "{dead}");
+    assert!(!dead["error"].as_str().unwrap().is_empty());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
+    let broker = Broker::start();
+    let (_slave, port) = slave();
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = format!(
+        "  url: mqtt://127.0.0.1:{}\n  protocol: \"5\"\n",
+        broker.port
+    );
+    let config = write_config_mqtt(dir.path(), &mqtt, &device("boiler", port, ""));
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+
+    let port_s = broker.port.to_string();
+    let listener = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port_s,
+            "-V",
+            "mqttv5",
+            "-t",
+            "app/replies/7",
+            "-C",
+            "1",
+            "-W",
+            "30",
+            "-F",
+            "%D|%p",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let status = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port_s,
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            COMMANDS,
+        ])
+        .args(["-D", "publish", "response-topic", "app/replies/7"])
+        .args(["-D", "publish", "correlation-data", "req-42"])
+        .args([
+            "-m",
+            r#"{"id":"v5","device":"boiler","point":"setpoint","value":25}"#,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = listener.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (correlation, payload) = text
+        .trim()
+        .split_once('|')
+        .unwrap_or_else(|| panic!("{text:?}\n{}", gw.log()));
+    assert_eq!(correlation, "req-42");
+    let answer: Value = serde_json::from_str(payload).unwrap();
+    assert_eq!(answer["id"], "v5");
+    assert_eq!(answer["status"], "ok");
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
