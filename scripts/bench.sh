@@ -52,7 +52,7 @@ examples=$PWD/target/release/examples
 work=$(mktemp -d)
 broker_pid=""
 cleanup() {
-    [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
+    if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; fi
     wait 2>/dev/null || true
     rm -rf "$work"
 }
@@ -185,15 +185,25 @@ for i in "${!idle_pids[@]}"; do
     record idle_rss "$(awk -v k="$(value "$(cat "$work/idle$((i + 1)).out")" idle_rss_kb)" 'BEGIN { print k / 1024 }')"
 done
 
-# size FIGURE BINARY STRIP: the binary's size in MB once stripped.
+# size FIGURE STRIP BINARY...: the first BINARY that exists, in MB once
+# stripped (release binaries are stripped already).
 size() {
-    [ -f "$2" ] || return 0
-    local copy=$work/size.bin
-    command -v "$3" >/dev/null && "$3" -o "$copy" "$2" 2>/dev/null || cp "$2" "$copy"
-    record "$1" "$(awk -v b="$(stat -c %s "$copy")" 'BEGIN { print b / 1e6 }')"
+    local figure=$1 strip=$2 binary copy=$work/size.bin
+    shift 2
+    for binary in "$@"; do
+        [ -f "$binary" ] || continue
+        if ! { command -v "$strip" >/dev/null && "$strip" -o "$copy" "$binary" 2>/dev/null; }; then
+            cp "$binary" "$copy"
+        fi
+        record "$figure" "$(awk -v b="$(stat -c %s "$copy")" 'BEGIN { print b / 1e6 }')"
+        return 0
+    done
 }
-size size_x86_64 "$bin" strip
-size size_arm64 target/aarch64-unknown-linux-gnu/release/fieldgate aarch64-linux-gnu-strip
+size size_x86_64 strip "$bin"
+# The arm64 build of scripts/cross-check.sh, or of a plain cargo or cross.
+size size_arm64 aarch64-linux-gnu-strip \
+    "${FIELDGATE_CROSS_TARGET_DIR:-target/cross}/aarch64-unknown-linux-gnu/release/fieldgate" \
+    target/aarch64-unknown-linux-gnu/release/fieldgate
 
 elapsed=$(($(date +%s) - began))
 
