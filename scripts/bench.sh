@@ -4,7 +4,7 @@
 # (median, min, max), also written to BENCHMARKS.md with the date, the
 # machine and the git commit.
 #
-#   scripts/bench.sh                          # about 8 minutes on 2 cores
+#   scripts/bench.sh                          # 4 to 10 minutes on 2 cores
 #   RUNS=5 BACKLOG=200000 scripts/bench.sh    # knobs: see the defaults below
 #
 # The figures, each measured on its own, one after the other:
