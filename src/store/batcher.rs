@@ -11,6 +11,10 @@ use super::{Changes, Command, Outbox, QueueStatus, Row, RowKey, StoreError};
 use crate::config::{Priority, StoreConfig};
 use crate::sources::{Reading, now_ms};
 
+/// Commands handled per wake-up of the store thread, at most: what the
+/// channel holds.
+const DRAIN_AT_ONCE: usize = super::CHANNEL_CAPACITY;
+
 pub(super) struct Batcher {
     outbox: Outbox,
     rx: mpsc::Receiver<Command>,
@@ -75,7 +79,25 @@ impl Batcher {
                     let _ = self.commit();
                 }
                 Some(None) => break, // every handle dropped
-                Some(Some(command)) => self.handle(command),
+                Some(Some(command)) => {
+                    self.handle(command);
+                    // Take what else is queued without parking again, so
+                    // that under load one commit (one fsync) takes all
+                    // that arrived during the last one. Bounded, so that
+                    // the interval still commits.
+                    for _ in 0..DRAIN_AT_ONCE {
+                        let Ok(command) = self.rx.try_recv() else {
+                            break;
+                        };
+                        self.handle(command);
+                    }
+                    // After a failed commit, retry on the interval rather
+                    // than on every message.
+                    let pending = self.readings.len() + self.acks.len() + self.refused.len();
+                    if !self.failing && pending >= self.flush_rows {
+                        let _ = self.commit();
+                    }
+                }
             }
         }
         if self.commit().is_err() {
@@ -147,11 +169,6 @@ impl Batcher {
             Command::Flush(reply) => {
                 let _ = reply.send(self.commit());
             }
-        }
-        // After a failed commit, retry on the interval rather than on every message.
-        let pending = self.readings.len() + self.acks.len() + self.refused.len();
-        if !self.failing && pending >= self.flush_rows {
-            let _ = self.commit();
         }
     }
 

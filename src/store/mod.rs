@@ -3,8 +3,10 @@
 //! One thread owns the SQLite connection. Sources append readings and the
 //! uplink acknowledges rows through a channel; the thread gathers both into
 //! one transaction every `flush_interval` or `flush_rows`, whichever comes
-//! first, so the card sees few, large writes. The uplink reads committed
-//! rows only, and learns about new ones through a watch channel.
+//! first, so the card sees few, large writes. A commit takes whatever is
+//! already queued as well: under load, one fsync serves everything that
+//! arrived during the last one. The uplink reads committed rows only, and
+//! learns about new ones through a watch channel.
 
 mod batcher;
 mod limits;
@@ -25,6 +27,9 @@ pub use schema::SCHEMA_VERSION;
 
 use crate::config::StoreConfig;
 use crate::sources::Reading;
+
+/// Commands (readings, acks, requests) queued for the store thread at most.
+const CHANNEL_CAPACITY: usize = 8_192;
 
 /// Name of the database file inside `gateway.state_dir`.
 pub const DB_FILE: &str = "fieldgate.db";
@@ -93,7 +98,7 @@ impl Store {
     /// within a tokio runtime.
     pub fn open(path: &Path, settings: &StoreConfig) -> Result<(Store, StoreThread), StoreError> {
         let outbox = Outbox::open(path, Limits::from_config(settings))?;
-        let (tx, rx) = mpsc::channel(8_192);
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (committed_tx, committed) = watch::channel(0);
         let batcher = batcher::Batcher::new(outbox, rx, committed_tx, settings);
         let runtime = tokio::runtime::Handle::current();

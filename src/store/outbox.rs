@@ -276,7 +276,9 @@ impl Outbox {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for r in readings {
-                let vals = serde_json::Value::Object(r.values.clone()).to_string();
+                // Serialized in place, not cloned into a Value; a map with
+                // string keys always serializes.
+                let vals = serde_json::to_string(&r.values).unwrap_or_default();
                 insert.execute(params![
                     r.delivery.priority as i64,
                     seq,

@@ -30,6 +30,9 @@ const JOURNAL_WAIT: Duration = Duration::from_secs(10);
 /// Rows fetched per message of room, at most, when devices batch.
 const FETCH_CAP: usize = 5_000;
 
+/// Windows' worth of messages fetched from the store at once.
+const FETCH_AHEAD: usize = 4;
+
 /// One publish waiting for room in the window (or for the throttle).
 enum Message {
     Single(Row),
@@ -194,8 +197,12 @@ impl<'a> Connection<'a> {
             .ok_or(UplinkError::Disconnected)
     }
 
-    /// Fetches rows while there is room, and publishes what the window and
-    /// the throttle allow.
+    /// Publishes what the window and the throttle allow, and keeps a
+    /// window's worth of rows fetched ahead. A slot freed by an ack is
+    /// refilled at once, before the store is asked for more: a link that
+    /// waits for a whole round of acks lets Nagle's algorithm on the
+    /// broker meet our delayed TCP acks, and stalls for 40 ms a round
+    /// (3,000 instead of 50,000 messages/s against a default mosquitto).
     async fn refill(&mut self) -> Result<(), UplinkError> {
         if !self.connected {
             return Ok(());
@@ -203,7 +210,8 @@ impl<'a> Connection<'a> {
         let window = self.settings.max_inflight;
         let now = Instant::now();
         self.close_due_batches(now);
-        if !self.caught_up && self.ready.len() < window && self.flight.outstanding() * 2 <= window {
+        self.publish_ready(now)?;
+        if !self.caught_up && self.ready.len() < window {
             let per_message = self
                 .config
                 .batches
@@ -211,7 +219,7 @@ impl<'a> Connection<'a> {
                 .values()
                 .map(|b| b.max_readings.get() as usize)
                 .max();
-            let limit = (window * per_message.unwrap_or(1))
+            let limit = (FETCH_AHEAD * window * per_message.unwrap_or(1))
                 .min(FETCH_CAP)
                 .max(window);
             let rows = self.store.fetch(self.cursors, limit).await?;
@@ -220,8 +228,13 @@ impl<'a> Connection<'a> {
                 self.cursors[row.priority as usize] = row.seq;
                 self.enqueue(row, now);
             }
+            self.publish_ready(now)?;
         }
-        while self.flight.outstanding() < window && !self.ready.is_empty() {
+        Ok(())
+    }
+
+    fn publish_ready(&mut self, now: Instant) -> Result<(), UplinkError> {
+        while self.flight.outstanding() < self.settings.max_inflight && !self.ready.is_empty() {
             if let Some(t) = self.throttle.as_mut()
                 && t.take(1, now.into_std()) == 0
             {
