@@ -41,7 +41,7 @@ const BROKEN: &str = "\
 gateway:
   id: gw-1
 mqtt:
-  url: mqtt://127.0.0.1:1883
+  url: mqtt://broker.example:1883
   qos: 1
   retain_everything: true
 devices:

@@ -28,6 +28,26 @@ pub trait DeviceSpec {
     }
 }
 
+/// The `DeviceSpec` accessors of the fields every kind of device has
+/// (`name`, `qos`, `priority`, `batch`), for use inside its impl.
+#[macro_export]
+macro_rules! common_device_fields {
+    () => {
+        fn name(&self) -> &$crate::config::Name {
+            &self.name
+        }
+        fn qos(&self) -> Option<$crate::config::Qos> {
+            self.qos
+        }
+        fn priority(&self) -> $crate::config::Priority {
+            self.priority
+        }
+        fn batch(&self) -> Option<&$crate::config::BatchConfig> {
+            self.batch.as_ref()
+        }
+    };
+}
+
 /// A point as commands see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointSpec {

@@ -100,18 +100,7 @@ impl BleDevice {
 }
 
 impl DeviceSpec for BleDevice {
-    fn name(&self) -> &Name {
-        &self.name
-    }
-    fn qos(&self) -> Option<Qos> {
-        self.qos
-    }
-    fn priority(&self) -> Priority {
-        self.priority
-    }
-    fn batch(&self) -> Option<&BatchConfig> {
-        self.batch.as_ref()
-    }
+    crate::common_device_fields!();
     /// The characteristics of a `gatt` device; advertisements have no
     /// points to write (their names come from the decoder).
     fn points(&self) -> Vec<PointSpec> {

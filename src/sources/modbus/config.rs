@@ -350,18 +350,7 @@ impl ModbusPoint {
 }
 
 impl DeviceSpec for ModbusDevice {
-    fn name(&self) -> &Name {
-        &self.name
-    }
-    fn qos(&self) -> Option<Qos> {
-        self.qos
-    }
-    fn priority(&self) -> Priority {
-        self.priority
-    }
-    fn batch(&self) -> Option<&BatchConfig> {
-        self.batch.as_ref()
-    }
+    crate::common_device_fields!();
     fn points(&self) -> Vec<PointSpec> {
         let spec = |p: &ModbusPoint| PointSpec {
             name: p.name.to_string(),

@@ -145,18 +145,7 @@ impl SerialDevice {
 }
 
 impl DeviceSpec for SerialDevice {
-    fn name(&self) -> &Name {
-        &self.name
-    }
-    fn qos(&self) -> Option<Qos> {
-        self.qos
-    }
-    fn priority(&self) -> Priority {
-        self.priority
-    }
-    fn batch(&self) -> Option<&BatchConfig> {
-        self.batch.as_ref()
-    }
+    crate::common_device_fields!();
     /// The points it reads, and those it can be told (a `write` template).
     fn points(&self) -> Vec<PointSpec> {
         let mut names: Vec<&Name> = self.fields.values().map(|f| &f.point).collect();

@@ -35,18 +35,7 @@ impl SimulatedDevice {
 }
 
 impl DeviceSpec for SimulatedDevice {
-    fn name(&self) -> &Name {
-        &self.name
-    }
-    fn qos(&self) -> Option<Qos> {
-        self.qos
-    }
-    fn priority(&self) -> Priority {
-        self.priority
-    }
-    fn batch(&self) -> Option<&BatchConfig> {
-        self.batch.as_ref()
-    }
+    crate::common_device_fields!();
     fn points(&self) -> Vec<PointSpec> {
         let read_only = |p: &SimulatedPoint| PointSpec {
             name: p.name.to_string(),
