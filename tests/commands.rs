@@ -33,6 +33,19 @@ fn slave() -> (Slave, u16) {
     (slave, port)
 }
 
+/// A broker, the slave, a subscriber to the answers, and a connected
+/// gateway with one device, `boiler`.
+fn rig(client: &str) -> (Broker, Slave, Subscriber, tempfile::TempDir, Gateway) {
+    let broker = Broker::start();
+    let (slave, port) = slave();
+    let sub = Subscriber::connect(broker.port, client, "fieldgate/gw/responses");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), broker.port, "", &device("boiler", port, ""));
+    let gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    (broker, slave, sub, dir, gw)
+}
+
 /// Writes (function 5, 6, 15 or 16) the slave received.
 fn writes(slave: &Slave) -> usize {
     slave.seen().iter().filter(|s| s.function >= 5).count()
@@ -61,13 +74,7 @@ fn answer(sub: &Subscriber, id: &str, gw: &Gateway) -> Value {
 
 #[test]
 fn a_write_reaches_the_slave_scaled_and_in_word_order_and_is_answered_ok() {
-    let broker = Broker::start();
-    let (slave, port) = slave();
-    let sub = Subscriber::connect(broker.port, "check-cmd", "fieldgate/gw/responses");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, "", &device("boiler", port, ""));
-    let mut gw = Gateway::start(&config, dir.path());
-    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    let (broker, slave, sub, _dir, mut gw) = rig("check-cmd");
 
     publish(
         broker.port,
@@ -112,13 +119,7 @@ fn a_write_reaches_the_slave_scaled_and_in_word_order_and_is_answered_ok() {
 
 #[test]
 fn every_rejection_is_answered_with_its_reason_and_nothing_reaches_the_slave() {
-    let broker = Broker::start();
-    let (slave, port) = slave();
-    let sub = Subscriber::connect(broker.port, "check-reject-cmd", "fieldgate/gw/responses");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, "", &device("boiler", port, ""));
-    let mut gw = Gateway::start(&config, dir.path());
-    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    let (broker, slave, sub, _dir, mut gw) = rig("check-reject-cmd");
 
     let cases: [(&str, &str, &str); 8] = [
         (
@@ -195,13 +196,7 @@ fn every_rejection_is_answered_with_its_reason_and_nothing_reaches_the_slave() {
 
 #[test]
 fn a_repeated_id_runs_once_and_is_answered_twice() {
-    let broker = Broker::start();
-    let (slave, port) = slave();
-    let sub = Subscriber::connect(broker.port, "check-twice", "fieldgate/gw/responses");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, "", &device("boiler", port, ""));
-    let mut gw = Gateway::start(&config, dir.path());
-    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    let (broker, slave, sub, _dir, mut gw) = rig("check-twice");
 
     let command = r#"{"id":"once","device":"boiler","point":"setpoint","value":30}"#;
     publish(broker.port, COMMANDS, command);
