@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use fieldgate::config::{Priority, Qos};
+use fieldgate::reading::{Priority, Qos};
 use fieldgate::store::Outbox;
 use fieldgate::uplink::payload::{self, Topics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use fieldgate::config::Qos;
+use fieldgate::reading::Qos;
 use fieldgate::store::{Changes, Limits, Outbox};
 
 #[derive(Parser)]
@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
     let devices = common::devices(10, args.qos);
     let mut outbox = Outbox::open(&args.db, Limits::default())?;
     let start = Instant::now();
-    let first_ts = fieldgate::sources::now_ms() - args.rows as i64;
+    let first_ts = fieldgate::clock::Clock::system().now_ms() - args.rows as i64;
     let mut done = 0;
     while done < args.rows {
         let n = args.batch.min(args.rows - done);
@@ -46,7 +46,7 @@ fn main() -> anyhow::Result<()> {
             readings: &readings,
             ..Changes::default()
         };
-        outbox.commit(&changes, fieldgate::sources::now_ms())?;
+        outbox.commit(&changes, fieldgate::clock::Clock::system().now_ms())?;
         done += n;
     }
     let seconds = start.elapsed().as_secs_f64();

@@ -15,9 +15,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use fieldgate::config::{Qos, StoreConfig};
+use fieldgate::clock::Clock;
+use fieldgate::config::StoreConfig;
 use fieldgate::health::Health;
-use fieldgate::sources::{Ingest, now_ms};
+use fieldgate::reading::Qos;
+use fieldgate::sources::Ingest;
 use fieldgate::store::{self, Store};
 
 #[derive(Parser)]
@@ -35,7 +37,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (store, thread) = Store::open(&store::db_path(&args.dir), &StoreConfig::default())?;
+    let (store, thread) = Store::open(
+        &store::db_path(&args.dir),
+        &StoreConfig::default(),
+        Clock::system(),
+    )?;
     let ingest = Ingest::new(store.clone(), Health::new());
     let per_device = args.readings / args.devices;
     let start = Instant::now();
@@ -44,7 +50,9 @@ async fn main() -> anyhow::Result<()> {
         let ingest = ingest.clone();
         tasks.spawn(async move {
             for _ in 0..per_device {
-                ingest.append(device.reading(now_ms())).await?;
+                ingest
+                    .append(device.reading(ingest.clock().now_ms()))
+                    .await?;
             }
             anyhow::Ok(())
         });

@@ -10,6 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::commands::Commands;
 use crate::config::{self, BatchConfig, Config};
 use crate::health::Health;
@@ -42,7 +43,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
 
     let path = store::db_path(&local.gateway.state_dir);
     let (store, store_thread) =
-        Store::open(&path, &local.store).map_err(|source| RunError::Store {
+        Store::open(&path, &local.store, Clock::system()).map_err(|source| RunError::Store {
             path: path.display().to_string(),
             source,
         })?;
@@ -182,7 +183,7 @@ impl Gateway {
                 let cached = RemoteConfig {
                     version: new.version.clone(),
                     text,
-                    at_ms: crate::sources::now_ms(),
+                    at_ms: self.store.clock().now_ms(),
                 };
                 match self.store.save_remote_config(cached).await {
                     Ok(()) => {
@@ -204,6 +205,7 @@ impl Gateway {
             &version,
             outcome.as_ref().map(|_| ()).map_err(String::as_str),
             &running,
+            self.store.clock().now_ms(),
         );
         self.state.send_replace(Some(body));
     }

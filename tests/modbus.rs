@@ -421,7 +421,9 @@ fn writes_encode_values_and_use_functions_5_6_and_16() {
     rt.block_on(async {
         let path = dir.path().join("state").join("fieldgate.db");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let (store, thread) = fieldgate::store::Store::open(&path, &config.store).unwrap();
+        let (store, thread) =
+            fieldgate::store::Store::open(&path, &config.store, fieldgate::clock::Clock::system())
+                .unwrap();
         let ingest =
             fieldgate::sources::Ingest::new(store.clone(), fieldgate::health::Health::new());
         let cancel = tokio_util::sync::CancellationToken::new();

@@ -330,8 +330,9 @@ mod writes {
 
     use std::time::Duration;
 
-    use fieldgate::config::{DeviceConfig, Qos, load_str};
+    use fieldgate::config::{DeviceConfig, load_str};
     use fieldgate::health::Health;
+    use fieldgate::reading::Qos;
     use fieldgate::sources::Ingest;
     use fieldgate::sources::serial::{self, SerialHandle, WriteError};
     use fieldgate::store::Store;
@@ -365,7 +366,12 @@ mod writes {
             panic!("not a serial device");
         };
         let delivery = config.devices[0].delivery(Qos::AtLeastOnce);
-        let (store, _thread) = Store::open(&dir.join("fieldgate.db"), &config.store).unwrap();
+        let (store, _thread) = Store::open(
+            &dir.join("fieldgate.db"),
+            &config.store,
+            fieldgate::clock::Clock::system(),
+        )
+        .unwrap();
         let ingest = Ingest::new(store.clone(), Health::new());
         let handle = serial::spawn(device, delivery, &ingest, cancel, tasks);
         (handle, store)

@@ -3,9 +3,10 @@
 //! sine temperature and a constant setpoint), built with the simulated
 //! source's own signal code.
 
-use fieldgate::config::{Delivery, Duration, Name, Priority, Qos};
-use fieldgate::sources::simulated::{Signal, SimulatedPoint};
-use fieldgate::sources::{Quality, Reading};
+use fieldgate::config::Duration;
+use fieldgate::config::simulated::{Signal, SimulatedPoint};
+use fieldgate::reading::{Delivery, Name, Priority, Qos};
+use fieldgate::reading::{Quality, Reading};
 use serde_json::{Map, Value};
 
 /// One simulated device: its name and points.

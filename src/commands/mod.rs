@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 
 use message::{Action, Refusal};
 
-use crate::config::{CommandsConfig, DeviceConfig, Priority, Qos};
+use crate::config::{CommandsConfig, DeviceConfig};
 use crate::health::Health;
-use crate::sources::{Sources, now_ms};
+use crate::reading::{Priority, Qos};
+use crate::sources::Sources;
 use crate::store::{Journaled, Message, Store};
 use crate::uplink::CommandIn;
 use crate::uplink::payload::timestamp;
@@ -105,7 +106,8 @@ impl Commands {
                             "command {} seen before: answered again, not run",
                             command.id
                         );
-                        self.send(command.id, response, reply).await;
+                        let now_ms = self.store.clock().now_ms();
+                        self.send(command.id, response, reply, now_ms).await;
                         return;
                     }
                     Journaled::Unanswered => {
@@ -118,7 +120,7 @@ impl Commands {
             }
         }
         let max_age = self.settings.max_age.get().as_millis() as i64;
-        let point = match message::check(&command, devices, now_ms(), max_age) {
+        let point = match message::check(&command, devices, self.store.clock().now_ms(), max_age) {
             Ok(point) => point,
             Err(refusal) => {
                 let outcome = match refusal {
@@ -164,11 +166,13 @@ impl Commands {
     }
 
     async fn answer(&self, id: String, outcome: Outcome, reply: Reply) {
-        self.send(id.clone(), response(&id, &outcome), reply).await;
+        let now_ms = self.store.clock().now_ms();
+        self.send(id.clone(), response(&id, &outcome, now_ms), reply, now_ms)
+            .await;
     }
 
     /// Keeps the answer in the journal and queues it, in one transaction.
-    async fn send(&self, id: String, payload: String, reply: Reply) {
+    async fn send(&self, id: String, payload: String, reply: Reply, now_ms: i64) {
         let message = Message {
             source: SOURCE.into(),
             topic: reply.topic,
@@ -176,7 +180,7 @@ impl Commands {
             correlation: reply.correlation,
             qos: Qos::AtLeastOnce,
             priority: Priority::High,
-            ts_ms: now_ms(),
+            ts_ms: now_ms,
         };
         if let Err(e) = self.store.answer_command(id.clone(), message).await {
             tracing::error!("the answer to command {id} could not be stored: {e}");
@@ -185,14 +189,14 @@ impl Commands {
 }
 
 /// `{"id":"c-17","status":"ok"|"rejected"|"failed"|"expired","error":"…","value":…,"ts":"…"}`
-fn response(id: &str, outcome: &Outcome) -> String {
+fn response(id: &str, outcome: &Outcome, now_ms: i64) -> String {
     let (status, error) = match outcome {
         Outcome::Ok(_) => ("ok", None),
         Outcome::Rejected(why) => ("rejected", Some(why)),
         Outcome::Failed(why) => ("failed", Some(why)),
         Outcome::Expired(why) => ("expired", Some(why)),
     };
-    let mut body = json!({ "id": id, "status": status, "ts": timestamp(now_ms()) });
+    let mut body = json!({ "id": id, "status": status, "ts": timestamp(now_ms) });
     if let Some(error) = error {
         body["error"] = error.as_str().into();
     }

@@ -1,14 +1,15 @@
 //! The `devices:` list: one entry per device, its `kind` naming the source
-//! that owns it. Each kind's settings live beside its source
-//! (`sources/<kind>/config.rs`); this file only lists the kinds.
+//! that owns it. Each kind's settings have a file of their own beside this
+//! one (`modbus.rs`, `serial.rs`, `ble.rs`, `simulated.rs`); this file only
+//! lists the kinds.
 
 use serde::Deserialize;
 
-use super::{Bounded, ByteSize, Duration, Name, Priority, Qos, yaml};
-use crate::sources::ble::BleDevice;
-use crate::sources::modbus::ModbusDevice;
-use crate::sources::serial::SerialDevice;
-use crate::sources::simulated::SimulatedDevice;
+use super::ble::BleDevice;
+use super::modbus::ModbusDevice;
+use super::serial::SerialDevice;
+use super::simulated::SimulatedDevice;
+use super::{Bounded, ByteSize, Delivery, Duration, Name, Priority, Qos, yaml};
 
 /// What every kind of device has, whatever else it has.
 pub trait DeviceSpec {
@@ -33,13 +34,13 @@ pub trait DeviceSpec {
 #[macro_export]
 macro_rules! common_device_fields {
     () => {
-        fn name(&self) -> &$crate::config::Name {
+        fn name(&self) -> &$crate::reading::Name {
             &self.name
         }
-        fn qos(&self) -> Option<$crate::config::Qos> {
+        fn qos(&self) -> Option<$crate::reading::Qos> {
             self.qos
         }
-        fn priority(&self) -> $crate::config::Priority {
+        fn priority(&self) -> $crate::reading::Priority {
             self.priority
         }
         fn batch(&self) -> Option<&$crate::config::BatchConfig> {
@@ -169,11 +170,4 @@ impl DeviceConfig {
     pub(super) fn problems(&self) -> Vec<(String, String)> {
         self.spec().problems()
     }
-}
-
-/// How a device's readings travel: MQTT QoS and store priority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivery {
-    pub qos: Qos,
-    pub priority: Priority,
 }

@@ -336,7 +336,7 @@ impl Config {
                 push(format!("devices[{i}].{below}"), message);
             }
         }
-        for (path, message) in crate::sources::shared_problems(&self.devices) {
+        for (path, message) in super::modbus::shared_problems(&self.devices) {
             push(path, message);
         }
         found

@@ -1,25 +1,30 @@
 //! The gateway's configuration: typed sections, and the loader that turns a
 //! YAML file (plus `FIELDGATE__…` environment overrides) into them.
 //!
-//! Every source keeps the config of its devices beside its code
-//! (`sources/<kind>/config.rs`); this module holds the sections shared by
-//! the whole gateway and the names, QoS and priorities every device has.
+//! Each device kind's settings have a file here (`modbus.rs`, `serial.rs`,
+//! `ble.rs`, `simulated.rs`) beside the sections shared by the whole
+//! gateway, so that everything the YAML can say is checked in one layer,
+//! below the sources that act on it.
 
+pub mod ble;
 mod device;
 mod load;
+pub mod modbus;
 mod mqtt;
+pub mod serial;
+pub mod simulated;
 pub mod units;
 pub mod yaml;
 
-use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::sources::ble::BleConfig;
+use crate::reading::{Delivery, Name, Priority, Qos};
+pub use ble::BleConfig;
 
 pub use device::{
-    BatchConfig, DEVICE_KINDS, Delivery, DeviceConfig, DeviceSpec, PointSpec, duplicate_names,
+    BatchConfig, DEVICE_KINDS, DeviceConfig, DeviceSpec, PointSpec, duplicate_names,
     duplicate_point_names,
 };
 pub use load::{ConfigError, Problem, load, load_remote, load_str};
@@ -180,98 +185,6 @@ pub struct LogConfig {
     pub level: Option<String>,
 }
 
-/// MQTT quality of service, written 0, 1 or 2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Qos {
-    AtMostOnce = 0,
-    AtLeastOnce = 1,
-    ExactlyOnce = 2,
-}
-
-impl Qos {
-    pub fn from_u8(v: u8) -> Option<Qos> {
-        match v {
-            0 => Some(Qos::AtMostOnce),
-            1 => Some(Qos::AtLeastOnce),
-            2 => Some(Qos::ExactlyOnce),
-            _ => None,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Qos {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = u64::deserialize(d)?;
-        u8::try_from(v).ok().and_then(Qos::from_u8).ok_or_else(|| {
-            serde::de::Error::invalid_value(serde::de::Unexpected::Unsigned(v), &"0, 1 or 2")
-        })
-    }
-}
-
-/// Which readings leave first when a backlog drains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    High = 0,
-    #[default]
-    Normal = 1,
-    Low = 2,
-}
-
-impl Priority {
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
-
-    pub fn from_rank(rank: i64) -> Option<Priority> {
-        Priority::ALL.into_iter().find(|p| *p as i64 == rank)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
-        }
-    }
-}
-
-/// A device or point name: `[a-z0-9_-]+`, at most 64 characters, so it is
-/// safe as an MQTT topic segment and a JSON key without escaping.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Name(String);
-
-impl Name {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn parse(text: &str) -> Result<Name, String> {
-        let ok = !text.is_empty()
-            && text.len() <= 64
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if ok {
-            Ok(Name(text.to_owned()))
-        } else {
-            Err(format!(
-                "invalid name `{text}`, expected 1 to 64 characters of a-z, 0-9, `_` or `-`"
-            ))
-        }
-    }
-}
-
-impl fmt::Display for Name {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Name {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Name::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
 /// A piece of an MQTT topic: no wildcards, no `/` at either end, not empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSegment(String);
@@ -318,19 +231,6 @@ impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX>
                 serde::de::Unexpected::Unsigned(v),
                 &format!("an integer from {MIN} to {MAX}").as_str(),
             ))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_topic_safe() {
-        assert!(Name::parse("boiler_01-a").is_ok());
-        for bad in ["", "Boiler", "a/b", "a b", "#", &"x".repeat(65)] {
-            assert!(Name::parse(bad).is_err(), "{bad}");
         }
     }
 }

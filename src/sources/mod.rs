@@ -12,7 +12,7 @@ mod supervisor;
 
 pub use supervisor::{Change, Sources};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -20,48 +20,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::config::{Delivery, DeviceConfig, Name, Qos};
+use crate::clock::Clock;
+use crate::config::{BleConfig, DeviceConfig};
 use crate::health::{DeviceHealth, Health};
+use crate::reading::{Name, Qos, Quality, Reading};
 use crate::store::{Store, StoreError};
-
-/// One sample of a device: the values of its points at one instant.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reading {
-    pub device: Name,
-    /// Milliseconds since the Unix epoch, UTC.
-    pub ts_ms: i64,
-    /// Point name → value (number, bool or string).
-    pub values: Map<String, Value>,
-    pub quality: Quality,
-    /// Why the quality is bad (a timeout, an exception code, …).
-    pub error: Option<String>,
-    pub delivery: Delivery,
-}
-
-/// Whether the values can be trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quality {
-    Good = 0,
-    Bad = 1,
-}
-
-impl Quality {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Quality::Good => "good",
-            Quality::Bad => "bad",
-        }
-    }
-
-    pub fn from_code(code: i64) -> Quality {
-        if code == 0 {
-            Quality::Good
-        } else {
-            Quality::Bad
-        }
-    }
-}
-
 /// Where sources put readings: the store's append queue, counted.
 #[derive(Clone)]
 pub struct Ingest {
@@ -86,15 +49,15 @@ impl Ingest {
         self.store.append(reading).await
     }
 
+    /// The clock that stamps readings.
+    pub fn clock(&self) -> &Clock {
+        self.store.clock()
+    }
+
     /// The counters of one device, for its source to update.
     pub fn device_health(&self, device: &Name) -> Arc<DeviceHealth> {
         self.health.device(device.as_str())
     }
-}
-
-/// Now, in milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
 }
 
 /// Devices that share hardware form a group (one serial port, one RS-485
@@ -168,7 +131,7 @@ impl PointWriter {
 pub fn spawn_group(
     devices: &[DeviceConfig],
     default_qos: Qos,
-    ble: &ble::BleConfig,
+    ble: &BleConfig,
     ingest: &Ingest,
     cancel: &CancellationToken,
 ) -> Group {
@@ -206,9 +169,4 @@ pub fn spawn_group(
         writers.insert(device.clone(), PointWriter::Modbus(bus.clone()));
     }
     Group { tasks, writers }
-}
-
-/// Checks that span devices, as (path, message).
-pub fn shared_problems(devices: &[DeviceConfig]) -> Vec<(String, String)> {
-    modbus::shared_problems(devices)
 }

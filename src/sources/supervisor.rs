@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_util::sync::CancellationToken;
 
-use super::ble::BleConfig;
 use super::{Group, Ingest, PointWriter, group_key, spawn_group};
-use crate::config::{DeviceConfig, Qos};
+use crate::config::{BleConfig, DeviceConfig};
+use crate::reading::Qos;
 
 struct Running {
     devices: Vec<DeviceConfig>,

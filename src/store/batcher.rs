@@ -8,8 +8,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::limits::Evicted;
 use super::{Changes, Command, Outbox, QueueStatus, Row, RowKey, StoreError};
-use crate::config::{Priority, StoreConfig};
-use crate::sources::{Reading, now_ms};
+use crate::clock::Clock;
+use crate::config::StoreConfig;
+use crate::reading::{Priority, Reading};
 
 /// Commands handled per wake-up of the store thread, at most: what the
 /// channel holds.
@@ -19,6 +20,7 @@ pub(super) struct Batcher {
     outbox: Outbox,
     rx: mpsc::Receiver<Command>,
     committed: watch::Sender<u64>,
+    clock: Clock,
     flush_interval: Duration,
     flush_rows: usize,
     memory_buffer: usize,
@@ -45,11 +47,13 @@ impl Batcher {
         rx: mpsc::Receiver<Command>,
         committed: watch::Sender<u64>,
         settings: &StoreConfig,
+        clock: Clock,
     ) -> Batcher {
         Batcher {
             outbox,
             rx,
             committed,
+            clock,
             flush_interval: settings.flush_interval.get(),
             flush_rows: settings.flush_rows.get() as usize,
             memory_buffer: settings.memory_buffer.get() as usize,
@@ -151,7 +155,11 @@ impl Batcher {
                 retention_ms,
                 reply,
             } => {
-                let _ = reply.send(self.outbox.journal_command(&id, now_ms(), retention_ms));
+                let _ = reply.send(self.outbox.journal_command(
+                    &id,
+                    self.clock.now_ms(),
+                    retention_ms,
+                ));
             }
             Command::Answer(id, answer, reply) => {
                 let result = self.outbox.answer_command(&id, &answer);
@@ -263,7 +271,7 @@ impl Batcher {
                 refused: &self.refused,
                 dropped: &self.dropped,
             },
-            now_ms(),
+            self.clock.now_ms(),
         )?;
         self.note_evictions(&report.evicted);
         let inserted = !self.readings.is_empty();

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, params};
 
-use crate::config::{Priority, StoreConfig};
+use crate::config::StoreConfig;
+use crate::reading::Priority;
 
 /// Readings dropped, per device.
 pub type Evicted = BTreeMap<String, u64>;

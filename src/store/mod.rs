@@ -25,8 +25,9 @@ pub use outbox::{
 };
 pub use schema::SCHEMA_VERSION;
 
+use crate::clock::Clock;
 use crate::config::StoreConfig;
-use crate::sources::Reading;
+use crate::reading::Reading;
 
 /// Commands (readings, acks, requests) queued for the store thread at most.
 const CHANNEL_CAPACITY: usize = 8_192;
@@ -79,6 +80,7 @@ enum Command {
 pub struct Store {
     tx: mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
+    clock: Clock,
 }
 
 /// Joins the store thread: the last batch is committed when every handle
@@ -95,12 +97,17 @@ impl StoreThread {
 
 impl Store {
     /// Opens the database and starts the store thread. Must be called from
-    /// within a tokio runtime.
-    pub fn open(path: &Path, settings: &StoreConfig) -> Result<(Store, StoreThread), StoreError> {
+    /// within a tokio runtime. `clock` stamps what the store dates (commits,
+    /// ages, the journal) and is handed to everyone who holds the store.
+    pub fn open(
+        path: &Path,
+        settings: &StoreConfig,
+        clock: Clock,
+    ) -> Result<(Store, StoreThread), StoreError> {
         let outbox = Outbox::open(path, Limits::from_config(settings))?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (committed_tx, committed) = watch::channel(0);
-        let batcher = batcher::Batcher::new(outbox, rx, committed_tx, settings);
+        let batcher = batcher::Batcher::new(outbox, rx, committed_tx, settings, clock.clone());
         let runtime = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
             .name("fieldgate-store".into())
@@ -109,7 +116,14 @@ impl Store {
                 path: "store thread".into(),
                 source,
             })?;
-        Ok((Store { tx, committed }, StoreThread(thread)))
+        Ok((
+            Store {
+                tx,
+                committed,
+                clock,
+            },
+            StoreThread(thread),
+        ))
     }
 
     /// Queues a reading for the next commit; waits when the queue is full.
@@ -195,6 +209,11 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// The gateway's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// Changes (the value counts commits) whenever new rows are committed.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
@@ -208,8 +227,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Bounded, Delivery, Duration, Name, Priority, Qos};
-    use crate::sources::{Quality, Reading};
+    use crate::config::{Bounded, Duration};
+    use crate::reading::{Delivery, Name, Priority, Qos};
+    use crate::reading::{Quality, Reading};
 
     fn reading(v: f64) -> Reading {
         let mut values = serde_json::Map::new();
@@ -239,7 +259,8 @@ mod tests {
     #[tokio::test]
     async fn delivered_rows_never_hide_the_rows_behind_them() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, thread) = Store::open(&dir.path().join("s.db"), &lazy()).unwrap();
+        let (store, thread) =
+            Store::open(&dir.path().join("s.db"), &lazy(), Clock::system()).unwrap();
         for v in 0..5 {
             store.append(reading(v.into())).await.unwrap();
         }
@@ -271,7 +292,7 @@ mod tests {
     async fn dropping_every_handle_commits_the_last_batch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
-        let (store, thread) = Store::open(&path, &lazy()).unwrap();
+        let (store, thread) = Store::open(&path, &lazy(), Clock::system()).unwrap();
         store.append(reading(1.0)).await.unwrap();
         store.append(reading(2.0)).await.unwrap();
         drop(store);

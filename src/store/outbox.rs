@@ -14,8 +14,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::limits::{self, Evicted, Limits};
 use super::{recover, schema};
-use crate::config::{Priority, Qos};
-use crate::sources::{Quality, Reading};
+use crate::reading::{Priority, Qos};
+use crate::reading::{Quality, Reading};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -612,7 +612,7 @@ fn next_seq(conn: &Connection) -> Result<i64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Delivery, Name};
+    use crate::reading::{Delivery, Name};
 
     fn reading(device: &str, priority: Priority, qos: Qos, v: f64) -> Reading {
         let mut values = serde_json::Map::new();

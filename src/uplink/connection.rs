@@ -9,14 +9,14 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::inflight::{Inflight, Tracked};
 use super::link::{self, Event, Link, Refusal};
 use super::throttle::Throttle;
 use super::{Channels, CommandIn, LinkLog, Settings, UplinkError, credentials, payload, tls};
-use crate::config::{BatchConfig, BrokerUrl, Protocol, Qos};
+use crate::backoff::Backoff;
+use crate::config::{BatchConfig, BrokerUrl, Protocol};
 use crate::health::Health;
-use crate::sources::now_ms;
+use crate::reading::Qos;
 use crate::store::{Row, RowKey, Store, StoreError};
 
 /// A link is declared dead after this many keep-alive periods of silence.
@@ -270,7 +270,7 @@ impl<'a> Connection<'a> {
             .or_insert_with(|| OpenBatch {
                 rows: Vec::new(),
                 bytes: 2,
-                due: due(&row, &config, now),
+                due: due(&row, &config, now, self.store.clock().now_ms()),
             });
         batch.bytes += size;
         batch.rows.push(row);
@@ -557,8 +557,8 @@ impl<'a> Connection<'a> {
 
 /// When a batch starting with `row` must go: `max_delay` after the reading
 /// was taken, and never later than `max_delay` from now.
-fn due(row: &Row, config: &BatchConfig, now: Instant) -> Instant {
+fn due(row: &Row, config: &BatchConfig, now: Instant, now_ms: i64) -> Instant {
     let delay = config.max_delay.get();
-    let age = Duration::from_millis((now_ms() - row.ts_ms).max(0) as u64);
+    let age = Duration::from_millis((now_ms - row.ts_ms).max(0) as u64);
     now + delay.saturating_sub(age)
 }

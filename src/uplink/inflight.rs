@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::config::Qos;
+use crate::reading::Qos;
 use crate::store::RowKey;
 
 /// A message whose delivery we track.
@@ -143,7 +143,7 @@ fn pop(map: &mut HashMap<u16, VecDeque<Tracked>>, pkid: u16) -> Option<Tracked> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Priority;
+    use crate::reading::Priority;
 
     fn row(seq: i64, qos: Qos) -> Tracked {
         Tracked::Rows(key(seq), qos)

@@ -12,7 +12,8 @@ use rumqttc::v5::mqttbytes::v5 as v5b;
 use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
-use crate::config::{BrokerUrl, Protocol, Qos};
+use crate::config::{BrokerUrl, Protocol};
+use crate::reading::Qos;
 
 /// Everything one connection attempt needs.
 pub struct Options<'a> {

@@ -8,7 +8,6 @@
 //! buys the guarantee: nothing committed is lost, whatever rumqttc drops
 //! on a reconnect.
 
-pub(crate) mod backoff;
 mod connection;
 mod credentials;
 mod inflight;
@@ -24,11 +23,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use backoff::Backoff;
 use connection::Connection;
 pub use payload::ConfigInfo;
 use payload::Topics;
 
+use crate::backoff::Backoff;
 use crate::config::{BatchConfig, BrokerUrl, Config, Credentials, Protocol, TlsConfig};
 use crate::health::Health;
 use crate::store::{Store, StoreError};

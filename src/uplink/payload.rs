@@ -79,13 +79,18 @@ pub struct ConfigInfo {
 
 /// The retained `P/config/state`: the outcome of the last configuration
 /// received, and which one runs.
-pub fn config_state(version: &str, outcome: Result<(), &str>, running: &ConfigInfo) -> String {
+pub fn config_state(
+    version: &str,
+    outcome: Result<(), &str>,
+    running: &ConfigInfo,
+    now_ms: i64,
+) -> String {
     let mut body = json!({
         "version": version,
         "status": if outcome.is_ok() { "applied" } else { "rejected" },
         "running_version": running.version,
         "running_origin": running.origin.as_str(),
-        "ts": timestamp(jiff::Timestamp::now().as_millisecond()),
+        "ts": timestamp(now_ms),
     });
     if let Err(error) = outcome {
         body["error"] = error.into();
@@ -135,9 +140,9 @@ pub fn offline() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Priority, Qos};
     use crate::health::Health;
-    use crate::sources::Quality;
+    use crate::reading::Quality;
+    use crate::reading::{Priority, Qos};
 
     #[test]
     fn telemetry_payload_matches_the_design() {
@@ -186,7 +191,7 @@ mod tests {
             origin: Origin::Remote,
         };
         let ok: serde_json::Value =
-            serde_json::from_str(&config_state("v7", Ok(()), &running)).unwrap();
+            serde_json::from_str(&config_state("v7", Ok(()), &running, 0)).unwrap();
         assert_eq!(
             (ok["status"].as_str(), ok.get("error")),
             (Some("applied"), None)
@@ -195,6 +200,7 @@ mod tests {
             "v8",
             Err("devices[0].poll: invalid"),
             &running,
+            0,
         ))
         .unwrap();
         assert_eq!(bad["status"], "rejected");

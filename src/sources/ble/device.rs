@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use super::BleDevice;
 use super::decode::DecodeError;
-use crate::config::{Delivery, Duration as ConfigDuration, Name};
+use crate::config::Duration as ConfigDuration;
+use crate::config::ble::BleDevice;
 use crate::health::DeviceHealth;
-use crate::sources::{Ingest, Quality, Reading, now_ms};
+use crate::reading::{Delivery, Name};
+use crate::reading::{Quality, Reading};
+use crate::sources::Ingest;
 use crate::store::StoreError;
 
 pub struct DeviceState {
@@ -136,7 +138,7 @@ impl DeviceState {
     pub fn reading(&self, values: Map<String, Value>, error: Option<String>) -> Reading {
         Reading {
             device: self.name.clone(),
-            ts_ms: now_ms(),
+            ts_ms: self.ingest.clock().now_ms(),
             values,
             quality: if error.is_some() {
                 Quality::Bad
@@ -158,8 +160,9 @@ impl DeviceState {
 mod tests {
     use super::*;
     use crate::config::DeviceConfig;
-    use crate::config::{Priority, Qos, load_str};
+    use crate::config::load_str;
     use crate::health::Health;
+    use crate::reading::{Priority, Qos};
     use crate::store::Store;
 
     fn device(extra: &str) -> BleDevice {
@@ -185,7 +188,12 @@ mod tests {
             .build()
             .unwrap();
         let _entered = runtime.enter();
-        let (store, _thread) = Store::open(&dir.path().join("t.db"), &Default::default()).unwrap();
+        let (store, _thread) = Store::open(
+            &dir.path().join("t.db"),
+            &Default::default(),
+            crate::clock::Clock::system(),
+        )
+        .unwrap();
         let health = Health::new();
         let ingest = Ingest::new(store, health.clone());
         let delivery = Delivery {

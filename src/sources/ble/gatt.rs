@@ -15,10 +15,10 @@ use super::adapter::explain;
 use super::decode::value;
 use super::device::DeviceState;
 use super::write::{Requests, WriteError, WriteRequest};
-use super::{BleDevice, Characteristic, Mode};
-use crate::config::Delivery;
+use crate::backoff::Backoff;
+use crate::config::ble::{BleDevice, Characteristic, Mode};
+use crate::reading::Delivery;
 use crate::sources::Ingest;
-use crate::uplink::backoff::Backoff;
 
 /// Connecting or discovering services longer than this fails the attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -9,7 +9,6 @@
 //! every `ble.retry_interval`; other sources are not affected.
 
 mod adapter;
-pub mod config;
 pub mod decode;
 mod device;
 mod gatt;
@@ -17,15 +16,14 @@ pub mod scan;
 mod scanner;
 mod write;
 
-pub use config::{BleConfig, BleDevice, Characteristic, Decoder, Endian, Mode, ValueType};
-
 pub use write::{GattHandle, WriteError};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Ingest;
-use crate::config::Delivery;
+use crate::config::ble::{BleConfig, BleDevice, Decoder};
+use crate::reading::Delivery;
 
 /// Starts the scanner of the adapter (and the connections of `gatt`
 /// devices) in `tasks`, until cancelled; returns the write handles of the

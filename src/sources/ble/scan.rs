@@ -10,8 +10,8 @@ use btleplug::platform::Manager;
 use futures::StreamExt;
 
 use super::adapter::{self, explain};
-use super::config::{BleUuid, MacAddress};
 use super::decode;
+use crate::config::ble::{BleUuid, MacAddress};
 
 /// One nearby device.
 #[derive(Debug, Clone)]

@@ -17,8 +17,8 @@ use super::decode::{self, DecodeError, Decoded};
 use super::device::DeviceState;
 use super::gatt::{self, Signal};
 use super::write::Requests;
-use super::{BleConfig, BleDevice};
-use crate::config::Delivery;
+use crate::config::ble::{BleConfig, BleDevice};
+use crate::reading::Delivery;
 use crate::sources::Ingest;
 
 /// How long an unmatched peripheral is not looked up again (its name may
@@ -411,7 +411,7 @@ impl Scanner {
 /// The address in a BlueZ peripheral id such as `hci0/dev_A4_C1_38_12_34_56`.
 fn address_in_id(id: &str) -> Option<[u8; 6]> {
     let dev = id.rsplit('/').next()?.strip_prefix("dev_")?;
-    super::config::MacAddress::parse(dev.get(..17)?.replace('_', ":").as_str()).map(|m| m.0)
+    crate::config::ble::MacAddress::parse(dev.get(..17)?.replace('_', ":").as_str()).map(|m| m.0)
 }
 
 #[cfg(test)]

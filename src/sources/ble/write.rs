@@ -8,7 +8,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::decode::value;
-use super::{BleDevice, Characteristic};
+use crate::config::ble::{BleDevice, Characteristic};
 
 /// How long a write may wait for the connection (which may be down, or
 /// reconnecting) before it fails.

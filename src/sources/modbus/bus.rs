@@ -12,14 +12,15 @@ use tokio::time::{Instant, sleep_until};
 use tokio_modbus::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
-use super::config::ModbusDevice;
 use super::link::{Failure, Link};
 use super::plan::{Block, plan};
 use super::publish::{Outcome, Publisher};
 use super::value::{Layout, Raw, RegisterKind, Write};
-use crate::config::Delivery;
+use crate::config::modbus::ModbusDevice;
 use crate::health::DeviceHealth;
-use crate::sources::{Ingest, Reading, now_ms};
+use crate::reading::Delivery;
+use crate::reading::Reading;
+use crate::sources::Ingest;
 
 /// Why a point write did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -214,7 +215,7 @@ impl Poller {
 
     /// Polls, publishes what is due, and logs a change of fault.
     async fn poll_and_publish(&mut self, link: &mut Link, ingest: &Ingest) -> bool {
-        let ts_ms = now_ms();
+        let ts_ms = ingest.clock().now_ms();
         let outcomes = self.poll(link).await;
         let publication = self.publisher.publish(outcomes, Instant::now());
         let fault = self.publisher.fault().map(str::to_owned);

@@ -17,8 +17,8 @@ use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, ProtocolError, Request, Response, Slave};
 
-use super::config::{Parity, RtuPort, TcpEndpoint};
-use crate::uplink::backoff::Backoff;
+use crate::backoff::Backoff;
+use crate::config::modbus::{Parity, RtuPort, TcpEndpoint};
 
 /// Where a bus is.
 #[derive(Debug, Clone, PartialEq, Eq)]

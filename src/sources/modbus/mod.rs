@@ -9,7 +9,6 @@
 //! polls.
 
 mod bus;
-mod config;
 mod link;
 pub mod plan;
 pub mod publish;
@@ -24,11 +23,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use bus::{BusHandle, WriteError};
-pub use config::{ModbusDevice, ModbusPoint, Parity, RtuPort, TcpEndpoint};
 pub use link::Endpoint;
 
+use self::plan::Limits;
+use self::value::Layout;
 use super::Ingest;
-use crate::config::{Delivery, DeviceConfig, Qos};
+use crate::config::DeviceConfig;
+use crate::config::modbus::{ModbusDevice, ModbusPoint};
+use crate::reading::{Delivery, Qos};
 
 /// Writes to the points of every Modbus device, by device name.
 #[derive(Clone, Default)]
@@ -58,6 +60,40 @@ impl ModbusDevice {
             (Some(rtu), _) => Some(Endpoint::Rtu(rtu.clone())),
             (None, Some(tcp)) => Some(Endpoint::Tcp(tcp.clone())),
             (None, None) => None,
+        }
+    }
+
+    /// Request coalescing settings.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_gap: self.max_gap,
+            max_registers: self.max_registers.get() as u16,
+            max_bits: self.max_bits.get() as u16,
+        }
+    }
+
+    /// The points with defaults resolved and 0-based addresses.
+    pub fn layouts(&self) -> Vec<Layout> {
+        self.points
+            .iter()
+            .map(|p| p.layout(self.address_base.get()))
+            .collect()
+    }
+}
+
+impl ModbusPoint {
+    /// This point's layout, its address made 0-based (`base` is 0 or 1).
+    pub fn layout(&self, base: u64) -> Layout {
+        Layout {
+            register: self.register,
+            address: self.protocol_address(base),
+            value_type: self.value_type(),
+            length: self.length.unwrap_or(1),
+            word_order: self.word_order.unwrap_or_default(),
+            byte_order: self.byte_order.unwrap_or_default(),
+            bit: self.bit,
+            scale: self.scale.unwrap_or(1.0),
+            offset: self.offset.unwrap_or(0.0),
         }
     }
 }
@@ -132,28 +168,38 @@ pub fn spawn(
     writers
 }
 
-/// Checks across devices, as (path, message): devices that share a serial
-/// port must agree on its line settings.
-pub fn shared_problems(devices: &[DeviceConfig]) -> Vec<(String, String)> {
-    let mut found = Vec::new();
-    let mut first_on_port: HashMap<&str, (usize, &RtuPort)> = HashMap::new();
-    for (i, device) in devices.iter().enumerate() {
-        let DeviceConfig::Modbus(ModbusDevice { rtu: Some(rtu), .. }) = device else {
-            continue;
+#[cfg(test)]
+mod tests {
+    use super::value::{Order, RegisterKind, ValueType};
+    use crate::config::{DeviceConfig, load_str};
+
+    const HEAD: &str = "gateway: { id: gw }\nmqtt: { url: \"mqtt://127.0.0.1:1883\" }\ndevices:\n";
+
+    #[test]
+    fn defaults_and_a_one_based_map() {
+        let text = format!(
+            "{HEAD}  - name: m\n    kind: modbus\n    tcp: {{ host: 127.0.0.1 }}\n    address_base: 1\n    points:\n      - {{ name: v, register: holding, address: 40, type: f32, word_order: little }}\n      - {{ name: on, register: input, address: 1, bit: 3 }}\n"
+        );
+        let config = load_str(&text, "f.yaml").unwrap();
+        let DeviceConfig::Modbus(m) = &config.devices[0] else {
+            panic!("a modbus device");
         };
-        match first_on_port.get(rtu.port.as_str()) {
-            None => {
-                first_on_port.insert(&rtu.port, (i, rtu));
-            }
-            Some((first, settings)) if *settings != rtu => found.push((
-                format!("devices[{i}].rtu"),
-                format!(
-                    "{} is already used by devices[{first}] with other settings; devices on one port share baud, parity, data_bits and stop_bits",
-                    rtu.port
-                ),
-            )),
-            Some(_) => {}
-        }
+        assert_eq!((m.unit, m.tcp.as_ref().unwrap().port), (1, 502));
+        assert_eq!(
+            (m.poll.to_string(), m.timeout.to_string()),
+            ("5s".into(), "1s".into())
+        );
+        assert_eq!(m.retries.get(), 1);
+        let layouts = m.layouts();
+        assert_eq!(
+            (layouts[0].address, layouts[0].word_order),
+            (39, Order::Little)
+        );
+        assert_eq!(layouts[0].register, RegisterKind::Holding);
+        assert_eq!(
+            (layouts[1].value_type, layouts[1].bit),
+            (ValueType::Bool, Some(3))
+        );
+        assert_eq!(layouts[1].address, 0);
     }
-    found
 }

@@ -4,11 +4,7 @@
 //! registers or 2000 bits per request (or a lower device limit).
 
 use super::value::{Layout, RegisterKind};
-
-/// The protocol's ceilings: a read returns at most 125 registers (function
-/// 3 and 4) or 2000 bits (function 1 and 2).
-pub const MAX_REGISTERS: u16 = 125;
-pub const MAX_BITS: u16 = 2000;
+pub use crate::config::modbus::{MAX_BITS, MAX_REGISTERS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

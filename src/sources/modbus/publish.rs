@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::sources::Quality;
+use crate::reading::Quality;
 
 /// One poll's result for one point: its value, or why it has none.
 pub type Outcome = Result<Value, String>;

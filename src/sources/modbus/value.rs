@@ -2,78 +2,9 @@
 //! that every type, word order and byte order is tested without a device,
 //! and arbitrary words from the wire can be fuzzed.
 
-use serde::Deserialize;
 use serde_json::{Number, Value};
 
-/// The four Modbus data tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegisterKind {
-    /// Read-write bits (functions 1, 5, 15).
-    Coil,
-    /// Read-only bits (function 2).
-    Discrete,
-    /// Read-only 16-bit registers (function 4).
-    Input,
-    /// Read-write 16-bit registers (functions 3, 6, 16).
-    Holding,
-}
-
-impl RegisterKind {
-    pub fn is_bits(self) -> bool {
-        matches!(self, RegisterKind::Coil | RegisterKind::Discrete)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RegisterKind::Coil => "coil",
-            RegisterKind::Discrete => "discrete",
-            RegisterKind::Input => "input",
-            RegisterKind::Holding => "holding",
-        }
-    }
-}
-
-/// How the words of a point are read as a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ValueType {
-    Bool,
-    U16,
-    I16,
-    U32,
-    I32,
-    U64,
-    I64,
-    F32,
-    F64,
-    String,
-}
-
-impl ValueType {
-    /// Registers a value of this type takes (`String`: see `length`).
-    pub fn words(self) -> u16 {
-        match self {
-            ValueType::Bool | ValueType::U16 | ValueType::I16 | ValueType::String => 1,
-            ValueType::U32 | ValueType::I32 | ValueType::F32 => 2,
-            ValueType::U64 | ValueType::I64 | ValueType::F64 => 4,
-        }
-    }
-
-    pub fn is_numeric(self) -> bool {
-        !matches!(self, ValueType::Bool | ValueType::String)
-    }
-}
-
-/// Which comes first: the most significant part (`big`) or the least
-/// significant one (`little`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Order {
-    #[default]
-    Big,
-    Little,
-}
+pub use crate::config::modbus::{Order, RegisterKind, ValueType};
 
 /// Where a point lives and how its raw words become a value: a point of the
 /// configuration with every default resolved and the address made 0-based.

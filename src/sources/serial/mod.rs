@@ -11,12 +11,7 @@
 //! read in progress.
 
 pub mod codec;
-mod config;
 pub mod parse;
-mod template;
-
-pub use config::{Field, FlowControl, Format, Parity, Pattern, SerialDevice, TimeFormat};
-pub use template::WriteTemplate;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,10 +30,12 @@ use tokio_util::sync::CancellationToken;
 
 use self::codec::{Frame, LineCodec};
 use self::parse::{BadLine, LineParser};
-use super::{Ingest, Quality, Reading, now_ms};
-use crate::config::{Delivery, Name};
+use super::Ingest;
+use crate::backoff::Backoff;
+use crate::config::serial::{FlowControl, Parity, SerialDevice, WriteTemplate};
 use crate::health::DeviceHealth;
-use crate::uplink::backoff::Backoff;
+use crate::reading::{Delivery, Name};
+use crate::reading::{Quality, Reading};
 
 /// First and longest wait before reopening a port that failed.
 const REOPEN_MIN: Duration = Duration::from_millis(200);
@@ -336,7 +333,7 @@ impl PortTask {
         };
         let reading = Reading {
             device: self.device.name.clone(),
-            ts_ms: parsed.ts_ms.unwrap_or_else(now_ms),
+            ts_ms: parsed.ts_ms.unwrap_or_else(|| self.ingest.clock().now_ms()),
             values: parsed.values,
             quality: Quality::Good,
             error: None,

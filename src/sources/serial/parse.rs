@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value};
 
-use super::config::{Field, Format, SerialDevice, TimeFormat, TimestampField};
+use crate::config::serial::{Field, Format, SerialDevice, TimeFormat, TimestampField};
 
 /// Why a line was skipped.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -302,7 +302,7 @@ fn timestamp(raw: Raw<'_>, format: TimeFormat) -> Result<Option<i64>, BadLine> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Name;
+    use crate::reading::Name;
     use proptest::prelude::*;
     use serde_json::json;
 

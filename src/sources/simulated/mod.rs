@@ -1,18 +1,16 @@
 //! Simulated devices: sine, ramp, random and constant signals at a fixed
 //! poll interval. The demo and the test suite's load generator.
 
-mod config;
 mod signal;
-
-pub use config::{SimulatedDevice, SimulatedPoint};
-pub use signal::Signal;
 
 use serde_json::{Map, Value};
 use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
-use super::{Ingest, Quality, Reading, now_ms};
-use crate::config::Delivery;
+use super::Ingest;
+use crate::config::simulated::SimulatedDevice;
+use crate::reading::Delivery;
+use crate::reading::{Quality, Reading};
 
 /// Emits one reading per `poll` until cancelled (or `count` readings are out).
 pub async fn run(
@@ -30,7 +28,7 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let ts_ms = now_ms();
+        let ts_ms = ingest.clock().now_ms();
         let values: Map<String, Value> = device
             .points
             .iter()

@@ -1,18 +1,7 @@
 //! Signal shapes as pure functions of wall-clock time, so a restarted
 //! gateway continues the same curve.
 
-use serde::Deserialize;
-
-use super::SimulatedPoint;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Signal {
-    Sine,
-    Ramp,
-    Random,
-    Constant,
-}
+use crate::config::simulated::{Signal, SimulatedPoint};
 
 impl SimulatedPoint {
     /// The value of this point at `ts_ms`.
@@ -35,7 +24,8 @@ impl SimulatedPoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Duration, Name};
+    use crate::config::Duration;
+    use crate::reading::Name;
 
     fn point(signal: Signal) -> SimulatedPoint {
         SimulatedPoint {

@@ -13,7 +13,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::config::{BleUuid, Decoder};
+use crate::config::ble::{BleUuid, Decoder};
 
 /// Service data UUID of BTHome.
 pub const BTHOME_UUID: BleUuid = BleUuid::from_u16(0xFCD2);

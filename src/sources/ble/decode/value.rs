@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::{DecodeError, error};
-use crate::sources::ble::config::{Characteristic, Endian, ValueType};
+use crate::config::ble::{Characteristic, Endian, ValueType};
 
 impl ValueType {
     pub fn size(self) -> usize {
@@ -108,8 +108,8 @@ pub fn encode(c: &Characteristic, value: f64) -> Result<Vec<u8>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Name;
-    use crate::sources::ble::config::{BleUuid, Mode};
+    use crate::config::ble::{BleUuid, Mode};
+    use crate::reading::Name;
     use serde_json::json;
 
     fn characteristic(value_type: ValueType, endian: Endian) -> Characteristic {

@@ -2,10 +2,18 @@
 
 use serde::Deserialize;
 
-use super::Signal;
-use crate::config::{
-    BatchConfig, DeviceSpec, Duration, Name, PointSpec, Priority, Qos, duplicate_point_names,
-};
+use crate::config::{BatchConfig, DeviceSpec, Duration, PointSpec, duplicate_point_names};
+use crate::reading::{Name, Priority, Qos};
+
+/// The shape of a simulated point's values over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    Sine,
+    Ramp,
+    Random,
+    Constant,
+}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,13 +1,17 @@
 //! The YAML of a `kind: serial` device.
 
+mod template;
+
+pub use template::WriteTemplate;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, de::value::MapAccessDeserializer};
 
-use super::template::WriteTemplate;
-use crate::config::{BatchConfig, Bounded, DeviceSpec, Duration, Name, PointSpec, Priority, Qos};
+use crate::config::{BatchConfig, Bounded, DeviceSpec, Duration, PointSpec};
+use crate::reading::{Name, Priority, Qos};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

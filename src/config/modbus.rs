@@ -1,14 +1,14 @@
 //! The YAML of a `kind: modbus` device: where it is (an RTU port or a TCP
 //! endpoint), how it is polled, and its register map.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 
-use super::plan::{Limits, MAX_BITS, MAX_REGISTERS};
-use super::value::{Layout, Order, RegisterKind, ValueType};
 use crate::config::{
-    BatchConfig, Bounded, DeviceSpec, Duration, Name, PointSpec, Priority, Qos,
-    duplicate_point_names,
+    BatchConfig, Bounded, DeviceConfig, DeviceSpec, Duration, PointSpec, duplicate_point_names,
 };
+use crate::reading::{Name, Priority, Qos};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,23 +176,6 @@ impl ModbusDevice {
     fn default_heartbeat() -> Duration {
         Duration::from_secs(300)
     }
-
-    /// Request coalescing settings.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_gap: self.max_gap,
-            max_registers: self.max_registers.get() as u16,
-            max_bits: self.max_bits.get() as u16,
-        }
-    }
-
-    /// The points with defaults resolved and 0-based addresses.
-    pub fn layouts(&self) -> Vec<Layout> {
-        self.points
-            .iter()
-            .map(|p| p.layout(self.address_base.get()))
-            .collect()
-    }
 }
 
 impl RtuPort {
@@ -222,19 +205,18 @@ impl ModbusPoint {
         }
     }
 
-    /// This point's layout, its address made 0-based (`base` is 0 or 1).
-    pub fn layout(&self, base: u64) -> Layout {
+    /// The 0-based protocol address (`base` is 0 or 1).
+    pub fn protocol_address(&self, base: u64) -> u16 {
         let address = u64::from(self.address).saturating_sub(base);
-        Layout {
-            register: self.register,
-            address: u16::try_from(address).unwrap_or(u16::MAX),
-            value_type: self.value_type(),
-            length: self.length.unwrap_or(1),
-            word_order: self.word_order.unwrap_or_default(),
-            byte_order: self.byte_order.unwrap_or_default(),
-            bit: self.bit,
-            scale: self.scale.unwrap_or(1.0),
-            offset: self.offset.unwrap_or(0.0),
+        u16::try_from(address).unwrap_or(u16::MAX)
+    }
+
+    /// Registers (or bits) the point spans.
+    pub fn width(&self) -> u16 {
+        match self.value_type() {
+            _ if self.register.is_bits() => 1,
+            ValueType::String => self.length.unwrap_or(1).max(1),
+            t => t.words(),
         }
     }
 
@@ -289,7 +271,6 @@ impl ModbusPoint {
             }
         }
         let base = device.address_base.get();
-        let layout = self.layout(base);
         let limit = if bits {
             device.max_bits.get()
         } else {
@@ -297,7 +278,7 @@ impl ModbusPoint {
         };
         if u64::from(self.address) < base {
             found.push(("address", format!("must be at least {base} (address_base)")));
-        } else if u64::from(layout.address) + u64::from(layout.width()) > 1 << 16 {
+        } else if u64::from(self.protocol_address(base)) + u64::from(self.width()) > 1 << 16 {
             found.push((
                 "address",
                 format!(
@@ -305,12 +286,12 @@ impl ModbusPoint {
                 ),
             ));
         }
-        if u64::from(layout.width()) > limit {
+        if u64::from(self.width()) > limit {
             found.push((
                 "length",
                 format!(
                     "{} registers do not fit one request (max_registers: {limit})",
-                    layout.width()
+                    self.width()
                 ),
             ));
         }
@@ -420,10 +401,110 @@ impl DeviceSpec for ModbusDevice {
     }
 }
 
+/// The protocol's ceilings: a read returns at most 125 registers (function
+/// 3 and 4) or 2000 bits (function 1 and 2).
+pub const MAX_REGISTERS: u16 = 125;
+pub const MAX_BITS: u16 = 2000;
+
+/// The four Modbus data tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegisterKind {
+    /// Read-write bits (functions 1, 5, 15).
+    Coil,
+    /// Read-only bits (function 2).
+    Discrete,
+    /// Read-only 16-bit registers (function 4).
+    Input,
+    /// Read-write 16-bit registers (functions 3, 6, 16).
+    Holding,
+}
+
+impl RegisterKind {
+    pub fn is_bits(self) -> bool {
+        matches!(self, RegisterKind::Coil | RegisterKind::Discrete)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegisterKind::Coil => "coil",
+            RegisterKind::Discrete => "discrete",
+            RegisterKind::Input => "input",
+            RegisterKind::Holding => "holding",
+        }
+    }
+}
+
+/// How the words of a point are read as a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    String,
+}
+
+impl ValueType {
+    /// Registers a value of this type takes (`String`: see `length`).
+    pub fn words(self) -> u16 {
+        match self {
+            ValueType::Bool | ValueType::U16 | ValueType::I16 | ValueType::String => 1,
+            ValueType::U32 | ValueType::I32 | ValueType::F32 => 2,
+            ValueType::U64 | ValueType::I64 | ValueType::F64 => 4,
+        }
+    }
+
+    pub fn is_numeric(self) -> bool {
+        !matches!(self, ValueType::Bool | ValueType::String)
+    }
+}
+
+/// Which comes first: the most significant part (`big`) or the least
+/// significant one (`little`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Big,
+    Little,
+}
+
+/// Checks across devices, as (path, message): devices that share a serial
+/// port must agree on its line settings.
+pub fn shared_problems(devices: &[DeviceConfig]) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut first_on_port: HashMap<&str, (usize, &RtuPort)> = HashMap::new();
+    for (i, device) in devices.iter().enumerate() {
+        let DeviceConfig::Modbus(ModbusDevice { rtu: Some(rtu), .. }) = device else {
+            continue;
+        };
+        match first_on_port.get(rtu.port.as_str()) {
+            None => {
+                first_on_port.insert(&rtu.port, (i, rtu));
+            }
+            Some((first, settings)) if *settings != rtu => found.push((
+                format!("devices[{i}].rtu"),
+                format!(
+                    "{} is already used by devices[{first}] with other settings; devices on one port share baud, parity, data_bits and stop_bits",
+                    rtu.port
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
-    use crate::config::{ConfigError, DeviceConfig, load_str};
-    use crate::sources::modbus::value::{Order, RegisterKind, ValueType};
+    use crate::config::{ConfigError, load_str};
 
     const HEAD: &str = "gateway: { id: gw }\nmqtt: { url: \"mqtt://127.0.0.1:1883\" }\ndevices:\n";
 
@@ -435,34 +516,6 @@ mod tests {
                 .collect(),
             other => panic!("expected problems, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn defaults_and_a_one_based_map() {
-        let text = format!(
-            "{HEAD}  - name: m\n    kind: modbus\n    tcp: {{ host: 127.0.0.1 }}\n    address_base: 1\n    points:\n      - {{ name: v, register: holding, address: 40, type: f32, word_order: little }}\n      - {{ name: on, register: input, address: 1, bit: 3 }}\n"
-        );
-        let config = load_str(&text, "f.yaml").unwrap();
-        let DeviceConfig::Modbus(m) = &config.devices[0] else {
-            panic!("a modbus device");
-        };
-        assert_eq!((m.unit, m.tcp.as_ref().unwrap().port), (1, 502));
-        assert_eq!(
-            (m.poll.to_string(), m.timeout.to_string()),
-            ("5s".into(), "1s".into())
-        );
-        assert_eq!(m.retries.get(), 1);
-        let layouts = m.layouts();
-        assert_eq!(
-            (layouts[0].address, layouts[0].word_order),
-            (39, Order::Little)
-        );
-        assert_eq!(layouts[0].register, RegisterKind::Holding);
-        assert_eq!(
-            (layouts[1].value_type, layouts[1].bit),
-            (ValueType::Bool, Some(3))
-        );
-        assert_eq!(layouts[1].address, 0);
     }
 
     #[test]

@@ -4,9 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config::{
-    BatchConfig, DeviceSpec, Duration, Name, PointSpec, Priority, Qos, duplicate_names,
-};
+use crate::config::{BatchConfig, DeviceSpec, Duration, PointSpec, duplicate_names};
+use crate::reading::{Name, Priority, Qos};
 
 /// `ble:` at the top of the file: the Bluetooth adapter that scans for
 /// every BLE device.
