@@ -9,20 +9,26 @@
 //! learns about new ones through a watch channel.
 
 mod batcher;
+mod dead_letters;
+mod error;
+mod journal;
 mod limits;
 mod outbox;
+mod queries;
 mod recover;
+mod remote_config;
 mod schema;
 
 use std::path::{Path, PathBuf};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use error::StoreError;
+pub use journal::{Journaled, Message};
 pub use limits::{Evicted, Limits};
-pub use outbox::{
-    Changes, CommitReport, DeviceStats, Journaled, Message, Outbox, RemoteConfig, Row, RowKey,
-    StoreError, Totals,
-};
+pub use outbox::{Changes, CommitReport, Outbox, Row, RowKey, Totals};
+pub use queries::DeviceStats;
+pub use remote_config::RemoteConfig;
 pub use schema::SCHEMA_VERSION;
 
 use crate::clock::Clock;

@@ -1,4 +1,6 @@
-//! The SQLite outbox: the only code that speaks SQL.
+//! The SQLite outbox: the readings (and answers) waiting for the broker.
+//! With its neighbours (`dead_letters.rs`, `journal.rs`,
+//! `remote_config.rs`, `queries.rs`), the only code that speaks SQL.
 //!
 //! Rows live in one table clustered by `(priority, seq)`, so "the oldest
 //! rows of the highest priority" is a range read and no secondary index
@@ -7,60 +9,14 @@
 //! table has been emptied. Row and byte totals are kept by triggers, so
 //! opening a store of a million rows reads a few pages, not the table.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::limits::{self, Evicted, Limits};
-use super::{recover, schema};
+use super::{StoreError, dead_letters, recover, schema};
 use crate::reading::{Priority, Qos};
 use crate::reading::{Quality, Reading};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("cannot create the state directory {path}: {source}")]
-    StateDir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the store is damaged: {0}")]
-    Corrupt(String),
-    #[error("cannot move the damaged store {path} aside: {source}")]
-    MoveAside {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "the store has schema version {found}, newer than this binary's {}: upgrade fieldgate or move the store aside",
-        schema::SCHEMA_VERSION
-    )]
-    NewerSchema { found: i64 },
-    #[error("the store has no tables yet")]
-    Uninitialized,
-    #[error(
-        "the store has schema version {found}, older than this binary's {}: start the gateway once to upgrade it",
-        schema::SCHEMA_VERSION
-    )]
-    OlderSchema { found: i64 },
-    #[error("the store is shut down")]
-    Closed,
-}
-
-impl StoreError {
-    /// The disk refused a write for lack of space.
-    pub fn is_disk_full(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DiskFull
-        )
-    }
-}
 
 /// A stored reading, ready to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,19 +60,9 @@ pub struct Totals {
     pub bytes: u64,
 }
 
-/// One line of `queue stats`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeviceStats {
-    pub device: String,
-    pub priority: Priority,
-    pub rows: u64,
-    pub bytes: u64,
-    pub oldest_ts_ms: i64,
-}
-
 pub struct Outbox {
-    conn: Connection,
-    next_seq: i64,
+    pub(super) conn: Connection,
+    pub(super) next_seq: i64,
     limits: Limits,
     recovered_from: Option<PathBuf>,
 }
@@ -144,42 +90,6 @@ impl Default for Changes<'_> {
         }
     }
 }
-
-/// A message for the outbox that is not a reading: an answer to a command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// Shown where a device's name would be (`queue stats`, `peek`).
-    pub source: String,
-    pub topic: String,
-    pub payload: String,
-    pub correlation: Option<Vec<u8>>,
-    pub qos: Qos,
-    pub priority: Priority,
-    pub ts_ms: i64,
-}
-
-/// What the journal knows of a command id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Journaled {
-    /// First seen now: execute it.
-    New,
-    /// Seen before, answered with this response.
-    Answered(String),
-    /// Seen before, never answered (the gateway stopped while it ran).
-    Unanswered,
-}
-
-/// A remote configuration as received: its version and text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteConfig {
-    pub version: String,
-    pub text: String,
-    /// When it was applied, in milliseconds since the epoch.
-    pub at_ms: i64,
-}
-
-/// Dead letters kept at most; the oldest go first.
-const MAX_DEAD_LETTERS: i64 = 10_000;
 
 /// What one commit did besides appending.
 #[derive(Debug, Default, PartialEq)]
@@ -299,22 +209,7 @@ impl Outbox {
             if seq != self.next_seq {
                 tx.execute("UPDATE meta SET value = ?1 WHERE key = 'next_seq'", [seq])?;
             }
-            let mut dead = tx.prepare_cached(
-                "INSERT OR IGNORE INTO dead_letter
-                 SELECT seq, priority, qos, ts_ms, device, quality, vals, error, ?3, ?4
-                 FROM outbox WHERE priority = ?1 AND seq = ?2",
-            )?;
-            for (key, reason) in refused {
-                dead.execute(params![key.priority as i64, key.seq, reason, now_ms])?;
-                delete.execute(params![key.priority as i64, key.seq])?;
-            }
-            if !refused.is_empty() {
-                // The dead letters keep the newest MAX_DEAD_LETTERS rows.
-                tx.prepare_cached(
-                    "DELETE FROM dead_letter WHERE seq <= (SELECT seq FROM dead_letter ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
-                )?
-                .execute([MAX_DEAD_LETTERS])?;
-            }
+            dead_letters::bury(&tx, refused, now_ms)?;
             limits::record(&tx, dropped)?;
             report.evicted = limits::enforce(&tx, &self.limits, now_ms)?;
         }
@@ -360,25 +255,6 @@ impl Outbox {
         })
     }
 
-    /// Rows, bytes and oldest reading per device and priority. Reads the
-    /// whole table: for the `queue` command, not the daemon's hot path.
-    pub fn device_stats(&self) -> Result<Vec<DeviceStats>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT device, priority, count(*), sum(length(vals) + length(device) + 32), min(ts_ms)
-             FROM outbox GROUP BY device, priority ORDER BY priority, device",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(DeviceStats {
-                device: r.get(0)?,
-                priority: Priority::from_rank(r.get(1)?).unwrap_or(Priority::Low),
-                rows: r.get::<_, i64>(2)?.max(0) as u64,
-                bytes: r.get::<_, i64>(3)?.max(0) as u64,
-                oldest_ts_ms: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     /// Readings dropped by limits or a full disk since the store was
     /// created, per device.
     pub fn evictions(&self) -> Result<Evicted, StoreError> {
@@ -389,180 +265,9 @@ impl Outbox {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Rows the broker refused, per device.
-    pub fn dead_letters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT device, count(*) FROM dead_letter GROUP BY device ORDER BY device",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The newest dead letters: (seq, device, reason), newest first.
-    pub fn dead_letter_reasons(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(i64, String, String)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, device, reason FROM dead_letter ORDER BY seq DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Records command `id` as received, unless it was seen before; prunes
-    /// entries older than `retention_ms`. One transaction, on disk when
-    /// this returns: only then may the broker get its ack.
-    pub fn journal_command(
-        &mut self,
-        id: &str,
-        now_ms: i64,
-        retention_ms: i64,
-    ) -> Result<Journaled, StoreError> {
-        let tx = self.conn.transaction()?;
-        let seen: Option<Option<String>> = tx
-            .query_row(
-                "SELECT response FROM command_journal WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let outcome = match seen {
-            Some(Some(response)) => Journaled::Answered(response),
-            Some(None) => Journaled::Unanswered,
-            None => {
-                tx.execute(
-                    "INSERT INTO command_journal (id, received_ms) VALUES (?1, ?2)",
-                    params![id, now_ms],
-                )?;
-                Journaled::New
-            }
-        };
-        tx.execute(
-            "DELETE FROM command_journal WHERE received_ms < ?1",
-            [now_ms - retention_ms],
-        )?;
-        tx.commit()?;
-        Ok(outcome)
-    }
-
-    /// Records the answer to command `id` and queues it, in one
-    /// transaction: an answer is never lost, nor sent without being kept.
-    pub fn answer_command(&mut self, id: &str, answer: &Message) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "UPDATE command_journal SET response = ?2 WHERE id = ?1",
-            params![id, answer.payload],
-        )?;
-        tx.execute(
-            "INSERT INTO outbox (priority, seq, qos, ts_ms, device, quality, vals, topic, correlation)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8)",
-            params![
-                answer.priority as i64,
-                self.next_seq,
-                answer.qos as i64,
-                answer.ts_ms,
-                answer.source,
-                answer.payload,
-                answer.topic,
-                answer.correlation
-            ],
-        )?;
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
-            [self.next_seq + 1],
-        )?;
-        tx.commit()?;
-        self.next_seq += 1;
-        Ok(())
-    }
-
-    /// The cached remote configuration, if one was applied.
-    pub fn remote_config(&self) -> Result<Option<RemoteConfig>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT version, text, at_ms FROM config_cache WHERE slot = 'devices'",
-                [],
-                |r| {
-                    Ok(RemoteConfig {
-                        version: r.get(0)?,
-                        text: r.get(1)?,
-                        at_ms: r.get(2)?,
-                    })
-                },
-            )
-            .optional()?)
-    }
-
-    /// Replaces the cached remote configuration (one transaction).
-    pub fn save_remote_config(&mut self, config: &RemoteConfig) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO config_cache (slot, version, text, at_ms) VALUES ('devices', ?1, ?2, ?3)",
-            params![config.version, config.text, config.at_ms],
-        )?;
-        Ok(())
-    }
-
-    /// Forgets the remote configuration; returns whether there was one.
-    pub fn clear_remote_config(&mut self) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM config_cache WHERE slot = 'devices'", [])?
-            > 0)
-    }
-
     /// Bytes of the database file in use.
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
         Ok(limits::used_bytes(&self.conn)?)
-    }
-
-    /// The next `limit` rows the uplink would send, optionally of one device.
-    pub fn peek(&self, limit: usize, device: Option<&str>) -> Result<Vec<Row>, StoreError> {
-        let mut rows = Vec::new();
-        for priority in Priority::ALL {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, qos, ts_ms, device, quality, vals, error, topic, correlation FROM outbox
-                 WHERE priority = ?1 AND (?2 IS NULL OR device = ?2) ORDER BY seq LIMIT ?3",
-            )?;
-            let found = stmt.query_map(
-                params![priority as i64, device, (limit - rows.len()) as i64],
-                |r| row(r, priority),
-            )?;
-            for r in found {
-                rows.push(r?);
-            }
-            if rows.len() >= limit {
-                break;
-            }
-        }
-        Ok(rows)
-    }
-
-    /// Rows of `device` (all when `None`) taken before `before_ms` (any time
-    /// when `None`): what `purge` would delete.
-    pub fn count(&self, device: Option<&str>, before_ms: Option<i64>) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT count(*) FROM outbox WHERE (?1 IS NULL OR device = ?1) AND (?2 IS NULL OR ts_ms < ?2)",
-            params![device, before_ms],
-            |r| r.get(0),
-        )?;
-        Ok(n.max(0) as u64)
-    }
-
-    /// Deletes the rows of `device` (all devices when `None`) taken before
-    /// `before_ms` (any time when `None`). Not counted as evictions: a
-    /// person asked for it.
-    pub fn purge(
-        &mut self,
-        device: Option<&str>,
-        before_ms: Option<i64>,
-    ) -> Result<usize, StoreError> {
-        let deleted = self.conn.execute(
-            "DELETE FROM outbox WHERE (?1 IS NULL OR device = ?1) AND (?2 IS NULL OR ts_ms < ?2)",
-            params![device, before_ms],
-        )?;
-        Ok(deleted)
     }
 
     /// Moves the WAL back into the database file (at clean shutdown).
@@ -579,7 +284,7 @@ const READ_NEXT_SEQ: &str = "SELECT value FROM meta WHERE key = 'next_seq'";
 const READ_MAX_SEQ: &str = "SELECT max(seq) FROM outbox WHERE priority = ?1";
 const READ_META: &str = "SELECT value FROM meta WHERE key = ?1";
 
-fn row(r: &rusqlite::Row<'_>, priority: Priority) -> rusqlite::Result<Row> {
+pub(super) fn row(r: &rusqlite::Row<'_>, priority: Priority) -> rusqlite::Result<Row> {
     Ok(Row {
         seq: r.get(0)?,
         priority,
@@ -610,11 +315,11 @@ fn next_seq(conn: &Connection) -> Result<i64, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::reading::{Delivery, Name};
 
-    fn reading(device: &str, priority: Priority, qos: Qos, v: f64) -> Reading {
+    pub(crate) fn reading(device: &str, priority: Priority, qos: Qos, v: f64) -> Reading {
         let mut values = serde_json::Map::new();
         values.insert("v".into(), v.into());
         Reading {
@@ -627,11 +332,11 @@ mod tests {
         }
     }
 
-    fn open(dir: &tempfile::TempDir, limits: Limits) -> Outbox {
+    pub(crate) fn open(dir: &tempfile::TempDir, limits: Limits) -> Outbox {
         Outbox::open(&dir.path().join("s.db"), limits).unwrap()
     }
 
-    fn append(store: &mut Outbox, readings: &[Reading]) -> CommitReport {
+    pub(crate) fn append(store: &mut Outbox, readings: &[Reading]) -> CommitReport {
         store
             .commit(
                 &Changes {
@@ -643,7 +348,7 @@ mod tests {
             .unwrap()
     }
 
-    fn seqs(rows: &[Row]) -> Vec<i64> {
+    pub(crate) fn seqs(rows: &[Row]) -> Vec<i64> {
         rows.iter().map(|r| r.seq).collect()
     }
 
@@ -829,135 +534,6 @@ mod tests {
         assert_eq!(newest.last().unwrap().seq, 4_000);
     }
 
-    #[test]
-    fn refused_rows_move_to_the_dead_letters_with_their_reason() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(&dir, Limits::default());
-        let batch = [
-            reading("secret", Priority::Normal, Qos::AtLeastOnce, 1.0),
-            reading("open", Priority::Normal, Qos::AtLeastOnce, 2.0),
-        ];
-        append(&mut store, &batch);
-        let refused = [(
-            RowKey {
-                priority: Priority::Normal,
-                seq: 1,
-            },
-            "0x87 not authorized".to_owned(),
-        )];
-        store
-            .commit(
-                &Changes {
-                    refused: &refused,
-                    ..Changes::default()
-                },
-                5,
-            )
-            .unwrap();
-        assert_eq!(seqs(&store.peek(10, None).unwrap()), [2]);
-        assert_eq!(
-            store.dead_letters().unwrap(),
-            BTreeMap::from([("secret".into(), 1)])
-        );
-        assert_eq!(
-            store.dead_letter_reasons(5).unwrap(),
-            [(1, "secret".to_owned(), "0x87 not authorized".to_owned())]
-        );
-        assert_eq!(store.totals().unwrap().rows, 1);
-    }
-
-    #[test]
-    fn the_remote_configuration_is_cached_replaced_and_cleared() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(&dir, Limits::default());
-        assert_eq!(store.remote_config().unwrap(), None);
-        let first = RemoteConfig {
-            version: "v1".into(),
-            text: "devices: []".into(),
-            at_ms: 1,
-        };
-        store.save_remote_config(&first).unwrap();
-        let second = RemoteConfig {
-            version: "v2".into(),
-            text: "devices: [x]".into(),
-            at_ms: 2,
-        };
-        store.save_remote_config(&second).unwrap();
-        drop(store);
-        let mut store = open(&dir, Limits::default());
-        assert_eq!(store.remote_config().unwrap(), Some(second));
-        assert!(store.clear_remote_config().unwrap());
-        assert!(!store.clear_remote_config().unwrap());
-        assert_eq!(store.remote_config().unwrap(), None);
-    }
-
-    #[test]
-    fn commands_are_journaled_once_and_answers_queued_with_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(&dir, Limits::default());
-        assert_eq!(
-            store.journal_command("c-1", 1_000, 60_000).unwrap(),
-            Journaled::New
-        );
-        assert_eq!(
-            store.journal_command("c-1", 1_001, 60_000).unwrap(),
-            Journaled::Unanswered
-        );
-        let answer = Message {
-            source: "(commands)".into(),
-            topic: "p/responses".into(),
-            payload: r#"{"id":"c-1","status":"ok"}"#.into(),
-            correlation: Some(vec![1, 2]),
-            qos: Qos::AtLeastOnce,
-            priority: Priority::High,
-            ts_ms: 1_002,
-        };
-        store.answer_command("c-1", &answer).unwrap();
-        assert_eq!(
-            store.journal_command("c-1", 1_003, 60_000).unwrap(),
-            Journaled::Answered(answer.payload.clone())
-        );
-        let queued = store.fetch(Priority::High, 0, 10).unwrap();
-        assert_eq!(queued.len(), 1);
-        assert_eq!(queued[0].topic.as_deref(), Some("p/responses"));
-        assert_eq!(queued[0].values, answer.payload);
-        assert_eq!(queued[0].correlation, Some(vec![1, 2]));
-        // Pruned once older than the retention.
-        assert_eq!(
-            store.journal_command("c-2", 100_000, 60_000).unwrap(),
-            Journaled::New
-        );
-        assert_eq!(
-            store.journal_command("c-1", 100_001, 60_000).unwrap(),
-            Journaled::New
-        );
-    }
-
-    #[test]
-    fn make_room_and_purge() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(&dir, Limits::default());
-        let mut batch = Vec::new();
-        for i in 0..5 {
-            let mut r = reading("a", Priority::Normal, Qos::AtLeastOnce, i.into());
-            r.ts_ms = 1_000 * i64::from(i);
-            batch.push(r);
-            batch.push(reading("b", Priority::High, Qos::AtLeastOnce, i.into()));
-        }
-        append(&mut store, &batch);
-        assert_eq!(
-            store.make_room(2).unwrap(),
-            Evicted::from([("a".into(), 2)])
-        );
-        // Purge: by device and by age, not counted as evictions.
-        // a's rows taken at 2s and 3s; the one of 4s stays.
-        assert_eq!(store.purge(Some("a"), Some(4_000)).unwrap(), 2);
-        assert_eq!(store.purge(Some("b"), None).unwrap(), 5);
-        assert_eq!(store.purge(None, None).unwrap(), 1);
-        assert_eq!(store.totals().unwrap().rows, 0);
-        assert_eq!(store.evictions().unwrap(), Evicted::from([("a".into(), 2)]));
-    }
-
     /// Opening a store of a million rows must not read them all: every
     /// query run at open, and for the totals, is an index seek.
     #[test]
@@ -981,30 +557,5 @@ mod tests {
                 assert!(step.starts_with("SEARCH"), "{query}: {step}");
             }
         }
-    }
-
-    #[test]
-    fn the_queue_command_can_read_while_the_daemon_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let mut daemon = Outbox::open(&path, Limits::default()).unwrap();
-        append(
-            &mut daemon,
-            &[reading("a", Priority::Low, Qos::AtMostOnce, 1.0)],
-        );
-        let reader = Outbox::open_read_only(&path).unwrap();
-        assert_eq!(reader.totals().unwrap().rows, 1);
-        append(
-            &mut daemon,
-            &[reading("a", Priority::Low, Qos::AtMostOnce, 2.0)],
-        );
-        assert_eq!(reader.totals().unwrap().rows, 2);
-        let mut purger = Outbox::open_for_changes(&path).unwrap();
-        assert_eq!(purger.purge(None, None).unwrap(), 2);
-        append(
-            &mut daemon,
-            &[reading("a", Priority::Low, Qos::AtMostOnce, 3.0)],
-        );
-        assert_eq!(seqs(&reader.peek(10, None).unwrap()), [3]);
     }
 }
