@@ -106,8 +106,8 @@ fn main() -> ExitCode {
                 Err(e) => return config_failure(e),
             };
             match cli::queue::run(&config, action) {
-                Ok(cli::queue::Outcome::Done) => ExitCode::SUCCESS,
-                Ok(cli::queue::Outcome::NeedsConfirmation) => ExitCode::from(INVALID),
+                Ok(cli::queue::QueueOutcome::Done) => ExitCode::SUCCESS,
+                Ok(cli::queue::QueueOutcome::NeedsConfirmation) => ExitCode::from(INVALID),
                 Err(e) => outcome(Err(e)),
             }
         }

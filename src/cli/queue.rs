@@ -38,7 +38,7 @@ pub enum Action {
     },
 }
 
-pub enum Outcome {
+pub enum QueueOutcome {
     Done,
     /// `purge` without `--yes`.
     NeedsConfirmation,
@@ -48,7 +48,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     text.parse()
 }
 
-pub fn run(config: &Config, action: Action) -> anyhow::Result<Outcome> {
+pub fn run(config: &Config, action: Action) -> anyhow::Result<QueueOutcome> {
     let path = store::db_path(&config.gateway.state_dir);
     let outbox = match open(&path) {
         Ok(outbox) => outbox,
@@ -85,7 +85,7 @@ pub fn run(config: &Config, action: Action) -> anyhow::Result<Outcome> {
             if !yes {
                 let n = outbox.count(device.as_deref(), before)?;
                 println!("{n} {what} would be deleted; run again with --yes to delete them");
-                return Ok(Outcome::NeedsConfirmation);
+                return Ok(QueueOutcome::NeedsConfirmation);
             }
             let mut outbox = Outbox::open_for_changes(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
@@ -93,7 +93,7 @@ pub fn run(config: &Config, action: Action) -> anyhow::Result<Outcome> {
             println!("deleted {n} {what}");
         }
     }
-    Ok(Outcome::Done)
+    Ok(QueueOutcome::Done)
 }
 
 /// A gateway that is starting holds the database while it checks it; give
@@ -111,9 +111,9 @@ fn open(path: &Path) -> Result<Outbox, StoreError> {
     }
 }
 
-fn empty(path: &Path) -> Outcome {
+fn empty(path: &Path) -> QueueOutcome {
     println!("no store at {} yet: 0 rows", path.display());
-    Outcome::Done
+    QueueOutcome::Done
 }
 
 fn stats(outbox: &Outbox, now_ms: i64) -> anyhow::Result<()> {

@@ -36,7 +36,7 @@ pub enum Action {
 
 /// Why a command is not run, in words for the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub enum CommandRefusal {
     Rejected(String),
     Expired(String),
 }
@@ -73,18 +73,18 @@ pub fn check(
     devices: &[DeviceConfig],
     now_ms: i64,
     max_age_ms: i64,
-) -> Result<PointSpec, Refusal> {
-    let rejected = |why: String| Refusal::Rejected(why);
+) -> Result<PointSpec, CommandRefusal> {
+    let rejected = |why: String| CommandRefusal::Rejected(why);
     if let Some(expires) = &command.expires_at {
         let at = timestamp(expires).map_err(|e| rejected(format!("invalid `expires_at`: {e}")))?;
         if at <= now_ms {
-            return Err(Refusal::Expired(format!("expired at {expires}")));
+            return Err(CommandRefusal::Expired(format!("expired at {expires}")));
         }
     }
     if let Some(issued) = &command.issued_at {
         let at = timestamp(issued).map_err(|e| rejected(format!("invalid `issued_at`: {e}")))?;
         if now_ms - at > max_age_ms {
-            return Err(Refusal::Expired(format!(
+            return Err(CommandRefusal::Expired(format!(
                 "issued at {issued}, more than commands.max_age ago"
             )));
         }
@@ -179,7 +179,7 @@ devices:
     #[test]
     fn every_rejection_has_its_own_reason() {
         let reason = |json: &str| match check(&command(json), &devices(), NOW, 300_000) {
-            Err(Refusal::Rejected(why)) => why,
+            Err(CommandRefusal::Rejected(why)) => why,
             other => panic!("{json}: {other:?}"),
         };
         assert_eq!(
@@ -223,14 +223,14 @@ devices:
         );
         assert!(matches!(
             check(&past, &devices(), NOW, 300_000),
-            Err(Refusal::Expired(_))
+            Err(CommandRefusal::Expired(_))
         ));
         let old = command(
             r#"{"id":"a","device":"boiler","point":"setpoint","value":22,"issued_at":"2026-11-25T09:50:00Z"}"#,
         );
         assert!(matches!(
             check(&old, &devices(), NOW, 300_000),
-            Err(Refusal::Expired(_))
+            Err(CommandRefusal::Expired(_))
         ));
         let fresh = command(
             r#"{"id":"a","device":"boiler","point":"setpoint","value":22,"expires_at":"2026-11-25T10:05:00Z"}"#,

@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use message::{Action, Refusal};
+use message::{Action, CommandRefusal};
 
 use crate::config::{CommandsConfig, DeviceConfig};
 use crate::health::Health;
 use crate::reading::{Priority, Qos};
 use crate::sources::Sources;
-use crate::store::{Journaled, Message, Store};
+use crate::store::{CommandAnswer, Journaled, Store};
 use crate::uplink::CommandIn;
 use crate::uplink::payload::timestamp;
 
@@ -32,7 +32,7 @@ pub struct Commands {
 
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq)]
-enum Outcome {
+enum CommandOutcome {
     Ok(Option<(Value, i64)>),
     Rejected(String),
     Failed(String),
@@ -78,7 +78,7 @@ impl Commands {
                 // answer says why all the same.
                 let _ = incoming.journaled.send(true);
                 tracing::warn!("command rejected: {why}");
-                self.answer(id.unwrap_or_default(), Outcome::Rejected(why), reply)
+                self.answer(id.unwrap_or_default(), CommandOutcome::Rejected(why), reply)
                     .await;
                 return;
             }
@@ -112,7 +112,7 @@ impl Commands {
                     }
                     Journaled::Unanswered => {
                         let why = "the gateway stopped while this command ran; it is not run again";
-                        self.answer(command.id, Outcome::Failed(why.into()), reply)
+                        self.answer(command.id, CommandOutcome::Failed(why.into()), reply)
                             .await;
                         return;
                     }
@@ -124,8 +124,8 @@ impl Commands {
             Ok(point) => point,
             Err(refusal) => {
                 let outcome = match refusal {
-                    Refusal::Rejected(why) => Outcome::Rejected(why),
-                    Refusal::Expired(why) => Outcome::Expired(why),
+                    CommandRefusal::Rejected(why) => CommandOutcome::Rejected(why),
+                    CommandRefusal::Expired(why) => CommandOutcome::Expired(why),
                 };
                 tracing::warn!("command {} not run: {outcome:?}", command.id);
                 self.answer(command.id, outcome, reply).await;
@@ -135,15 +135,16 @@ impl Commands {
         if command.action == Action::Read {
             let latest = self.health.device(&command.device).latest(&point.name);
             let outcome = match latest {
-                Some((ts, value)) => Outcome::Ok(Some((value, ts))),
-                None => Outcome::Failed(format!("no value of `{}` read yet", point.name)),
+                Some((ts, value)) => CommandOutcome::Ok(Some((value, ts))),
+                None => CommandOutcome::Failed(format!("no value of `{}` read yet", point.name)),
             };
             self.answer(command.id, outcome, reply).await;
             return;
         }
         let Some(writer) = sources.writer(&command.device) else {
             let why = format!("device `{}` is not running", command.device);
-            self.answer(command.id, Outcome::Failed(why), reply).await;
+            self.answer(command.id, CommandOutcome::Failed(why), reply)
+                .await;
             return;
         };
         // The write waits for its turn on the bus: not in the gateway's loop.
@@ -151,9 +152,9 @@ impl Commands {
         tokio::spawn(async move {
             let value = command.value.clone().unwrap_or(Value::Null);
             let outcome = match writer.write(&command.device, &command.point, &value).await {
-                Ok(()) => Outcome::Ok(None),
-                Err(e) if e.rejected => Outcome::Rejected(e.reason),
-                Err(e) => Outcome::Failed(e.reason),
+                Ok(()) => CommandOutcome::Ok(None),
+                Err(e) if e.rejected => CommandOutcome::Rejected(e.reason),
+                Err(e) => CommandOutcome::Failed(e.reason),
             };
             tracing::info!(
                 "command {} ({}.{} = {value}): {outcome:?}",
@@ -165,7 +166,7 @@ impl Commands {
         });
     }
 
-    async fn answer(&self, id: String, outcome: Outcome, reply: Reply) {
+    async fn answer(&self, id: String, outcome: CommandOutcome, reply: Reply) {
         let now_ms = self.store.clock().now_ms();
         self.send(id.clone(), response(&id, &outcome, now_ms), reply, now_ms)
             .await;
@@ -173,7 +174,7 @@ impl Commands {
 
     /// Keeps the answer in the journal and queues it, in one transaction.
     async fn send(&self, id: String, payload: String, reply: Reply, now_ms: i64) {
-        let message = Message {
+        let message = CommandAnswer {
             source: SOURCE.into(),
             topic: reply.topic,
             payload,
@@ -189,18 +190,18 @@ impl Commands {
 }
 
 /// `{"id":"c-17","status":"ok"|"rejected"|"failed"|"expired","error":"…","value":…,"ts":"…"}`
-fn response(id: &str, outcome: &Outcome, now_ms: i64) -> String {
+fn response(id: &str, outcome: &CommandOutcome, now_ms: i64) -> String {
     let (status, error) = match outcome {
-        Outcome::Ok(_) => ("ok", None),
-        Outcome::Rejected(why) => ("rejected", Some(why)),
-        Outcome::Failed(why) => ("failed", Some(why)),
-        Outcome::Expired(why) => ("expired", Some(why)),
+        CommandOutcome::Ok(_) => ("ok", None),
+        CommandOutcome::Rejected(why) => ("rejected", Some(why)),
+        CommandOutcome::Failed(why) => ("failed", Some(why)),
+        CommandOutcome::Expired(why) => ("expired", Some(why)),
     };
     let mut body = json!({ "id": id, "status": status, "ts": timestamp(now_ms) });
     if let Some(error) = error {
         body["error"] = error.as_str().into();
     }
-    if let Outcome::Ok(Some((value, ts))) = outcome {
+    if let CommandOutcome::Ok(Some((value, ts))) = outcome {
         body["value"] = value.clone();
         body["value_ts"] = timestamp(*ts).into();
     }

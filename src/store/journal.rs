@@ -9,7 +9,7 @@ use crate::reading::{Priority, Qos};
 
 /// A message for the outbox that is not a reading: an answer to a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
+pub struct CommandAnswer {
     /// Shown where a device's name would be (`queue stats`, `peek`).
     pub source: String,
     pub topic: String,
@@ -70,7 +70,7 @@ impl Outbox {
 
     /// Records the answer to command `id` and queues it, in one
     /// transaction: an answer is never lost, nor sent without being kept.
-    pub fn answer_command(&mut self, id: &str, answer: &Message) -> Result<(), StoreError> {
+    pub fn answer_command(&mut self, id: &str, answer: &CommandAnswer) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "UPDATE command_journal SET response = ?2 WHERE id = ?1",
@@ -119,7 +119,7 @@ mod tests {
             store.journal_command("c-1", 1_001, 60_000).unwrap(),
             Journaled::Unanswered
         );
-        let answer = Message {
+        let answer = CommandAnswer {
             source: "(commands)".into(),
             topic: "p/responses".into(),
             payload: r#"{"id":"c-1","status":"ok"}"#.into(),

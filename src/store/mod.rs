@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::StoreError;
-pub use journal::{Journaled, Message};
+pub use journal::{CommandAnswer, Journaled};
 pub use limits::{Evicted, Limits};
 pub use outbox::{Changes, CommitReport, Outbox, Row, RowKey, Totals};
 pub use queries::DeviceStats;
@@ -76,7 +76,11 @@ enum Command {
         retention_ms: i64,
         reply: oneshot::Sender<Result<Journaled, StoreError>>,
     },
-    Answer(String, Message, oneshot::Sender<Result<(), StoreError>>),
+    Answer(
+        String,
+        CommandAnswer,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
     SaveConfig(RemoteConfig, oneshot::Sender<Result<(), StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
@@ -202,7 +206,11 @@ impl Store {
     }
 
     /// Keeps the answer to a command and queues it for the uplink.
-    pub async fn answer_command(&self, id: String, answer: Message) -> Result<(), StoreError> {
+    pub async fn answer_command(
+        &self,
+        id: String,
+        answer: CommandAnswer,
+    ) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Answer(id, answer, reply)).await?;
         rx.await.map_err(|_| StoreError::Closed)?

@@ -50,7 +50,7 @@ enum Ack {
 
 /// A broker's refusal of one message (MQTT 5 reason code >= 0x80).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub struct BrokerRefusal {
     pub code: u8,
     pub reason: String,
 }
@@ -62,8 +62,8 @@ pub enum Event {
     Published(u16),
     /// `Outgoing::AwaitAck(pkid)`: a request waits for a busy packet id.
     AwaitAck(u16),
-    PubAck(u16, Option<Refusal>),
-    PubRec(u16, Option<Refusal>),
+    PubAck(u16, Option<BrokerRefusal>),
+    PubRec(u16, Option<BrokerRefusal>),
     PubComp(u16),
     /// Our DISCONNECT is on the wire.
     Disconnecting,
@@ -212,21 +212,21 @@ impl Client {
 
 /// A connection being made: its client, its events, and the task polling
 /// rumqttc (aborted when this is dropped).
-pub struct Link {
+pub struct MqttLink {
     pub client: Client,
     pub events: mpsc::Receiver<Result<Event, LinkError>>,
     poller: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Link {
+impl Drop for MqttLink {
     fn drop(&mut self) {
         self.poller.abort();
     }
 }
 
-impl Link {
+impl MqttLink {
     /// Starts connecting; the first event is `Connected` or an error.
-    pub fn open(o: Options<'_>) -> Link {
+    pub fn open(o: Options<'_>) -> MqttLink {
         let (tx, events) = mpsc::channel(1_024);
         let transport = match &o.tls {
             Some(config) => Transport::tls_with_config(TlsConfiguration::Rustls(config.clone())),
@@ -279,7 +279,7 @@ impl Link {
                 (Client::V5(client), tokio::spawn(poll_v5(eventloop, tx)))
             }
         };
-        Link {
+        MqttLink {
             client,
             events,
             poller,
@@ -366,7 +366,7 @@ async fn poll_v5(
 /// variants, so one macro maps both.
 macro_rules! refusal {
     ($fn:ident, $reason:ty) => {
-        fn $fn(reason: &$reason, text: Option<String>) -> Option<Refusal> {
+        fn $fn(reason: &$reason, text: Option<String>) -> Option<BrokerRefusal> {
             type R = $reason;
             let code = match reason {
                 R::Success | R::NoMatchingSubscribers => return None,
@@ -378,7 +378,7 @@ macro_rules! refusal {
                 R::QuotaExceeded => 0x97,
                 R::PayloadFormatInvalid => 0x99,
             };
-            Some(Refusal {
+            Some(BrokerRefusal {
                 code,
                 reason: text.unwrap_or_else(|| format!("{reason:?}")),
             })

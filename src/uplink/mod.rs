@@ -8,11 +8,11 @@
 //! buys the guarantee: nothing committed is lost, whatever rumqttc drops
 //! on a reconnect.
 
-mod connection;
 mod credentials;
 mod inflight;
 mod link;
 pub mod payload;
+mod session;
 mod throttle;
 mod tls;
 
@@ -23,9 +23,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use connection::Connection;
 pub use payload::ConfigInfo;
 use payload::Topics;
+use session::Session;
 
 use crate::backoff::Backoff;
 use crate::config::{BatchConfig, BrokerUrl, Config, Credentials, Protocol, TlsConfig};
@@ -80,7 +80,7 @@ impl Settings {
 #[derive(Debug, thiserror::Error)]
 enum UplinkError {
     #[error("{}", .0.describe())]
-    Link(#[from] link::LinkError),
+    MqttLink(#[from] link::LinkError),
     #[error("credentials: {0}")]
     Credentials(#[from] credentials::CredentialError),
     #[error("{0}")]
@@ -140,7 +140,7 @@ pub async fn run(
             tracing::error!("no MQTT broker configured");
             return;
         };
-        let mut connection = Connection::new(&settings, &store, &health, config.clone());
+        let mut connection = Session::new(&settings, &store, &health, config.clone());
         match connection
             .run(broker, &shutdown, &mut backoff, &mut link)
             .await

@@ -1,4 +1,4 @@
-//! Topics and JSON payloads, as fixed in DESIGN.md.
+//! Topics and JSON payloads, as the README documents them ("MQTT topics").
 
 use serde_json::json;
 

@@ -80,7 +80,7 @@ pub async fn run(
             continue;
         };
         attempts += 1;
-        let link = Link {
+        let link = GattLink {
             signals: &mut signals,
             writes: &mut writes,
             backoff: &mut backoff,
@@ -125,7 +125,7 @@ fn refuse(request: WriteRequest, why: &str) {
 }
 
 /// What a connection shares with the task that makes it.
-struct Link<'a> {
+struct GattLink<'a> {
     signals: &'a mut mpsc::Receiver<Signal>,
     writes: &'a mut mpsc::Receiver<WriteRequest>,
     backoff: &'a mut Backoff,
@@ -137,10 +137,10 @@ async fn session(
     p: &Peripheral,
     device: &BleDevice,
     state: &mut DeviceState,
-    link: Link<'_>,
+    link: GattLink<'_>,
     attempt: u64,
 ) -> End {
-    let Link {
+    let GattLink {
         signals,
         writes,
         backoff,

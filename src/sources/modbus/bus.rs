@@ -12,9 +12,9 @@ use tokio::time::{Instant, sleep_until};
 use tokio_modbus::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
-use super::link::{Failure, Link};
+use super::link::{Failure, ModbusLink};
 use super::plan::{Block, plan};
-use super::publish::{Outcome, Publisher};
+use super::publish::{PointResult, Publisher};
 use super::value::{Layout, Raw, RegisterKind, Write};
 use crate::config::modbus::ModbusDevice;
 use crate::health::DeviceHealth;
@@ -162,8 +162,8 @@ impl Poller {
 
     /// Reads every block once; a device that does not answer costs one
     /// timeout (times `1 + retries` if it answered the poll before).
-    async fn poll(&mut self, link: &mut Link) -> Vec<Outcome> {
-        let mut outcomes: Vec<Outcome> = vec![Err(String::new()); self.layouts.len()];
+    async fn poll(&mut self, link: &mut ModbusLink) -> Vec<PointResult> {
+        let mut outcomes: Vec<PointResult> = vec![Err(String::new()); self.layouts.len()];
         let attempts = if self.silent {
             1
         } else {
@@ -214,7 +214,7 @@ impl Poller {
     }
 
     /// Polls, publishes what is due, and logs a change of fault.
-    async fn poll_and_publish(&mut self, link: &mut Link, ingest: &Ingest) -> bool {
+    async fn poll_and_publish(&mut self, link: &mut ModbusLink, ingest: &Ingest) -> bool {
         let ts_ms = ingest.clock().now_ms();
         let outcomes = self.poll(link).await;
         let publication = self.publisher.publish(outcomes, Instant::now());
@@ -270,7 +270,7 @@ impl Answer {
 
 /// One block, tried up to `attempts` times (an exception is final).
 async fn read(
-    link: &mut Link,
+    link: &mut ModbusLink,
     unit: u8,
     wait: Duration,
     block: &Block,
@@ -326,7 +326,11 @@ fn checked(response: Response, count: u16) -> Result<Answer, Failure> {
 }
 
 /// Carries out one write and checks the device's echo.
-async fn execute(link: &mut Link, device: &ModbusDevice, write: Write) -> Result<(), Failure> {
+async fn execute(
+    link: &mut ModbusLink,
+    device: &ModbusDevice,
+    write: Write,
+) -> Result<(), Failure> {
     let (unit, wait) = (device.unit, device.timeout.get());
     let (request, echo) = match write {
         Write::Coil { address, value } => (
@@ -358,7 +362,7 @@ async fn execute(link: &mut Link, device: &ModbusDevice, write: Write) -> Result
 /// Runs one bus until cancelled: polls each device when it is due, and
 /// carries out writes as they come, never two requests at once.
 pub async fn run(
-    mut link: Link,
+    mut link: ModbusLink,
     mut pollers: Vec<Poller>,
     mut jobs: mpsc::Receiver<Job>,
     ingest: Ingest,

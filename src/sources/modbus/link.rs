@@ -50,7 +50,7 @@ pub enum Failure {
     /// the wrong length).
     Mismatch(String),
     /// The connection failed or was lost; it is reopened.
-    Link(String),
+    ModbusLink(String),
 }
 
 impl fmt::Display for Failure {
@@ -66,7 +66,7 @@ impl fmt::Display for Failure {
                 write!(f, "exception {:#04x} ({code})", u8::from(*code))
             }
             Failure::Mismatch(why) => write!(f, "unexpected answer: {why}"),
-            Failure::Link(why) => f.write_str(why),
+            Failure::ModbusLink(why) => f.write_str(why),
         }
     }
 }
@@ -75,7 +75,7 @@ impl Failure {
     /// Whether the device (or the bus) is not answering at all, so that the
     /// rest of this poll would only wait for more timeouts.
     pub fn is_silence(&self) -> bool {
-        matches!(self, Failure::Timeout(_) | Failure::Link(_))
+        matches!(self, Failure::Timeout(_) | Failure::ModbusLink(_))
     }
 
     /// Whether the answer was there but unusable (counted as bad input).
@@ -90,7 +90,7 @@ impl Failure {
 const STALE_AFTER: u32 = 3;
 
 /// The connection to one bus, opened on demand.
-pub struct Link {
+pub struct ModbusLink {
     endpoint: Endpoint,
     context: Option<Context>,
     line: Arc<LineState>,
@@ -105,8 +105,8 @@ pub struct Link {
     last_exchange: Option<Instant>,
 }
 
-impl Link {
-    pub fn new(endpoint: Endpoint) -> Link {
+impl ModbusLink {
+    pub fn new(endpoint: Endpoint) -> ModbusLink {
         let frame_gap = match &endpoint {
             // 3.5 characters of 11 bits, and at least 1.75ms above 19200 baud.
             Endpoint::Rtu(rtu) => Duration::from_micros(
@@ -114,7 +114,7 @@ impl Link {
             ),
             Endpoint::Tcp(_) => Duration::ZERO,
         };
-        Link {
+        ModbusLink {
             endpoint,
             context: None,
             line: Arc::default(),
@@ -151,7 +151,7 @@ impl Link {
             sleep_until(last + self.frame_gap).await;
         }
         let Some(context) = self.context.as_mut() else {
-            return Err(Failure::Link(self.connect_error.clone()));
+            return Err(Failure::ModbusLink(self.connect_error.clone()));
         };
         context.set_slave(Slave(unit));
         self.line.new_request.store(true, Relaxed);
@@ -175,7 +175,7 @@ impl Link {
             }),
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 self.drop_connection();
-                Failure::Link(format!("connection to {} lost: {e}", self.endpoint))
+                Failure::ModbusLink(format!("connection to {} lost: {e}", self.endpoint))
             }
             Err(_) if self.line.received.load(Relaxed) > 0 => Failure::Garbled(wait),
             Err(_) => {
@@ -203,7 +203,7 @@ impl Link {
             return Ok(());
         }
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
-            return Err(Failure::Link(self.connect_error.clone()));
+            return Err(Failure::ModbusLink(self.connect_error.clone()));
         }
         let line = self.line.clone();
         let opened = match &self.endpoint {
@@ -241,7 +241,7 @@ impl Link {
                     Endpoint::Tcp(_) => format!("cannot connect to {}: {e}", self.endpoint),
                 };
                 self.retry_at = Some(Instant::now() + self.backoff.next_delay());
-                Err(Failure::Link(self.connect_error.clone()))
+                Err(Failure::ModbusLink(self.connect_error.clone()))
             }
         }
     }

@@ -156,7 +156,7 @@ pub fn spawn(
                 bus::Poller::new(device.clone(), delivery, health)
             })
             .collect();
-        let link = link::Link::new(endpoint);
+        let link = link::ModbusLink::new(endpoint);
         tasks.spawn(bus::run(
             link,
             pollers,

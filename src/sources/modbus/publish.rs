@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::reading::Quality;
 
 /// One poll's result for one point: its value, or why it has none.
-pub type Outcome = Result<Value, String>;
+pub type PointResult = Result<Value, String>;
 
 /// The publishing state of one device.
 #[derive(Debug)]
@@ -58,7 +58,7 @@ impl Publisher {
 
     /// Decides what the poll that ended in `outcomes` (one per point, in
     /// point order) publishes, if anything.
-    pub fn publish(&mut self, outcomes: Vec<Outcome>, now: Instant) -> Option<Publication> {
+    pub fn publish(&mut self, outcomes: Vec<PointResult>, now: Instant) -> Option<Publication> {
         let error = summary(&self.names, &outcomes);
         let recovered = self.fault.is_some() && error.is_none();
         let mut values = Map::new();
@@ -119,7 +119,7 @@ fn moved(old: &Value, new: &Value, band: f64) -> bool {
 
 /// One text for the failures of a poll: the reason alone when every point
 /// failed for it, else the points each reason hit.
-fn summary(names: &[String], outcomes: &[Outcome]) -> Option<String> {
+fn summary(names: &[String], outcomes: &[PointResult]) -> Option<String> {
     let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
     for (name, outcome) in names.iter().zip(outcomes) {
         let Err(reason) = outcome else { continue };

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::inflight::{Inflight, Tracked};
-use super::link::{self, Event, Link, Refusal};
+use super::link::{self, BrokerRefusal, Event, MqttLink};
 use super::throttle::Throttle;
 use super::{Channels, CommandIn, LinkLog, Settings, UplinkError, credentials, payload, tls};
 use crate::backoff::Backoff;
@@ -34,7 +34,7 @@ const FETCH_CAP: usize = 5_000;
 const FETCH_AHEAD: usize = 4;
 
 /// One publish waiting for room in the window (or for the throttle).
-enum Message {
+enum Pending {
     Single(Row),
     Batch(Vec<Row>),
 }
@@ -46,12 +46,12 @@ struct OpenBatch {
     due: Instant,
 }
 
-pub(super) struct Connection<'a> {
+pub(super) struct Session<'a> {
     settings: &'a Settings,
     store: &'a Store,
     health: &'a Health,
     config: Channels,
-    link: Option<Link>,
+    link: Option<MqttLink>,
     flight: Inflight,
     /// Per priority, the highest `seq` fetched.
     cursors: [i64; 3],
@@ -59,7 +59,7 @@ pub(super) struct Connection<'a> {
     /// The last fetch found no more rows; wait for a commit.
     caught_up: bool,
     /// Fetched, ready to publish, in fetch order.
-    ready: VecDeque<Message>,
+    ready: VecDeque<Pending>,
     open_batches: BTreeMap<String, OpenBatch>,
     throttle: Option<Throttle>,
     /// Delivered rows not yet reported to the store.
@@ -71,14 +71,14 @@ pub(super) struct Connection<'a> {
     leaked: usize,
 }
 
-impl<'a> Connection<'a> {
+impl<'a> Session<'a> {
     pub(super) fn new(
         settings: &'a Settings,
         store: &'a Store,
         health: &'a Health,
         config: Channels,
     ) -> Self {
-        Connection {
+        Session {
             settings,
             store,
             health,
@@ -174,7 +174,7 @@ impl<'a> Connection<'a> {
             false => None,
         };
         let window = self.settings.max_inflight;
-        self.link = Some(Link::open(link::Options {
+        self.link = Some(MqttLink::open(link::Options {
             broker,
             protocol: self.settings.protocol,
             client_id: &self.settings.client_id,
@@ -251,7 +251,7 @@ impl<'a> Connection<'a> {
     /// Routes a fetched row: straight to `ready`, or into its device's batch.
     fn enqueue(&mut self, row: Row, now: Instant) {
         let Some(config) = self.config.batches.borrow().get(&row.device).copied() else {
-            self.ready.push_back(Message::Single(row));
+            self.ready.push_back(Pending::Single(row));
             return;
         };
         let size = payload::telemetry(&row).len() + 1;
@@ -282,7 +282,7 @@ impl<'a> Connection<'a> {
     /// Moves a device's open batch to the ready queue.
     fn ship_batch(&mut self, device: &str) {
         if let Some(batch) = self.open_batches.remove(device) {
-            self.ready.push_back(Message::Batch(batch.rows));
+            self.ready.push_back(Pending::Batch(batch.rows));
         }
     }
 
@@ -315,10 +315,10 @@ impl<'a> Connection<'a> {
         batch.into_iter().chain(throttled).min()
     }
 
-    fn publish(&mut self, message: Message) -> Result<(), UplinkError> {
+    fn publish(&mut self, message: Pending) -> Result<(), UplinkError> {
         let (device, qos, keys, body) = match message {
             // Not a reading: an answer to a command, to its own topic.
-            Message::Single(row) if row.topic.is_some() => {
+            Pending::Single(row) if row.topic.is_some() => {
                 let (qos, keys) = (row.qos, vec![row.key()]);
                 let topic = row.topic.unwrap_or_default();
                 let body = row.values.into_bytes();
@@ -330,11 +330,11 @@ impl<'a> Connection<'a> {
                 self.flight.requested(Tracked::Rows(keys, qos));
                 return Ok(());
             }
-            Message::Single(row) => {
+            Pending::Single(row) => {
                 let body = payload::telemetry(&row);
                 (row.device.clone(), row.qos, vec![row.key()], body)
             }
-            Message::Batch(rows) => {
+            Pending::Batch(rows) => {
                 let Some(first) = rows.first() else {
                     return Ok(());
                 };
@@ -450,7 +450,7 @@ impl<'a> Connection<'a> {
         self.delivered.extend(rows);
     }
 
-    fn settle(&mut self, rows: Vec<RowKey>, refusal: Option<Refusal>) {
+    fn settle(&mut self, rows: Vec<RowKey>, refusal: Option<BrokerRefusal>) {
         match refusal {
             None => self.deliver(rows),
             Some(r) if rows.is_empty() => {
