@@ -6,6 +6,7 @@
 //! the whole gateway and the names, QoS and priorities every device has.
 
 mod device;
+mod env;
 mod load;
 mod mqtt;
 pub mod units;
