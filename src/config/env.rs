@@ -91,19 +91,29 @@ impl Overrides {
 
     /// The variable for a node at `path` that no file node matches: the one
     /// that sets exactly `path`, else the first one that sets something
-    /// below it, else `inherited` (the variable of the enclosing node).
+    /// below it, else `inherited` (the variable of the enclosing node), else
+    /// the first one below the nearest ancestor of `path` (the empty list
+    /// entries that `FIELDGATE__DEVICES[3]__NAME` makes before the fourth).
     fn variable_for(&self, path: &str, inherited: Option<&str>) -> String {
-        let below = |key: &str| {
+        let below = |key: &str, path: &str| {
             key.strip_prefix(path)
                 .is_some_and(|rest| rest.starts_with(['.', '[']))
         };
-        self.vars
-            .iter()
-            .find(|v| v.key == path)
-            .or_else(|| self.vars.iter().find(|v| below(&v.key)))
-            .map(|v| v.name.clone())
-            .or_else(|| inherited.map(str::to_owned))
-            .unwrap_or_else(|| format!("{PREFIX}{SEPARATOR}…"))
+        let exact = self.vars.iter().find(|v| v.key == path);
+        if let Some(v) = exact.or_else(|| self.vars.iter().find(|v| below(&v.key, path))) {
+            return v.name.clone();
+        }
+        if let Some(name) = inherited {
+            return name.to_owned();
+        }
+        let mut ancestor = path;
+        while let Some(end) = ancestor.rfind(['.', '[']) {
+            ancestor = &ancestor[..end];
+            if let Some(v) = self.vars.iter().find(|v| below(&v.key, ancestor)) {
+                return v.name.clone();
+            }
+        }
+        format!("{PREFIX}{SEPARATOR}…")
     }
 }
 
@@ -480,6 +490,23 @@ devices:
             "FIELDGATE__DEVICES[0]__POLL"
         );
         assert_eq!(back.variable_at("gateway.id"), "FIELDGATE__GATEWAY");
+
+        // Entries a variable adds to a list, and the empty ones before it.
+        let back = layered(FILE, &[("FIELDGATE__DEVICES[2]__NAME", "c")]);
+        let devices = back.root.get("devices").unwrap();
+        let Value::Seq(items) = &devices.value else {
+            panic!("{devices:?}")
+        };
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[1].value, Value::Null);
+        assert_eq!(
+            back.variable_at("devices[1]"),
+            "FIELDGATE__DEVICES[2]__NAME"
+        );
+        assert_eq!(
+            back.variable_at("devices[2].kind"),
+            "FIELDGATE__DEVICES[2]__NAME"
+        );
     }
 
     #[cfg(unix)]
