@@ -115,6 +115,95 @@ fn environment_overrides_are_applied_and_checked() {
     );
 }
 
+/// `check` and `run` read the file the same way: same exit code, same
+/// messages.
+fn check_and_run(file: &Path, env: &[(&str, &str)]) -> [(Option<i32>, String); 2] {
+    let file = file.to_str().unwrap();
+    ["check", "run"].map(|command| {
+        let out = fieldgate(&[command, "--config", file], env);
+        assert!(text(&out.stdout).is_empty(), "{command}");
+        (out.status.code(), text(&out.stderr))
+    })
+}
+
+#[test]
+fn quoted_numbers_and_yes_are_strings_for_check_and_run_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typed.yaml");
+    std::fs::write(
+        &file,
+        "\
+gateway:
+  id: gw-1
+mqtt:
+  url: mqtt://broker.example:1883
+  qos: \"1\"
+devices:
+  - name: boiler
+    kind: modbus
+    tcp: { host: 127.0.0.1 }
+    points:
+      - { name: setpoint, register: holding, address: 10, writable: yes }
+",
+    )
+    .unwrap();
+    let [check, run] = check_and_run(&file, &[]);
+    assert_eq!(check, run);
+    let (code, stderr) = check;
+    assert_eq!(code, Some(2));
+    let f = file.display();
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            format!("{f}:5:8: mqtt.qos: invalid type: string \"1\", expected u64"),
+            format!(
+                "{f}:11:69: devices[0].points[0].writable: invalid type: string \"yes\", expected a boolean"
+            ),
+        ],
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_invalid_override_names_its_variable_for_check_and_run_alike() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.yaml");
+    let [check, run] = check_and_run(&demo, &[("FIELDGATE__MQTT__QOS", "7")]);
+    assert_eq!(check, run);
+    let (code, stderr) = check;
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        stderr.trim_end(),
+        "FIELDGATE__MQTT__QOS: mqtt.qos: invalid value: integer `7`, expected 0, 1 or 2 (environment variable)"
+    );
+
+    // An override that is fine is applied; a file problem keeps its place
+    // beside an override's.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(&file, BROKEN).unwrap();
+    let [check, run] = check_and_run(
+        &file,
+        &[
+            ("FIELDGATE__MQTT__QOS", "2"),
+            ("FIELDGATE__DEVICES", "none"),
+        ],
+    );
+    assert_eq!(check, run);
+    let (code, stderr) = check;
+    assert_eq!(code, Some(2));
+    let f = file.display();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("{f}:6:3: mqtt.retain_everything: unknown key")),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines[1],
+        "FIELDGATE__DEVICES: devices: expected a list of devices (environment variable)"
+    );
+}
+
 #[test]
 fn run_refuses_an_invalid_config_with_exit_2_and_a_missing_one_with_1() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,15 +1,17 @@
 //! From a YAML file to a checked [`Config`].
 //!
-//! Two passes over the same text. The first walks a position-keeping YAML
-//! tree so that every problem is reported with `file:line:column` and its
-//! key path. The second builds the typed config with the `config` crate,
-//! which layers `FIELDGATE__SECTION__KEY` environment variables over the
-//! file. Whole-config checks (duplicate names, ranges that involve two
-//! keys) run on the final result and are located in the tree by path.
+//! The text is parsed once, into a position-keeping YAML tree. The `config`
+//! crate layers `FIELDGATE__SECTION__KEY` environment variables over that
+//! tree ([`super::env`]), and the merged tree is typed and checked in one
+//! pass, so that every problem is reported with `file:line:column` (or the
+//! variable that set the value) and its key path. Whole-config checks
+//! (duplicate names, ranges that involve two keys) run on the typed result
+//! and are located in the tree by path.
 
 use std::fmt;
 use std::path::Path;
 
+use super::env::{self, Overrides};
 use super::yaml::{self, Diagnostic, Node, Value};
 use super::{Config, DEVICE_KINDS, DeviceConfig, Origin};
 
@@ -31,7 +33,9 @@ pub enum ConfigError {
     },
 }
 
-/// `file:line:column: path: message`, one problem per line.
+/// `file:line:column: path: message`, one problem per line; a problem in a
+/// value set by an environment variable names the variable instead:
+/// `FIELDGATE__MQTT__QOS: mqtt.qos: message (environment variable)`.
 struct Rendered<'a>(&'a str, &'a [Problem]);
 
 impl fmt::Display for Rendered<'_> {
@@ -40,14 +44,18 @@ impl fmt::Display for Rendered<'_> {
             if i > 0 {
                 writeln!(f)?;
             }
-            match p.mark {
-                Some(m) => write!(f, "{}:{}:{}: ", self.0, m.line, m.col)?,
-                None => write!(f, "{}: ", self.0)?,
+            match (&p.variable, p.mark) {
+                (Some(variable), _) => write!(f, "{variable}: ")?,
+                (None, Some(m)) => write!(f, "{}:{}:{}: ", self.0, m.line, m.col)?,
+                (None, None) => write!(f, "{}: ", self.0)?,
             }
             if p.path.is_empty() {
                 write!(f, "{}", p.message)?;
             } else {
                 write!(f, "{}: {}", p.path, p.message)?;
+            }
+            if p.variable.is_some() {
+                write!(f, " (environment variable)")?;
             }
         }
         Ok(())
@@ -63,23 +71,37 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     load_str(&text, &path.display().to_string())
 }
 
-/// Checks configuration text; `file` names it in error messages.
+/// Checks configuration text, with the `FIELDGATE__…` variables of this
+/// process over it; `file` names it in error messages.
 pub fn load_str(text: &str, file: &str) -> Result<Config, ConfigError> {
+    load_with(text, file, &Overrides::from_process())
+}
+
+/// [`load_str`] with the given environment variables.
+fn load_with(text: &str, file: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
     let invalid = |problems: Vec<Problem>| ConfigError::Invalid {
         file: file.to_owned(),
         problems,
     };
     let root = yaml::parse(text).map_err(|d| invalid(vec![d]))?;
-
-    let mut problems = check_tree(&root);
-    if !problems.is_empty() {
-        sort(&mut problems);
-        return Err(invalid(problems));
+    if !matches!(root.value, Value::Map(_) | Value::Null) {
+        return Err(invalid(vec![not_a_config(&root)]));
     }
+    let layered = env::layer(&root, overrides).map_err(|d| invalid(vec![d]))?;
+    let located = |mut problems: Vec<Problem>| {
+        layered.attribute(&mut problems);
+        sort(&mut problems);
+        invalid(problems)
+    };
 
-    let mut config = with_environment(text).map_err(|p| invalid(vec![p]))?;
+    let mut problems = overrides.problems().to_vec();
+    let checked = check_tree(&layered.root).map_err(|found| problems.extend(found));
+    let mut config = match checked {
+        Ok(config) if problems.is_empty() => config,
+        _ => return Err(located(problems)),
+    };
     config.version = format!("local-{:016x}", fnv1a(text.as_bytes()));
-    whole_config_checks(config, &root).map_err(invalid)
+    whole_config_checks(config, &layered.root).map_err(located)
 }
 
 /// The checks that span keys, located in `root` by their paths.
@@ -103,30 +125,46 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The file's problems in order of position, then those of environment
+/// variables by name.
 fn sort(problems: &mut Vec<Problem>) {
-    problems.sort_by_key(|p| p.mark.map(|m| (m.line, m.col)));
+    problems.sort_by(|a, b| {
+        let key = |p: &Problem| (p.variable.clone(), p.mark.map(|m| (m.line, m.col)));
+        key(a).cmp(&key(b))
+    });
     problems.dedup();
 }
 
-/// Type-checks the tree: the fixed sections through serde, then each device
-/// through the type its `kind` names, so that a problem deep inside a device
-/// keeps its own position.
-fn check_tree(root: &Node) -> Vec<Problem> {
-    if !matches!(root.value, Value::Map(_) | Value::Null) {
-        return vec![at(
-            root,
-            "",
-            "expected a mapping with gateway, mqtt and devices".into(),
-        )];
-    }
-    let mut problems = yaml::from_node::<Config>(&root.without("devices"), "")
-        .err()
-        .unwrap_or_default();
+fn not_a_config(root: &Node) -> Problem {
+    at(
+        root,
+        "",
+        "expected a mapping with gateway, mqtt and devices".into(),
+    )
+}
 
-    if let Some(devices) = root.get("devices") {
-        check_devices(devices, &mut problems);
+/// Types and checks the tree: the fixed sections through serde, then each
+/// device through the type its `kind` names, so that a problem deep inside
+/// a device keeps its own position.
+fn check_tree(root: &Node) -> Result<Config, Vec<Problem>> {
+    if !matches!(root.value, Value::Map(_) | Value::Null) {
+        return Err(vec![not_a_config(root)]);
     }
-    problems
+    let mut problems = Vec::new();
+    let config = yaml::from_node::<Config>(&root.without("devices"), "")
+        .map_err(|found| problems.extend(found))
+        .ok();
+    let devices = match root.get("devices") {
+        Some(devices) => check_devices(devices, &mut problems),
+        None => Vec::new(),
+    };
+    match config {
+        Some(mut config) if problems.is_empty() => {
+            config.devices = devices;
+            Ok(config)
+        }
+        _ => Err(problems),
+    }
 }
 
 /// Type-checks a `devices:` list, each device by its `kind`; returns the
@@ -251,6 +289,7 @@ fn at(node: &Node, path: &str, message: String) -> Problem {
         mark: Some(node.mark),
         path: path.to_owned(),
         message,
+        variable: None,
     }
 }
 
@@ -262,28 +301,6 @@ fn quoted(words: &[&str]) -> String {
         .join(", ")
 }
 
-/// The typed config from the file text with `FIELDGATE__…` variables on top.
-fn with_environment(text: &str) -> Result<Config, Problem> {
-    // The file alone passed the first pass, so a failure here comes from
-    // an environment variable.
-    let problem = |e: config::ConfigError| Diagnostic {
-        mark: None,
-        path: String::new(),
-        message: format!("with FIELDGATE__… environment overrides: {e}"),
-    };
-    config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Yaml))
-        .add_source(
-            config::Environment::with_prefix("FIELDGATE")
-                .prefix_separator("__")
-                .separator("__"),
-        )
-        .build()
-        .map_err(problem)?
-        .try_deserialize::<Config>()
-        .map_err(problem)
-}
-
 impl Config {
     /// Checks that span several keys, as (path, message) problems.
     fn problems(&self) -> Vec<Problem> {
@@ -293,6 +310,7 @@ impl Config {
                 mark: None,
                 path,
                 message,
+                variable: None,
             });
         };
         for (path, message) in self.mqtt.problems() {
@@ -461,6 +479,137 @@ devices:
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing field `version`"), "{err}");
+    }
+
+    fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars = vars.iter().map(|(k, v)| (k.into(), v.into()));
+        load_with(text, "f.yaml", &Overrides::from_vars(vars))
+    }
+
+    fn env_problems(text: &str, vars: &[(&str, &str)]) -> Vec<Problem> {
+        match with_env(text, vars) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn scalars_are_typed_once_by_yaml_1_2_rules() {
+        // A quoted number is a string, and `yes` is not a bool: both are
+        // refused at their own position, not converted.
+        let text = MINIMAL.replace(
+            "  url: mqtt://127.0.0.1:1883\n",
+            "  url: mqtt://127.0.0.1:1883\n  qos: \"1\"\n",
+        ) + "  - name: m\n    kind: modbus\n    tcp: { host: 127.0.0.1 }\n    points:\n      - { name: v, register: holding, address: 0, writable: yes }\n";
+        let found = problems(&text);
+        let found: Vec<_> = found
+            .iter()
+            .map(|p| {
+                (
+                    p.mark.map(|m| (m.line, m.col)),
+                    p.path.as_str(),
+                    p.message.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    Some((6, 8)),
+                    "mqtt.qos",
+                    "invalid type: string \"1\", expected u64"
+                ),
+                (
+                    Some((17, 61)),
+                    "devices[1].points[0].writable",
+                    "invalid type: string \"yes\", expected a boolean"
+                ),
+            ]
+        );
+
+        // Text that looks like a number stays as written.
+        let text = MINIMAL.replace("id: gw-1", "id: 0123");
+        let config = load_str(&text, "f.yaml").unwrap();
+        assert_eq!(config.gateway.id.as_str(), "0123");
+        let text = MINIMAL.replace(
+            "url: mqtt://127.0.0.1:1883",
+            "url: mqtt://127.0.0.1:1883\n  password: 1e3",
+        );
+        let config = load_str(&text, "f.yaml").unwrap();
+        assert_eq!(config.mqtt.password.as_deref(), Some("1e3"));
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let config = with_env(
+            MINIMAL,
+            &[
+                ("FIELDGATE__MQTT__QOS", "2"),
+                ("FIELDGATE__MQTT__PASSWORD", "0123"),
+                ("FIELDGATE__GATEWAY__ID", "gw-env"),
+                ("FIELDGATE__STORE__MAX_ROWS", "1000"),
+                ("OTHER__MQTT__QOS", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.mqtt.qos, super::super::Qos::ExactlyOnce);
+        assert_eq!(config.mqtt.password.as_deref(), Some("0123"));
+        assert_eq!(config.gateway.id.as_str(), "gw-env");
+        assert_eq!(config.store.max_rows, Some(1000));
+        // Untouched parts keep the file's values and the version its hash.
+        assert_eq!(config.devices.len(), 1);
+        assert_eq!(config.version, load_str(MINIMAL, "f.yaml").unwrap().version);
+        // The whole configuration may come from the environment.
+        let config = with_env(
+            "",
+            &[
+                ("FIELDGATE__GATEWAY__ID", "gw-9"),
+                ("FIELDGATE__MQTT__URL", "mqtt://h:1883"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.gateway.id.as_str(), "gw-9");
+    }
+
+    #[test]
+    fn a_bad_override_names_its_variable_and_file_problems_keep_their_place() {
+        let text = MINIMAL.replace("poll: 1s", "poll: fast");
+        let found = env_problems(
+            &text,
+            &[
+                ("FIELDGATE__MQTT__QOS", "7"),
+                ("FIELDGATE__MQTT__COLOUR", "red"),
+                ("FIELDGATE__STORE__MAX_BYTES", "1KiB"),
+            ],
+        );
+        let found: Vec<_> = found
+            .iter()
+            .map(|p| {
+                let at = p.mark.map(|m| (m.line, m.col));
+                (at, p.variable.as_deref(), p.path.as_str())
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Some((9, 11)), None, "devices[0].poll"),
+                (None, Some("FIELDGATE__MQTT__COLOUR"), "mqtt.colour"),
+                (None, Some("FIELDGATE__MQTT__QOS"), "mqtt.qos"),
+            ]
+        );
+
+        // A whole-config check on an overridden value names the variable too.
+        let err = with_env(MINIMAL, &[("FIELDGATE__STORE__MAX_BYTES", "1KiB")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "FIELDGATE__STORE__MAX_BYTES: store.max_bytes: must be at least 1MiB (environment variable)"
+        );
+        let err = with_env(MINIMAL, &[("FIELDGATE__MQTT__QOS", "7")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "FIELDGATE__MQTT__QOS: mqtt.qos: invalid value: integer `7`, expected 0, 1 or 2 (environment variable)"
+        );
     }
 
     #[test]

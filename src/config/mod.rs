@@ -8,6 +8,7 @@
 
 pub mod ble;
 mod device;
+mod env;
 mod load;
 pub mod modbus;
 mod mqtt;

@@ -1,11 +1,13 @@
-//! Position-keeping YAML loading and error-collecting deserialization for `fieldgate check`.
+//! Position-keeping YAML loading and error-collecting deserialization: the one YAML reader and
+//! the one set of typing rules (YAML 1.2 core schema) of the configuration, for `fieldgate
+//! check` and `fieldgate run` alike.
 //!
-//! The `config` crate turns YAML into its own value tree and loses every line and column, and
-//! serde deserializers stop at the first error. `fieldgate check` must list *every* problem in a
-//! configuration file with `file:line:column`, the key path and what was expected. So this module
-//! parses YAML into a [`Node`] tree that keeps positions, and [`from_node`] deserializes from that
-//! tree, records each failure against the innermost failing node, prunes that node and retries
-//! until the rest of the document deserializes.
+//! Every problem in a configuration file must be listed with `file:line:column`, the key path and
+//! what was expected; serde deserializers stop at the first error, and the `config` crate's value
+//! tree keeps no positions (it only layers environment variables over this tree, see
+//! `config/env.rs`). So this module parses YAML into a [`Node`] tree that keeps positions, and
+//! [`from_node`] deserializes from that tree, records each failure against the innermost failing
+//! node, prunes that node and retries until the rest of the document deserializes.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -62,6 +64,9 @@ pub struct Diagnostic {
     pub mark: Option<Mark>,
     pub path: String,
     pub message: String,
+    /// The `FIELDGATE__…` environment variable that set the value, when it
+    /// did not come from the document (`mark` is then `None`).
+    pub variable: Option<String>,
 }
 
 fn diag(mark: Mark, path: String, message: impl Into<String>) -> Diagnostic {
@@ -70,10 +75,11 @@ fn diag(mark: Mark, path: String, message: impl Into<String>) -> Diagnostic {
         mark: Some(mark),
         path,
         message,
+        variable: None,
     }
 }
 
-fn join_key(parent: &str, key: &str) -> String {
+pub(super) fn join_key(parent: &str, key: &str) -> String {
     match parent {
         "" => key.to_owned(),
         _ => format!("{parent}.{key}"),
@@ -81,7 +87,7 @@ fn join_key(parent: &str, key: &str) -> String {
 }
 
 /// How a key appears in paths and messages.
-fn key_label(key: &Node) -> &str {
+pub(super) fn key_label(key: &Node) -> &str {
     match &key.value {
         Value::Scalar { text, .. } => text,
         Value::Null => "~",
