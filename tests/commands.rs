@@ -326,3 +326,105 @@ fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
     assert_eq!(answer["status"], "ok");
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
+
+/// MQTT 5 lets the sender choose the answer's topic. One that is a filter
+/// (`evil/#`) used to be stored, refused by the client library at publish,
+/// and retried first after every reconnect: telemetry stopped for good.
+#[test]
+fn a_wildcard_response_topic_is_answered_rejected_and_telemetry_keeps_flowing() {
+    let broker = Broker::start();
+    let (_slave, port) = slave();
+    let sub = Subscriber::connect(broker.port, "check-evil", "fieldgate/gw/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = format!(
+        "  url: mqtt://127.0.0.1:{}\n  protocol: \"5\"\n",
+        broker.port
+    );
+    let devices = format!(
+        "{}{}",
+        device("boiler", port, ""),
+        sim_device("ticker", "100ms", 100_000, "")
+    );
+    let config = write_config_mqtt(dir.path(), &mqtt, &devices);
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+
+    let status = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-V", "mqttv5", "-q", "1", "-t", COMMANDS])
+        .args(["-D", "publish", "response-topic", "evil/#"])
+        .args([
+            "-m",
+            r#"{"id":"evil","device":"boiler","point":"setpoint","value":25}"#,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let rejected = answer(&sub, "evil", &gw);
+    assert_eq!(rejected["status"], "rejected", "{rejected}");
+    let error = rejected["error"].as_str().unwrap();
+    assert!(
+        error.contains("evil/#") && error.contains("wildcard"),
+        "{error}"
+    );
+
+    // Telemetry goes on after the answer, on the same connection.
+    let ticks = |m: &[Message]| {
+        telemetry(m)
+            .iter()
+            .filter(|(device, _, _)| device == "ticker")
+            .count()
+    };
+    let before = ticks(&sub.messages());
+    assert!(
+        sub.wait_until(LONG, |m| ticks(m) >= before + 20),
+        "telemetry stopped after the command\n{}",
+        gw.log()
+    );
+    assert_eq!(gw.log().matches("connected to").count(), 1, "{}", gw.log());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+/// A row with a bad topic already in the store (written by an older
+/// version) goes to the dead letters instead of blocking the rows behind it.
+#[test]
+fn a_stored_answer_to_a_wildcard_topic_is_dead_lettered_not_retried() {
+    let broker = Broker::start();
+    let sub = Subscriber::connect(broker.port, "check-poison", "fieldgate/gw/#");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    {
+        let mut outbox =
+            fieldgate::store::Outbox::open(&fieldgate::store::db_path(&state), Default::default())
+                .unwrap();
+        let poison = fieldgate::store::CommandAnswer {
+            source: "commands".into(),
+            topic: "evil/#".into(),
+            payload: r#"{"id":"old","status":"ok"}"#.into(),
+            correlation: None,
+            qos: fieldgate::reading::Qos::AtLeastOnce,
+            priority: fieldgate::reading::Priority::High,
+            ts_ms: 1_700_000_000_000,
+        };
+        outbox.answer_command("old", &poison).unwrap();
+    }
+    let config = write_config(
+        dir.path(),
+        broker.port,
+        "",
+        &sim_device("ticker", "100ms", 30, ""),
+    );
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(
+        sub.wait_until(LONG, |m| telemetry(m).len() >= 30),
+        "telemetry blocked behind the stored row\n{}",
+        gw.log()
+    );
+    assert_eq!(gw.log().matches("connected to").count(), 1, "{}", gw.log());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    let (code, stats) = queue(&config, &["stats"]);
+    assert_eq!(code, 0, "{stats}");
+    assert!(stats.contains("dead letters"), "{stats}");
+    assert!(stats.contains("wildcard"), "{stats}");
+}

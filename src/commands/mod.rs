@@ -17,7 +17,7 @@ use crate::reading::{Priority, Qos};
 use crate::sources::Sources;
 use crate::store::{CommandAnswer, Journaled, Store};
 use crate::uplink::CommandIn;
-use crate::uplink::payload::timestamp;
+use crate::uplink::payload::{check_topic, timestamp};
 
 /// Shown as the "device" of answers in `queue stats`.
 const SOURCE: &str = "(commands)";
@@ -64,10 +64,17 @@ impl Commands {
     /// against the running devices, and starts it. Answers come later,
     /// through the store.
     pub async fn receive(&self, incoming: CommandIn, devices: &[DeviceConfig], sources: &Sources) {
+        // A response topic we may not publish to is answered on
+        // `P/responses` instead, and the command is not run.
+        let (topic, bad_topic) = match incoming.response_topic {
+            Some(topic) => match check_topic(&topic) {
+                Ok(()) => (topic, None),
+                Err(why) => (self.responses.clone(), Some(why)),
+            },
+            None => (self.responses.clone(), None),
+        };
         let reply = Reply {
-            topic: incoming
-                .response_topic
-                .unwrap_or_else(|| self.responses.clone()),
+            topic,
             correlation: incoming.correlation,
         };
         let max_payload = self.settings.max_payload.0 as usize;
@@ -83,6 +90,14 @@ impl Commands {
                 return;
             }
         };
+        if let Some(why) = bad_topic {
+            let _ = incoming.journaled.send(true);
+            let why = format!("response {why}");
+            tracing::warn!("command {} rejected: {why}", command.id);
+            self.answer(command.id, CommandOutcome::Rejected(why), reply)
+                .await;
+            return;
+        }
         let retention = self.settings.journal_retention.get().as_millis() as i64;
         match self
             .store

@@ -6,6 +6,28 @@ use crate::config::Origin;
 use crate::health::Snapshot;
 use crate::store::{QueueStatus, Row};
 
+/// Checks a topic we are asked to publish to (a command's MQTT 5 response
+/// topic): a name, not a filter, and not a broker's `$` topic. The client
+/// library refuses such a publish and drops the connection, so one bad
+/// topic in the store would otherwise stop the uplink for good.
+pub fn check_topic(topic: &str) -> Result<(), String> {
+    let shown: String = topic.chars().take(80).collect();
+    let why = if topic.is_empty() {
+        "is empty"
+    } else if topic.len() > usize::from(u16::MAX) {
+        "is longer than 65,535 bytes"
+    } else if topic.contains(['+', '#']) {
+        "contains a wildcard (`+` or `#`)"
+    } else if topic.starts_with('$') {
+        "starts with `$` (reserved for the broker)"
+    } else if topic.contains('\0') {
+        "contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(format!("topic `{shown}` {why}"))
+}
+
 /// Topics under `P = {topic_prefix}/{gateway.id}`.
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -139,6 +161,26 @@ pub fn offline() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_plain_topic_names_may_be_published_to() {
+        assert!(check_topic("plant/a/responses").is_ok());
+        assert!(check_topic("a").is_ok());
+        for bad in [
+            String::new(),
+            "evil/#".into(),
+            "a/+/b".into(),
+            "#".into(),
+            "$SYS/x".into(),
+            "a\0b".into(),
+            "x".repeat(65_536),
+        ] {
+            let error = check_topic(&bad).unwrap_err();
+            assert!(error.starts_with("topic `"), "{error}");
+            assert!(error.len() < 200, "the message quotes at most 80 chars");
+        }
+        assert!(check_topic(&"x".repeat(65_535)).is_ok());
+    }
+
     use super::*;
     use crate::health::Health;
     use crate::reading::Quality;

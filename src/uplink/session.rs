@@ -321,6 +321,12 @@ impl<'a> Session<'a> {
             Pending::Single(row) if row.topic.is_some() => {
                 let (qos, keys) = (row.qos, vec![row.key()]);
                 let topic = row.topic.unwrap_or_default();
+                // Stored before topics were checked, or by hand: refused
+                // here rather than by the client, which would drop the link.
+                if let Err(why) = payload::check_topic(&topic) {
+                    self.refused.push((keys, why));
+                    return Ok(());
+                }
                 let body = row.values.into_bytes();
                 let client = self.client()?;
                 match row.correlation {
