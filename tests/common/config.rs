@@ -11,13 +11,7 @@ pub fn write_config(dir: &Path, port: u16, mqtt_extra: &str, devices: &str) -> P
 
 /// A config with the whole `mqtt:` section given (indented keys, no header).
 pub fn write_config_mqtt(dir: &Path, mqtt: &str, devices: &str) -> PathBuf {
-    let path = dir.join("fieldgate.yaml");
-    let text = format!(
-        "gateway:\n  id: gw\n  state_dir: {state}\n  status_interval: 1s\nstore:\n  flush_interval: 50ms\nmqtt:\n  backoff_min: 100ms\n  backoff_max: 1s\n{mqtt}devices:\n{devices}",
-        state = dir.join("state").display(),
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
+    write(dir, "", "", mqtt, devices)
 }
 
 /// As `write_config`, with extra `store:` keys too.
@@ -28,9 +22,16 @@ pub fn write_config_with_store(
     mqtt_extra: &str,
     devices: &str,
 ) -> PathBuf {
+    let url = format!("  url: mqtt://127.0.0.1:{port}\n");
+    write(dir, store_extra, &url, mqtt_extra, devices)
+}
+
+/// `fieldgate.yaml` in `dir`; `mqtt_head` and `mqtt_tail` go either side
+/// of the backoff keys.
+fn write(dir: &Path, store: &str, mqtt_head: &str, mqtt_tail: &str, devices: &str) -> PathBuf {
     let path = dir.join("fieldgate.yaml");
     let text = format!(
-        "gateway:\n  id: gw\n  state_dir: {state}\n  status_interval: 1s\nstore:\n  flush_interval: 50ms\n{store_extra}mqtt:\n  url: mqtt://127.0.0.1:{port}\n  backoff_min: 100ms\n  backoff_max: 1s\n{mqtt_extra}devices:\n{devices}",
+        "gateway:\n  id: gw\n  state_dir: {state}\n  status_interval: 1s\nstore:\n  flush_interval: 50ms\n{store}mqtt:\n{mqtt_head}  backoff_min: 100ms\n  backoff_max: 1s\n{mqtt_tail}devices:\n{devices}",
         state = dir.join("state").display(),
     );
     std::fs::write(&path, text).expect("write config");
