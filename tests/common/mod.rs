@@ -16,6 +16,7 @@ pub mod modbus_slave;
 pub mod pki;
 pub mod proxy;
 mod pty;
+mod rig;
 mod store;
 mod subscriber;
 
@@ -27,6 +28,7 @@ pub use self::{
     gateway::Gateway,
     messages::{assert_ordered_per_device, device_status, device_values, distinct_seqs, telemetry},
     pty::Pty,
+    rig::{Rig, TELEMETRY},
     store::{next_seq, queue, queued_rows, stored_rows},
     subscriber::{Message, Subscriber},
 };
