@@ -44,6 +44,14 @@ pub fn assert_ordered_per_device(messages: &[Message]) {
     }
 }
 
+/// The latest `P/status` payload, if any.
+pub fn latest_status(messages: &[Message]) -> Option<serde_json::Value> {
+    messages
+        .iter()
+        .rfind(|m| m.topic.ends_with("/status"))
+        .map(Message::json)
+}
+
 /// The latest `P/status` counters of `device` (`devices.<device>`), if any.
 pub fn device_status(messages: &[Message], device: &str) -> Option<serde_json::Value> {
     messages

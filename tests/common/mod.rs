@@ -26,7 +26,10 @@ pub use self::{
     broker::{Broker, publish},
     config::{sim_device, write_config, write_config_mqtt, write_config_with_store},
     gateway::Gateway,
-    messages::{assert_ordered_per_device, device_status, device_values, distinct_seqs, telemetry},
+    messages::{
+        assert_ordered_per_device, device_status, device_values, distinct_seqs, latest_status,
+        telemetry,
+    },
     pty::Pty,
     rig::{Rig, TELEMETRY},
     store::{next_seq, queue, queued_rows, stored_rows},
