@@ -5,10 +5,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{kill_and_reap, read_lossy, send_signal, wait_timeout};
+use super::{kill_and_reap, poll, read_lossy, send_signal, wait_timeout};
 
 /// A running `fieldgate run --config <path>` process. Killed and reaped on drop.
 #[derive(Debug)]
@@ -96,16 +95,7 @@ impl Gateway {
 
     /// Wait until the log contains `needle`, polling every 50 ms. Returns false on timeout.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.log().contains(needle) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        poll(timeout, || self.log().contains(needle))
     }
 
     pub fn pid(&self) -> u32 {

@@ -80,6 +80,21 @@ fn send_signal(pid: u32, signal: &str) {
     let _ = status;
 }
 
+/// Checks `done` every 50 ms until it holds (true) or `timeout` has passed
+/// (false).
+fn poll(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Poll `child` until it exits or `timeout` passes.
 fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;

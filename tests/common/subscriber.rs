@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 
-use super::{STARTUP_TIMEOUT, lock};
+use super::{STARTUP_TIMEOUT, lock, poll};
 
 /// One received message.
 #[derive(Clone, Debug)]
@@ -126,16 +126,7 @@ impl Subscriber {
 
     /// Wait until `pred(&messages)` is true, polling every 50 ms. Returns false on timeout.
     pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&[Message]) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if pred(&lock(&self.messages)) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        poll(timeout, || pred(&lock(&self.messages)))
     }
 
     /// Wait until at least `n` messages arrived. Returns false on timeout.
