@@ -170,45 +170,71 @@ fn good_with(messages: &[Message], device: &str, check: impl Fn(&Value) -> bool)
         .any(|r| r["quality"] == "good" && check(&r["values"]))
 }
 
-/// What a gateway started by [`rig`] needs to stay up: its broker and
-/// its directory.
-type Keep = (Broker, tempfile::TempDir);
+fn any_bad(messages: &[Message], device: &str) -> bool {
+    readings(messages, device)
+        .iter()
+        .any(|r| r["quality"] == "bad")
+}
+
+/// The driver's BTHome thermometer, with `extra` keys.
+fn livingroom(extra: &str) -> String {
+    format!(
+        "  - name: livingroom\n    kind: ble\n    address: \"A4:C1:38:00:00:01\"\n    decoder: bthome\n{extra}"
+    )
+}
+
+/// The driver's heart-rate strap, connected over GATT and read every `poll`.
+fn strap(poll: &str, characteristics: &str) -> String {
+    format!(
+        "  - name: strap\n    kind: ble\n    address: \"AA:BB:CC:DD:EE:03\"\n    decoder: gatt\n    min_interval: 0s\n    poll: {poll}\n    characteristics:\n{characteristics}"
+    )
+}
+
+/// Waits until `pred` holds for what `rig` received; else fails with the
+/// messages and the logs of the gateway and the mock.
+#[track_caller]
+fn expect_or_dump(rig: &Rig, gw: &Gateway, bluez: &MockBluez, pred: impl Fn(&[Message]) -> bool) {
+    assert!(
+        rig.sub.wait_until(WAIT, pred),
+        "{:?}\n{}\n{}",
+        rig.sub
+            .messages()
+            .iter()
+            .map(Message::text)
+            .collect::<Vec<_>>(),
+        gw.log(),
+        bluez.logs()
+    );
+}
 
 /// A gateway with `devices` and `ble:` keys, on the system bus at `dbus`,
-/// and a subscriber to its telemetry.
-fn rig(dbus: &str, client: &str, devices: &str, ble: &str) -> (Gateway, Subscriber, Keep) {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, client, "fieldgate/gw/telemetry/#");
-    let config = write_config(dir.path(), broker.port, "", devices);
+/// and a rig whose subscriber `client` gets its telemetry.
+fn start(dbus: &str, client: &str, devices: &str, ble: &str) -> (Gateway, Rig) {
+    let rig = Rig::new(client, TELEMETRY, devices);
     if !ble.is_empty() {
-        let text = fs::read_to_string(&config).unwrap() + "ble:\n" + ble;
-        fs::write(&config, text).unwrap();
+        let text = fs::read_to_string(&rig.config).unwrap() + "ble:\n" + ble;
+        fs::write(&rig.config, text).unwrap();
     }
     let gw = Gateway::start_with_env(
-        &config,
-        dir.path(),
+        &rig.config,
+        rig.dir.path(),
         "info",
         &[("DBUS_SYSTEM_BUS_ADDRESS", dbus)],
     );
-    (gw, sub, (broker, dir))
+    (gw, rig)
 }
 
 #[test]
 fn bthome_and_ruuvi_advertisements_become_readings() {
     let bluez = MockBluez::start();
-    let devices = "  - name: livingroom
-    kind: ble
-    address: \"A4:C1:38:00:00:01\"
-    decoder: bthome
-    min_interval: 0s
-  - name: tag
+    let devices = livingroom("    min_interval: 0s\n")
+        + "  - name: tag
     kind: ble
     local_name: Ruuvi 0002
     decoder: ruuvi
     min_interval: 2s
 ";
-    let (mut gw, sub, _keep) = rig(&bluez.address, "check-adverts", devices, "");
+    let (mut gw, rig) = start(&bluez.address, "check-adverts", &devices, "");
 
     let bthome = |v: &Value| v["temperature"] == 25.0 && v["humidity"] == 50.55;
     let ruuvi = |v: &Value| {
@@ -220,18 +246,12 @@ fn bthome_and_ruuvi_advertisements_become_readings() {
             && v["mac"] == "CB:B8:33:4C:88:4F"
     };
     let both = |m: &[Message]| good_with(m, "livingroom", bthome) && good_with(m, "tag", ruuvi);
-    assert!(
-        sub.wait_until(WAIT, both),
-        "{:?}\n{}\n{}",
-        sub.messages().iter().map(Message::text).collect::<Vec<_>>(),
-        gw.log(),
-        bluez.logs()
-    );
+    expect_or_dump(&rig, &gw, &bluez, both);
 
     // Adverts come every 0.3 s, each with a new packet id / sequence: the
     // BTHome device (min_interval 0s) gets most, the Ruuvi tag one per 2 s.
     thread::sleep(Duration::from_secs(4));
-    let messages = sub.messages();
+    let messages = rig.sub.messages();
     let (fast, slow) = (
         readings(&messages, "livingroom"),
         readings(&messages, "tag"),
@@ -259,41 +279,31 @@ fn bthome_and_ruuvi_advertisements_become_readings() {
 #[test]
 fn gatt_notifications_and_reads_become_readings_and_a_dropped_link_reconnects() {
     let bluez = MockBluez::start();
-    let devices = "  - name: strap
-    kind: ble
-    address: \"AA:BB:CC:DD:EE:03\"
-    decoder: gatt
-    min_interval: 0s
-    poll: 1s
-    characteristics:
-      - { point: heart_rate, service: 180d, uuid: 2a37, type: u8, skip: 1 }
+    let devices = strap(
+        "1s",
+        "      - { point: heart_rate, service: 180d, uuid: 2a37, type: u8, skip: 1 }
       - { point: battery, service: 180f, uuid: 2a19, type: u8, mode: read }
-";
-    let (mut gw, sub, _keep) = rig(&bluez.address, "check-gatt", devices, "");
+",
+    );
+    let (mut gw, rig) = start(&bluez.address, "check-gatt", &devices, "");
 
     let before = |m: &[Message]| {
         (60..=62).all(|bpm| good_with(m, "strap", |v| v["heart_rate"] == bpm))
             && good_with(m, "strap", |v| v["battery"] == 87)
     };
-    assert!(
-        sub.wait_until(WAIT, before),
-        "{:?}\n{}\n{}",
-        sub.messages().iter().map(Message::text).collect::<Vec<_>>(),
-        gw.log(),
-        bluez.logs()
-    );
+    expect_or_dump(&rig, &gw, &bluez, before);
     let after = |m: &[Message]| {
         good_with(m, "strap", |v| {
             v["heart_rate"].as_u64().is_some_and(|b| b >= 90)
         })
     };
     assert!(
-        sub.wait_until(WAIT, after),
+        rig.sub.wait_until(WAIT, after),
         "no notification after the drop\n{}\n{}",
         gw.log(),
         bluez.logs()
     );
-    let dropped = readings(&sub.messages(), "strap")
+    let dropped = readings(&rig.sub.messages(), "strap")
         .into_iter()
         .find(|r| r["quality"] == "bad")
         .expect("a bad reading for the dropped link");
@@ -312,22 +322,18 @@ fn gatt_notifications_and_reads_become_readings_and_a_dropped_link_reconnects() 
 #[test]
 fn a_command_writes_a_writable_gatt_characteristic() {
     let bluez = MockBluez::start();
-    let devices = "  - name: strap
-    kind: ble
-    address: \"AA:BB:CC:DD:EE:03\"
-    decoder: gatt
-    min_interval: 0s
-    poll: 500ms
-    characteristics:
-      - { point: setpoint, service: fff0, uuid: fff1, type: i16, scale: 0.1, mode: read, writable: true }
+    let devices = strap(
+        "500ms",
+        "      - { point: setpoint, service: fff0, uuid: fff1, type: i16, scale: 0.1, mode: read, writable: true }
       - { point: battery, service: 180f, uuid: 2a19, mode: read }
-";
-    let (mut gw, sub, keep) = rig(&bluez.address, "check-write", devices, "");
-    let port = keep.0.port;
+",
+    );
+    let (mut gw, rig) = start(&bluez.address, "check-write", &devices, "");
+    let port = rig.broker.port;
     let responses = Subscriber::connect(port, "check-responses", "fieldgate/gw/responses");
     let setpoint = |x: f64| move |m: &[Message]| good_with(m, "strap", |v| v["setpoint"] == x);
     assert!(
-        sub.wait_until(WAIT, setpoint(21.0)),
+        rig.sub.wait_until(WAIT, setpoint(21.0)),
         "{}\n{}",
         gw.log(),
         bluez.logs()
@@ -355,7 +361,7 @@ fn a_command_writes_a_writable_gatt_characteristic() {
     command("w-1", "setpoint", "23.5");
     assert_eq!(answered("w-1")["status"], "ok", "{}", gw.log());
     assert!(
-        sub.wait_until(WAIT, setpoint(23.5)),
+        rig.sub.wait_until(WAIT, setpoint(23.5)),
         "read back\n{}",
         gw.log()
     );
@@ -377,33 +383,22 @@ fn a_command_writes_a_writable_gatt_characteristic() {
 
 #[test]
 fn without_a_bus_the_cause_is_logged_once_and_simulated_devices_keep_publishing() {
-    let devices = "  - name: livingroom
-    kind: ble
-    address: \"A4:C1:38:00:00:01\"
-    decoder: bthome
-"
-    .to_owned()
-        + &sim_device("wave", "100ms", 1_000_000, "");
+    let devices = livingroom("") + &sim_device("wave", "100ms", 1_000_000, "");
     let missing = "unix:path=/nonexistent/no-such-bus";
     let retry = "  retry_interval: 500ms\n";
-    let (mut gw, sub, _keep) = rig(missing, "check-nobus", &devices, retry);
+    let (mut gw, rig) = start(missing, "check-nobus", &devices, retry);
 
-    let bad = |m: &[Message]| {
-        readings(m, "livingroom")
-            .iter()
-            .any(|r| r["quality"] == "bad")
-    };
-    assert!(sub.wait_until(WAIT, bad), "{}", gw.log());
-    let started = sub.count();
+    rig.expect(&gw, WAIT, |m| any_bad(m, "livingroom"));
+    let started = rig.sub.count();
     // Several retries (every 500 ms) later, the simulated device still
     // publishes and the cause was logged once.
     thread::sleep(Duration::from_secs(3));
     assert!(
-        sub.wait_until(WAIT, |m| m.len() >= started + 20),
+        rig.sub.wait_until(WAIT, |m| m.len() >= started + 20),
         "the simulated device stopped\n{}",
         gw.log()
     );
-    let messages = sub.messages();
+    let messages = rig.sub.messages();
     let bad_readings: Vec<Value> = readings(&messages, "livingroom");
     assert_eq!(
         bad_readings.len(),
@@ -425,22 +420,12 @@ fn without_a_bus_the_cause_is_logged_once_and_simulated_devices_keep_publishing(
 #[test]
 fn a_bluez_that_starts_late_is_found_by_the_retries() {
     let mut bus = MockBluez::bus_only();
-    let devices = "  - name: livingroom
-    kind: ble
-    address: \"A4:C1:38:00:00:01\"
-    decoder: bthome
-    min_interval: 0s
-";
+    let devices = livingroom("    min_interval: 0s\n");
     let retry = "  retry_interval: 500ms\n";
-    let (mut gw, sub, _keep) = rig(&bus.address, "check-late", devices, retry);
+    let (mut gw, rig) = start(&bus.address, "check-late", &devices, retry);
 
-    let bad = |m: &[Message]| {
-        readings(m, "livingroom")
-            .iter()
-            .any(|r| r["quality"] == "bad")
-    };
-    assert!(sub.wait_until(WAIT, bad), "{}", gw.log());
-    let first = &readings(&sub.messages(), "livingroom")[0];
+    rig.expect(&gw, WAIT, |m| any_bad(m, "livingroom"));
+    let first = &readings(&rig.sub.messages(), "livingroom")[0];
     assert_eq!(
         first["error"],
         "BLE unavailable: BlueZ is not running (no org.bluez on the system D-Bus; start bluetooth.service)"
@@ -448,7 +433,12 @@ fn a_bluez_that_starts_late_is_found_by_the_retries() {
 
     bus.add_bluez();
     let good = |m: &[Message]| good_with(m, "livingroom", |v| v["temperature"] == 25.0);
-    assert!(sub.wait_until(WAIT, good), "{}\n{}", gw.log(), bus.logs());
+    assert!(
+        rig.sub.wait_until(WAIT, good),
+        "{}\n{}",
+        gw.log(),
+        bus.logs()
+    );
     // Logged once per cause, however many retries (the mock may also be
     // seen for a moment without its adapter: another cause, logged once).
     let log = gw.log();

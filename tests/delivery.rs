@@ -11,25 +11,24 @@ const LONG: Duration = Duration::from_secs(120);
 
 #[test]
 fn ten_thousand_qos1_readings_arrive_complete_and_in_order() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-10k", "fieldgate/gw/telemetry/#");
     let devices: String = (0..10)
         .map(|i| sim_device(&format!("dev{i}"), "1ms", 1_000, "    qos: 1\n"))
         .collect();
-    let config = write_config(dir.path(), broker.port, "", &devices);
+    let rig = Rig::new("check-10k", TELEMETRY, &devices);
 
     let started = Instant::now();
-    let mut gw = Gateway::start(&config, dir.path());
-    let complete = sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 10_000);
+    let mut gw = rig.gateway();
+    let complete = rig
+        .sub
+        .wait_until(LONG, |m| distinct_seqs(m).len() >= 10_000);
     let elapsed = started.elapsed();
     assert!(
         complete,
         "only {} readings arrived\n{}",
-        sub.count(),
+        rig.sub.count(),
         gw.log()
     );
-    let messages = sub.messages();
+    let messages = rig.sub.messages();
     let seqs = distinct_seqs(&messages);
     assert_eq!(
         seqs,
@@ -44,43 +43,38 @@ fn ten_thousand_qos1_readings_arrive_complete_and_in_order() {
     );
 
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
-    assert_eq!(stored_rows(dir.path()), 0, "the store must be empty");
+    assert_eq!(stored_rows(rig.dir.path()), 0, "the store must be empty");
 }
 
 #[test]
 fn broker_restart_mid_flow_loses_nothing() {
-    let mut broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    // A persistent session, so the broker queues for the subscriber while
-    // it is away, too.
-    let sub = Subscriber::connect(broker.port, "check-restart", "fieldgate/gw/telemetry/#");
     let devices =
         sim_device("a", "2ms", 2_000, "") + &sim_device("b", "2ms", 2_000, "    qos: 2\n");
-    let config = write_config(dir.path(), broker.port, "", &devices);
-    let mut gw = Gateway::start(&config, dir.path());
+    // A persistent session, so the broker queues for the subscriber while
+    // it is away, too.
+    let mut rig = Rig::new("check-restart", TELEMETRY, &devices);
+    let mut gw = rig.gateway();
 
-    assert!(
-        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 500),
-        "{}",
-        gw.log()
-    );
-    broker.stop();
+    rig.expect(&gw, LONG, |m| distinct_seqs(m).len() >= 500);
+    rig.broker.stop();
     std::thread::sleep(Duration::from_secs(5));
     assert!(
         gw.is_running(),
         "the gateway must survive the outage\n{}",
         gw.log()
     );
-    broker.restart();
+    rig.broker.restart();
 
-    let complete = sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 4_000);
+    let complete = rig
+        .sub
+        .wait_until(LONG, |m| distinct_seqs(m).len() >= 4_000);
     assert!(
         complete,
         "{} of 4000 arrived\n{}",
-        distinct_seqs(&sub.messages()).len(),
+        distinct_seqs(&rig.sub.messages()).len(),
         gw.log()
     );
-    let messages = sub.messages();
+    let messages = rig.sub.messages();
     assert_eq!(distinct_seqs(&messages), (1..=4_000).collect());
     assert_ordered_per_device(&messages);
     let log = gw.log();
@@ -90,24 +84,16 @@ fn broker_restart_mid_flow_loses_nothing() {
     );
 
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
-    assert_eq!(stored_rows(dir.path()), 0);
+    assert_eq!(stored_rows(rig.dir.path()), 0);
 }
 
 #[test]
 fn without_a_broker_readings_accumulate_then_drain() {
     // Create the subscriber's session first, then take the broker away.
-    let mut broker = Broker::start();
-    let sub = Subscriber::connect(broker.port, "check-late", "fieldgate/gw/telemetry/#");
-    broker.stop();
+    let mut rig = Rig::new("check-late", TELEMETRY, &sim_device("late", "5ms", 300, ""));
+    rig.broker.stop();
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        broker.port,
-        "",
-        &sim_device("late", "5ms", 300, ""),
-    );
-    let mut gw = Gateway::start_logging(&config, dir.path(), "fieldgate=debug");
+    let mut gw = Gateway::start_logging(&rig.config, rig.dir.path(), "fieldgate=debug");
     assert!(
         gw.wait_for_log("down", Duration::from_secs(20)),
         "{}",
@@ -116,14 +102,14 @@ fn without_a_broker_readings_accumulate_then_drain() {
     let outage_started = Instant::now();
 
     // The queue grows while there is nowhere to send it.
-    let queued = || queued_rows(&config);
+    let queued = || queued_rows(&rig.config);
     let deadline = Instant::now() + LONG;
     while queued() < 300 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(queued(), 300, "all readings must wait in the store");
     assert!(gw.is_running());
-    assert_eq!(sub.count(), 0);
+    assert_eq!(rig.sub.count(), 0);
 
     // rumqttc retries at once, forever; the uplink must pace its attempts
     // (backoff 100ms doubling to 1s here): a handful per second, not a
@@ -138,76 +124,45 @@ fn without_a_broker_readings_accumulate_then_drain() {
     // Logged once per change of state, not once per attempt.
     assert_eq!(gw.log().matches("WARN").count(), 1, "{}", gw.log());
 
-    broker.restart();
-    assert!(
-        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 300),
-        "{}",
-        gw.log()
-    );
-    assert_eq!(distinct_seqs(&sub.messages()), (1..=300).collect());
+    rig.broker.restart();
+    rig.expect(&gw, LONG, |m| distinct_seqs(m).len() >= 300);
+    assert_eq!(distinct_seqs(&rig.sub.messages()), (1..=300).collect());
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
-    assert_eq!(stored_rows(dir.path()), 0);
+    assert_eq!(stored_rows(rig.dir.path()), 0);
 }
 
 #[test]
 fn kill_9_loses_no_committed_reading() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-kill", "fieldgate/gw/telemetry/#");
     let devices = sim_device("k1", "1ms", 100_000, "") + &sim_device("k2", "1ms", 100_000, "");
-    let config = write_config(dir.path(), broker.port, "", &devices);
+    let rig = Rig::new("check-kill", TELEMETRY, &devices);
 
-    let mut gw = Gateway::start(&config, dir.path());
-    assert!(
-        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 1_000),
-        "{}",
-        gw.log()
-    );
+    let mut gw = rig.gateway();
+    rig.expect(&gw, LONG, |m| distinct_seqs(m).len() >= 1_000);
     gw.kill9();
     // Every seq below this was committed before the kill.
-    let committed_below = next_seq(dir.path());
+    let (dir, port) = (rig.dir.path(), rig.broker.port);
+    let committed_below = next_seq(dir);
     assert!(committed_below > 1_000);
 
     // The restarted gateway sends what the first one could not.
-    let config = write_config(dir.path(), broker.port, "", &sim_device("k1", "1s", 1, ""));
-    let mut gw = Gateway::start(&config, dir.path());
-    let all = |m: &[Message]| {
-        let seqs = distinct_seqs(m);
-        (1..committed_below).all(|s| seqs.contains(&s))
-    };
-    let complete = sub.wait_until(LONG, all);
-    let seqs = distinct_seqs(&sub.messages());
-    let missing: Vec<i64> = (1..committed_below)
-        .filter(|s| !seqs.contains(s))
-        .take(10)
-        .collect();
-    assert!(
-        complete,
-        "committed seqs missing, e.g. {missing:?}\n{}",
-        gw.log()
-    );
-    assert_ordered_per_device(&sub.messages());
+    let config = write_config(dir, port, "", &sim_device("k1", "1s", 1, ""));
+    let mut gw = Gateway::start(&config, dir);
+    rig.expect_seqs_below(&gw, LONG, committed_below);
+    assert_ordered_per_device(&rig.sub.messages());
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
-    assert_eq!(stored_rows(dir.path()), 0, "{}", gw.log());
+    assert_eq!(stored_rows(dir), 0, "{}", gw.log());
 }
 
 #[test]
 fn devices_publish_with_their_own_qos() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-qos", "fieldgate/gw/telemetry/#");
-    let status = Subscriber::connect(broker.port, "check-status", "fieldgate/gw/status");
     let devices = sim_device("q0", "5ms", 50, "    qos: 0\n")
         + &sim_device("q1", "5ms", 50, "    qos: 1\n")
         + &sim_device("q2", "5ms", 50, "    qos: 2\n");
-    let config = write_config(dir.path(), broker.port, "", &devices);
-    let mut gw = Gateway::start(&config, dir.path());
-    assert!(
-        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 150),
-        "{}",
-        gw.log()
-    );
-    for (device, _, qos) in telemetry(&sub.messages()) {
+    let rig = Rig::new("check-qos", TELEMETRY, &devices);
+    let status = Subscriber::connect(rig.broker.port, "check-status", "fieldgate/gw/status");
+    let mut gw = rig.gateway();
+    rig.expect(&gw, LONG, |m| distinct_seqs(m).len() >= 150);
+    for (device, _, qos) in telemetry(&rig.sub.messages()) {
         let expected = device[1..].parse::<u8>().unwrap();
         assert_eq!(qos, expected, "{device} arrived with QoS {qos}");
     }
@@ -244,11 +199,11 @@ fn devices_publish_with_their_own_qos() {
         serde_json::json!({ "state": "offline" })
     );
     assert!(gw.log().contains("stopped"));
-    let late = Subscriber::connect(broker.port, "check-retained", "fieldgate/gw/status");
+    let late = Subscriber::connect(rig.broker.port, "check-retained", "fieldgate/gw/status");
     assert!(late.wait_until(Duration::from_secs(10), |m| !m.is_empty()));
     assert!(late.messages()[0].retain, "the status must be retained");
     assert_eq!(late.messages()[0].json()["state"], "offline");
-    assert_eq!(stored_rows(dir.path()), 0);
+    assert_eq!(stored_rows(rig.dir.path()), 0);
 }
 
 /// rumqttc reuses a packet id while an older QoS 2 message with that id
@@ -257,9 +212,6 @@ fn devices_publish_with_their_own_qos() {
 /// once on a single connection and deleted exactly once.
 #[test]
 fn mixed_qos_1_and_2_with_inflight_100_delete_exactly_the_acked_rows() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::connect(broker.port, "check-mixed", "fieldgate/gw/telemetry/#");
     let devices: String = (0..10)
         .map(|i| {
             sim_device(
@@ -270,16 +222,18 @@ fn mixed_qos_1_and_2_with_inflight_100_delete_exactly_the_acked_rows() {
             )
         })
         .collect();
-    let config = write_config(dir.path(), broker.port, "  max_inflight: 100\n", &devices);
-    let mut gw = Gateway::start(&config, dir.path());
-    assert!(
-        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 10_000),
-        "{}",
-        gw.log()
+    let rig = Rig::with(
+        "check-mixed",
+        TELEMETRY,
+        "",
+        "  max_inflight: 100\n",
+        &devices,
     );
+    let mut gw = rig.gateway();
+    rig.expect(&gw, LONG, |m| distinct_seqs(m).len() >= 10_000);
     std::thread::sleep(Duration::from_millis(500));
 
-    let messages = sub.messages();
+    let messages = rig.sub.messages();
     let received = telemetry(&messages);
     assert_eq!(
         received.len(),
@@ -297,5 +251,5 @@ fn mixed_qos_1_and_2_with_inflight_100_delete_exactly_the_acked_rows() {
         "one connection only\n{log}"
     );
     assert!(!log.contains("bookkeeping"), "{log}");
-    assert_eq!(stored_rows(dir.path()), 0);
+    assert_eq!(stored_rows(rig.dir.path()), 0);
 }

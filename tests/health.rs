@@ -52,13 +52,7 @@ fn status_counters_and_the_metrics_endpoint_agree() {
             .any(|m| m.topic.ends_with("/status") && m.json()["counters"]["published"] == 40)
     };
     assert!(sub.wait_until(LONG, counted), "{}", gw.log());
-    let status = sub
-        .messages()
-        .into_iter()
-        .rev()
-        .find(|m| m.topic.ends_with("/status"))
-        .unwrap()
-        .json();
+    let status = latest_status(&sub.messages()).unwrap();
     assert_eq!(status["counters"]["readings_in"], 40);
     assert_eq!(status["devices"]["meter"]["readings"], 40);
     assert_eq!(status["devices"]["meter"]["bad_input"], 0);

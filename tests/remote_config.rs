@@ -51,30 +51,20 @@ const FRESH: &str =
 
 #[test]
 fn pushed_devices_start_and_stop_while_untouched_ones_flow_on_and_survive_an_offline_boot() {
-    let mut broker = Broker::start();
-    let sub = Subscriber::connect(broker.port, "check-remote", "fieldgate/gw/#");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, "", &format!("{KEEP}{GONE}"));
-    let mut gw = Gateway::start(&config, dir.path());
-    assert!(
-        sub.wait_until(LONG, |m| readings_of(m, "gone") >= 10
-            && readings_of(m, "keep") >= 10),
-        "{}",
-        gw.log()
-    );
+    let mut rig = Rig::new("check-remote", "fieldgate/gw/#", &format!("{KEEP}{GONE}"));
+    let mut gw = rig.gateway();
+    rig.expect(&gw, LONG, |m| {
+        readings_of(m, "gone") >= 10 && readings_of(m, "keep") >= 10
+    });
 
     publish(
-        broker.port,
+        rig.broker.port,
         SET,
         &format!("version: v2\ndevices:\n{KEEP}{FRESH}"),
     );
-    let state = wait_state(&sub, "v2", "applied", &gw);
+    let state = wait_state(&rig.sub, "v2", "applied", &gw);
     assert_eq!(state["running_version"], "v2");
-    assert!(
-        sub.wait_until(LONG, |m| readings_of(m, "fresh") >= 10),
-        "{}",
-        gw.log()
-    );
+    rig.expect(&gw, LONG, |m| readings_of(m, "fresh") >= 10);
     let log = gw.log();
     assert!(
         log.contains("added [\"fresh\"], removed [\"gone\"], restarted []"),
@@ -83,30 +73,20 @@ fn pushed_devices_start_and_stop_while_untouched_ones_flow_on_and_survive_an_off
 
     // The removed device stops; the untouched one never missed a reading.
     std::thread::sleep(Duration::from_millis(500));
-    let gone = readings_of(&sub.messages(), "gone");
+    let gone = readings_of(&rig.sub.messages(), "gone");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        readings_of(&sub.messages(), "gone"),
+        readings_of(&rig.sub.messages(), "gone"),
         gone,
         "removed, yet still publishing"
     );
-    assert!(
-        sub.wait_until(LONG, |m| readings_of(m, "keep") >= 400),
-        "{}",
-        gw.log()
-    );
+    rig.expect(&gw, LONG, |m| readings_of(m, "keep") >= 400);
     assert_eq!(
-        readings_of(&sub.messages(), "keep"),
+        readings_of(&rig.sub.messages(), "keep"),
         400,
         "each of keep's 400 readings exactly once"
     );
-    let status = sub
-        .messages()
-        .into_iter()
-        .rev()
-        .find(|m| m.topic.ends_with("/status"))
-        .unwrap()
-        .json();
+    let status = latest_status(&rig.sub.messages()).unwrap();
     assert_eq!(
         (
             status["config_version"].as_str(),
@@ -117,22 +97,18 @@ fn pushed_devices_start_and_stop_while_untouched_ones_flow_on_and_survive_an_off
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 
     // Offline boot: the cached remote devices run and queue.
-    broker.stop();
-    let before = readings_of(&sub.messages(), "fresh");
-    let mut gw = Gateway::start(&config, dir.path());
+    rig.broker.stop();
+    let before = readings_of(&rig.sub.messages(), "fresh");
+    let mut gw = rig.gateway();
     assert!(gw.wait_for_log("origin=\"remote\"", LONG), "{}", gw.log());
     let deadline = Instant::now() + LONG;
-    while queued_rows(&config) < 20 {
+    while queued_rows(&rig.config) < 20 {
         assert!(Instant::now() < deadline, "{}", gw.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    broker.restart();
-    assert!(
-        sub.wait_until(LONG, |m| readings_of(m, "fresh") >= before + 20),
-        "{}",
-        gw.log()
-    );
-    let after = sub.messages();
+    rig.broker.restart();
+    rig.expect(&gw, LONG, |m| readings_of(m, "fresh") >= before + 20);
+    let after = rig.sub.messages();
     assert!(
         telemetry(&after)
             .iter()
@@ -145,7 +121,7 @@ fn pushed_devices_start_and_stop_while_untouched_ones_flow_on_and_survive_an_off
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldgate"))
             .args(args)
             .arg("--config")
-            .arg(&config)
+            .arg(&rig.config)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -165,20 +141,13 @@ fn pushed_devices_start_and_stop_while_untouched_ones_flow_on_and_survive_an_off
 
 #[test]
 fn broken_or_overreaching_configurations_are_rejected_and_change_nothing() {
-    let broker = Broker::start();
-    let sub = Subscriber::connect(broker.port, "check-reject", "fieldgate/gw/#");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, "", GONE);
-    let mut gw = Gateway::start(&config, dir.path());
-    assert!(
-        sub.wait_until(LONG, |m| readings_of(m, "gone") >= 5),
-        "{}",
-        gw.log()
-    );
+    let rig = Rig::new("check-reject", "fieldgate/gw/#", GONE);
+    let mut gw = rig.gateway();
+    rig.expect(&gw, LONG, |m| readings_of(m, "gone") >= 5);
 
     let broken = "version: v3\ndevices:\n  - name: bad\n    kind: simulated\n    poll: often\n    colour: red\n    points: [{ name: v, signal: ramp }]\n";
-    publish(broker.port, SET, broken);
-    let state = wait_state(&sub, "v3", "rejected", &gw);
+    publish(rig.broker.port, SET, broken);
+    let state = wait_state(&rig.sub, "v3", "rejected", &gw);
     let error = state["error"].as_str().unwrap();
     assert!(
         error.contains("remote configuration:5:11: devices[0].poll: invalid duration `often`"),
@@ -196,11 +165,11 @@ fn broken_or_overreaching_configurations_are_rejected_and_change_nothing() {
     );
 
     publish(
-        broker.port,
+        rig.broker.port,
         SET,
         "{\"version\": \"v4\", \"mqtt\": {\"url\": \"mqtt://elsewhere\"}, \"devices\": []}",
     );
-    let state = wait_state(&sub, "v4", "rejected", &gw);
+    let state = wait_state(&rig.sub, "v4", "rejected", &gw);
     assert!(
         state["error"]
             .as_str()
@@ -210,49 +179,35 @@ fn broken_or_overreaching_configurations_are_rejected_and_change_nothing() {
     );
 
     // Still the old devices, still publishing.
-    let now = readings_of(&sub.messages(), "gone");
-    assert!(
-        sub.wait_until(LONG, |m| readings_of(m, "gone") >= now + 10),
-        "{}",
-        gw.log()
-    );
+    let now = readings_of(&rig.sub.messages(), "gone");
+    rig.expect(&gw, LONG, |m| readings_of(m, "gone") >= now + 10);
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
 
 #[test]
 fn sighup_applies_an_edited_local_file_and_keeps_running_on_a_broken_one() {
-    let broker = Broker::start();
-    let sub = Subscriber::connect(broker.port, "check-hup", "fieldgate/gw/telemetry/#");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, "", GONE);
-    let mut gw = Gateway::start(&config, dir.path());
-    assert!(
-        sub.wait_until(LONG, |m| readings_of(m, "gone") >= 5),
-        "{}",
-        gw.log()
-    );
+    let rig = Rig::new("check-hup", TELEMETRY, GONE);
+    let mut gw = rig.gateway();
+    rig.expect(&gw, LONG, |m| readings_of(m, "gone") >= 5);
 
-    write_config(dir.path(), broker.port, "", &format!("{GONE}{FRESH}"));
+    write_config(
+        rig.dir.path(),
+        rig.broker.port,
+        "",
+        &format!("{GONE}{FRESH}"),
+    );
     gw.sighup();
-    assert!(
-        sub.wait_until(LONG, |m| readings_of(m, "fresh") >= 5),
-        "{}",
-        gw.log()
-    );
+    rig.expect(&gw, LONG, |m| readings_of(m, "fresh") >= 5);
 
-    std::fs::write(&config, "gateway: {id: gw\nthis is not yaml: [").unwrap();
+    std::fs::write(&rig.config, "gateway: {id: gw\nthis is not yaml: [").unwrap();
     gw.sighup();
     assert!(
         gw.wait_for_log("SIGHUP: keeping the running configuration", LONG),
         "{}",
         gw.log()
     );
-    let fresh = readings_of(&sub.messages(), "fresh");
-    assert!(
-        sub.wait_until(LONG, |m| readings_of(m, "fresh") >= fresh + 10),
-        "{}",
-        gw.log()
-    );
+    let fresh = readings_of(&rig.sub.messages(), "fresh");
+    rig.expect(&gw, LONG, |m| readings_of(m, "fresh") >= fresh + 10);
     assert!(gw.is_running());
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }

@@ -19,28 +19,25 @@ fn twenty_random_kill_9s_with_a_flapping_broker_lose_no_committed_reading() {
     let seed = fastrand::u64(..);
     eprintln!("seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut broker = Broker::start();
-    let sub = Subscriber::connect(broker.port, "check-rounds", "fieldgate/gw/telemetry/#");
-    let dir = tempfile::tempdir().unwrap();
     let devices = sim_device("r1", "2ms", 1_000_000, "")
         + &sim_device("r2", "3ms", 1_000_000, "    qos: 2\n");
-    let config = write_config(dir.path(), broker.port, "", &devices);
+    let mut rig = Rig::new("check-rounds", TELEMETRY, &devices);
 
     let mut committed_below = 1;
     for round in 0..20 {
         // The broker is up about two rounds in three.
         let want_broker = rng.u8(0..3) > 0;
-        if want_broker != broker.is_running() {
+        if want_broker != rig.broker.is_running() {
             if want_broker {
-                broker.restart()
+                rig.broker.restart()
             } else {
-                broker.stop()
+                rig.broker.stop()
             }
         }
-        let mut gw = Gateway::start(&config, dir.path());
+        let mut gw = rig.gateway();
         std::thread::sleep(Duration::from_millis(rng.u64(150..900)));
         gw.kill9();
-        let next = next_seq(dir.path());
+        let next = next_seq(rig.dir.path());
         assert!(
             next >= committed_below,
             "round {round}: seq went back from {committed_below} to {next}"
@@ -53,27 +50,15 @@ fn twenty_random_kill_9s_with_a_flapping_broker_lose_no_committed_reading() {
     );
 
     // A last, clean run with the broker up delivers the rest.
-    if !broker.is_running() {
-        broker.restart();
+    if !rig.broker.is_running() {
+        rig.broker.restart();
     }
-    let config = write_config(dir.path(), broker.port, "", "");
-    let mut gw = Gateway::start(&config, dir.path());
-    let all = |m: &[Message]| {
-        let seqs = distinct_seqs(m);
-        (1..committed_below).all(|s| seqs.contains(&s))
-    };
-    let complete = sub.wait_until(LONG, all);
-    let messages = sub.messages();
+    let (dir, port) = (rig.dir.path(), rig.broker.port);
+    let config = write_config(dir, port, "", "");
+    let mut gw = Gateway::start(&config, dir);
+    rig.expect_seqs_below(&gw, LONG, committed_below);
+    let messages = rig.sub.messages();
     let seqs = distinct_seqs(&messages);
-    let missing: Vec<i64> = (1..committed_below)
-        .filter(|s| !seqs.contains(s))
-        .take(10)
-        .collect();
-    assert!(
-        complete,
-        "committed seqs missing, e.g. {missing:?}\n{}",
-        gw.log()
-    );
     assert_ordered_per_device(&messages);
     let received = telemetry(&messages).len();
     let status = gw.sigterm_and_wait(Duration::from_secs(20));
@@ -84,7 +69,7 @@ fn twenty_random_kill_9s_with_a_flapping_broker_lose_no_committed_reading() {
         received - seqs.len(),
         100.0 * (received - seqs.len()) as f64 / seqs.len() as f64
     );
-    assert_eq!(stored_rows(dir.path()), 0);
+    assert_eq!(stored_rows(dir), 0);
 }
 
 /// A tmpfs of a few MiB, mounted over the state directory for one test.
@@ -152,20 +137,16 @@ fn free_bytes(path: &Path) -> u64 {
 
 #[test]
 fn a_full_disk_keeps_the_gateway_running_and_delivering_until_space_returns() {
-    let mut broker = Broker::start();
-    let sub = Subscriber::connect(broker.port, "check-full", "fieldgate/gw/telemetry/#");
-    broker.stop();
-    let dir = tempfile::tempdir().unwrap();
-    let disk = TinyDisk::mount(&dir.path().join("state"), "8m");
-    let ballast = disk.fill(1_500 << 10);
-
     let per_device = 15_000;
     let devices = sim_device("f1", "1ms", per_device, "    priority: low\n")
         + &sim_device("f2", "1ms", per_device, "    priority: high\n");
     // No configured limit stops it first: the disk does.
     let store = "  max_bytes: 1GiB\n  memory_buffer: 1000000\n";
-    let config = write_config_with_store(dir.path(), broker.port, store, "", &devices);
-    let mut gw = Gateway::start(&config, dir.path());
+    let mut rig = Rig::with("check-full", TELEMETRY, store, "", &devices);
+    rig.broker.stop();
+    let disk = TinyDisk::mount(&rig.dir.path().join("state"), "8m");
+    let ballast = disk.fill(1_500 << 10);
+    let mut gw = rig.gateway();
     assert!(
         gw.wait_for_log("store commit failed", LONG),
         "the disk never filled\n{}",
@@ -174,12 +155,8 @@ fn a_full_disk_keeps_the_gateway_running_and_delivering_until_space_returns() {
     assert!(gw.is_running(), "{}", gw.log());
 
     // The broker comes back while the disk is still full: what is stored drains.
-    broker.restart();
-    assert!(
-        sub.wait_until(LONG, |m| distinct_seqs(m).len() >= 1_000),
-        "{}",
-        gw.log()
-    );
+    rig.broker.restart();
+    rig.expect(&gw, LONG, |m| distinct_seqs(m).len() >= 1_000);
     assert!(gw.is_running());
 
     // Space returns: the readings held in memory are stored and sent.
@@ -190,7 +167,7 @@ fn a_full_disk_keeps_the_gateway_running_and_delivering_until_space_returns() {
         gw.log()
     );
     let evicted = || -> u64 {
-        let (_, text) = queue(&config, &["stats"]);
+        let (_, text) = queue(&rig.config, &["stats"]);
         text.lines()
             .skip_while(|l| !l.starts_with("evicted"))
             .skip(1)
@@ -198,10 +175,10 @@ fn a_full_disk_keeps_the_gateway_running_and_delivering_until_space_returns() {
             .sum()
     };
     let total = 2 * per_device as usize;
-    let arrived = sub.wait_until(LONG, |m| {
+    let arrived = rig.sub.wait_until(LONG, |m| {
         distinct_seqs(m).len() as u64 + evicted() >= total as u64
     });
-    let received = distinct_seqs(&sub.messages()).len();
+    let received = distinct_seqs(&rig.sub.messages()).len();
     let dropped = evicted();
     assert!(
         arrived,
@@ -215,7 +192,7 @@ fn a_full_disk_keeps_the_gateway_running_and_delivering_until_space_returns() {
     );
     // Room was made by evicting the low-priority device only.
     let by_device =
-        telemetry(&sub.messages())
+        telemetry(&rig.sub.messages())
             .into_iter()
             .fold(HashMap::new(), |mut m, (d, s, _)| {
                 m.entry(d)

@@ -1,0 +1,48 @@
+//! The gateway's store seen from outside: through `fieldgate queue` while it
+//! runs, and through the library once it has stopped.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `fieldgate queue --config <config> <args>`: (exit code, stdout).
+pub fn queue(config: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["queue", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run fieldgate queue");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+}
+
+/// The `rows` figure of `queue stats`.
+pub fn queued_rows(config: &Path) -> u64 {
+    let (code, text) = queue(config, &["stats"]);
+    assert_eq!(code, 0, "{text}");
+    if text.starts_with("no store at") {
+        return 0;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("rows"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rows line in {text}"))
+}
+
+/// Rows left in the store of a stopped gateway.
+pub fn stored_rows(dir: &Path) -> u64 {
+    let db = dir.join("state").join("fieldgate.db");
+    fieldgate::store::Outbox::open(&db, Default::default())
+        .and_then(|o| o.totals())
+        .expect("open store")
+        .rows
+}
+
+/// The seq the store would give next: everything below was committed.
+pub fn next_seq(dir: &Path) -> i64 {
+    let db = dir.join("state").join("fieldgate.db");
+    fieldgate::store::Outbox::open(&db, Default::default())
+        .expect("open store")
+        .next_seq()
+}
