@@ -17,6 +17,11 @@ pub struct Health {
     pub published: AtomicU64,
     /// Connections after the first.
     pub reconnects: AtomicU64,
+    /// Commands left unacknowledged because the command queue was full.
+    pub commands_dropped: AtomicU64,
+    /// Unreadable commands not answered, to bound the answers a flood of
+    /// junk can cause (each is logged and counted instead).
+    pub commands_unanswered: AtomicU64,
     devices: Mutex<BTreeMap<String, Arc<DeviceHealth>>>,
 }
 
@@ -72,6 +77,8 @@ pub struct Snapshot {
     pub readings_in: u64,
     pub published: u64,
     pub reconnects: u64,
+    pub commands_dropped: u64,
+    pub commands_unanswered: u64,
     pub devices: BTreeMap<String, DeviceSnapshot>,
 }
 
@@ -91,6 +98,8 @@ impl Health {
             readings_in: AtomicU64::new(0),
             published: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            commands_dropped: AtomicU64::new(0),
+            commands_unanswered: AtomicU64::new(0),
             devices: Mutex::new(BTreeMap::new()),
         })
     }
@@ -108,6 +117,8 @@ impl Health {
             readings_in: self.readings_in.load(Relaxed),
             published: self.published.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
+            commands_dropped: self.commands_dropped.load(Relaxed),
+            commands_unanswered: self.commands_unanswered.load(Relaxed),
             devices: devices
                 .iter()
                 .map(|(name, d)| {

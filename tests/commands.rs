@@ -428,3 +428,93 @@ fn a_stored_answer_to_a_wildcard_topic_is_dead_lettered_not_retried() {
     assert!(stats.contains("dead letters"), "{stats}");
     assert!(stats.contains("wildcard"), "{stats}");
 }
+
+/// Peak resident memory of a process, in kB (`VmHWM`).
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The store's files on disk (database and WAL), in bytes.
+fn store_bytes(state: &std::path::Path) -> u64 {
+    ["fieldgate.db", "fieldgate.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(state.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A flood of unreadable commands: the uplink hands each to the command
+/// queue without waiting, so acks and telemetry keep moving; unreadable
+/// ones are answered at most 10 a second, so the store does not fill.
+#[test]
+fn a_burst_of_20000_junk_commands_leaves_the_link_and_telemetry_alone() {
+    let broker = Broker::start();
+    let sub = Subscriber::connect(broker.port, "check-flood", "fieldgate/gw/telemetry/#");
+    let dir = tempfile::tempdir().unwrap();
+    let ticks = 200;
+    let config = write_config(
+        dir.path(),
+        broker.port,
+        "",
+        &sim_device("ticker", "100ms", ticks, ""),
+    );
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    let state = dir.path().join("state");
+    let rss_before = peak_rss_kb(gw.pid());
+
+    let mut junk = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-q", "1", "-t", COMMANDS, "-l"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    {
+        use std::io::Write;
+        let mut stdin = junk.stdin.take().unwrap();
+        for i in 0..20_000 {
+            writeln!(stdin, "junk {i} {{\"id\":").unwrap();
+        }
+    }
+    assert!(junk.wait().unwrap().success());
+    let burst = t0.elapsed();
+
+    let arrived = |m: &[Message]| telemetry(m).len() as u64 >= ticks;
+    assert!(sub.wait_until(LONG, arrived), "{}", gw.log());
+    // While the burst lasted (at least 2 s are looked at), the ticker's
+    // readings kept arriving at 90 % of their rate or more.
+    let window = burst.max(Duration::from_secs(2));
+    let during = sub
+        .messages()
+        .iter()
+        .filter(|m| m.at >= t0 && m.at <= t0 + window)
+        .count() as f64;
+    let expected = window.as_secs_f64() * 10.0;
+    let rss_after = peak_rss_kb(gw.pid());
+    let log = gw.log();
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    // A clean stop folds the WAL back: what is left is what was kept.
+    let stored = store_bytes(&state);
+    eprintln!(
+        "burst {burst:?}: telemetry {during} of {expected:.0} expected, peak RSS {rss_before} -> {rss_after} kB, store {stored} B"
+    );
+    assert!(
+        during >= 0.9 * expected,
+        "{during} < 0.9 × {expected}\n{log}"
+    );
+    // Debug builds idle at about 20 MB here; the burst may add little.
+    assert!(rss_before > 0, "no VmHWM for the gateway");
+    assert!(
+        rss_after <= rss_before + 4 * 1024,
+        "peak RSS went from {rss_before} to {rss_after} kB"
+    );
+    assert!(stored < 2 << 20, "the store holds {stored} bytes");
+    assert_eq!(log.matches("connected to").count(), 1, "{log}");
+    assert!(log.contains("not answered (rate limit)"), "{log}");
+}

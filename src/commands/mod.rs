@@ -5,7 +5,9 @@
 
 pub mod message;
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -22,12 +24,18 @@ use crate::uplink::payload::{check_topic, timestamp};
 /// Shown as the "device" of answers in `queue stats`.
 const SOURCE: &str = "(commands)";
 
+/// Unreadable commands answered per second, at most: each answer is a row
+/// in the store, and junk must not fill the card or the uplink.
+const UNREAD_ANSWERS_PER_SECOND: u32 = 10;
+
 #[derive(Clone)]
 pub struct Commands {
     store: Store,
     settings: CommandsConfig,
     responses: String,
     health: Arc<Health>,
+    /// Answers to unreadable commands in the current second.
+    unread: Arc<Mutex<(Instant, u32)>>,
 }
 
 /// How a command ended.
@@ -52,11 +60,13 @@ impl Commands {
         responses: String,
         health: Arc<Health>,
     ) -> Self {
+        let unread = Arc::new(Mutex::new((store.clock().monotonic(), 0)));
         Commands {
             store,
             settings,
             responses,
             health,
+            unread,
         }
     }
 
@@ -84,6 +94,13 @@ impl Commands {
                 // Without a readable id there is nothing to journal; the
                 // answer says why all the same.
                 let _ = incoming.journaled.send(true);
+                if !self.may_answer_unread() {
+                    let n = self.health.commands_unanswered.fetch_add(1, Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!("{n} unreadable command(s) not answered (rate limit)");
+                    }
+                    return;
+                }
                 tracing::warn!("command rejected: {why}");
                 self.answer(id.unwrap_or_default(), CommandOutcome::Rejected(why), reply)
                     .await;
@@ -179,6 +196,17 @@ impl Commands {
             );
             this.answer(command.id, outcome, reply).await;
         });
+    }
+
+    /// Whether another unreadable command may be answered this second.
+    fn may_answer_unread(&self) -> bool {
+        let mut window = self.unread.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = self.store.clock().monotonic();
+        if now.duration_since(window.0) >= Duration::from_secs(1) {
+            *window = (now, 0);
+        }
+        window.1 += 1;
+        window.1 <= UNREAD_ANSWERS_PER_SECOND
     }
 
     async fn answer(&self, id: String, outcome: CommandOutcome, reply: Reply) {

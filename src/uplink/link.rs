@@ -70,7 +70,7 @@ pub enum Event {
     /// The broker closed the session.
     Disconnected,
     /// A message on a topic we subscribed to; acknowledge it with
-    /// [`Client::try_ack`] once it is safe.
+    /// [`Client::ack`] once it is safe.
     Message(Box<Incoming>),
     /// Any other packet from the broker (a PINGRESP, say): the link lives.
     Incoming,
@@ -183,12 +183,14 @@ impl Client {
     }
 
     /// Acknowledges a message from the broker (we ack by hand, after the
-    /// message is safe).
-    pub fn try_ack(&self, message: &Incoming) -> Result<(), LinkError> {
+    /// message is safe). Waits for room in the client's request queue: a
+    /// flood of incoming messages makes as many acks, more than the queue
+    /// sized for our publishes holds, and a full queue is no broken link.
+    pub async fn ack(&self, message: &Incoming) -> Result<(), LinkError> {
         let failed = |e: &dyn std::fmt::Display| LinkError::Client(e.to_string());
         match (self, &message.ack) {
-            (Client::V4(c), Ack::V4(p)) => c.try_ack(p).map_err(|e| failed(&e)),
-            (Client::V5(c), Ack::V5(p)) => c.try_ack(p).map_err(|e| failed(&e)),
+            (Client::V4(c), Ack::V4(p)) => c.ack(p).await.map_err(|e| failed(&e)),
+            (Client::V5(c), Ack::V5(p)) => c.ack(p).await.map_err(|e| failed(&e)),
             _ => Err(LinkError::Client("an ack for the other protocol".into())),
         }
     }

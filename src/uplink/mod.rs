@@ -140,8 +140,8 @@ pub async fn run(
             tracing::error!("no MQTT broker configured");
             return;
         };
-        let mut connection = Session::new(&settings, &store, &health, config.clone());
-        match connection
+        let mut session = Session::new(&settings, &store, &health, config.clone());
+        match session
             .run(broker, &shutdown, &mut backoff, &mut link)
             .await
         {
@@ -150,14 +150,14 @@ pub async fn run(
                 link.down(broker, &e);
                 // After a session, start over at the first broker; after a
                 // failed attempt, try the next one.
-                next = if connection.was_connected() {
+                next = if session.was_connected() {
                     0
                 } else {
                     (next + 1) % settings.brokers.len()
                 };
             }
         }
-        drop(connection);
+        drop(session);
         let delay = backoff.next_delay();
         tracing::debug!("reconnecting in {delay:?}");
         tokio::select! {

@@ -145,6 +145,8 @@ pub fn status(
             "readings_in": health.readings_in,
             "published": health.published,
             "reconnects": health.reconnects,
+            "commands_dropped": health.commands_dropped,
+            "commands_unanswered": health.commands_unanswered,
         },
         "devices": health.devices,
     });

@@ -2,10 +2,13 @@
 //! and whether the link still lives.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -69,7 +72,14 @@ pub(super) struct Session<'a> {
     last_heard: Instant,
     /// Packet ids rumqttc keeps after a refused PUBREC (MQTT 5).
     leaked: usize,
+    /// Commands handed over, acknowledged once journaled (bounded by the
+    /// command queue: a command is added only when the queue took it).
+    journaling: FuturesUnordered<Journaling>,
 }
+
+/// A command waiting for its journal entry: the message, and whether it
+/// was journaled (only then is it acknowledged to the broker).
+type Journaling = Pin<Box<dyn Future<Output = (Box<link::Incoming>, bool)> + Send>>;
 
 impl<'a> Session<'a> {
     pub(super) fn new(
@@ -95,6 +105,7 @@ impl<'a> Session<'a> {
             refused: Vec::new(),
             last_heard: Instant::now(),
             leaked: 0,
+            journaling: FuturesUnordered::new(),
         }
     }
 
@@ -141,6 +152,13 @@ impl<'a> Session<'a> {
                         self.handle(event?).await?;
                     }
                     self.report().await?;
+                }
+                Some((message, journaled)) = self.journaling.next(), if !self.journaling.is_empty() => {
+                    if journaled {
+                        self.client()?.ack(&message).await?;
+                    } else {
+                        tracing::warn!("a command could not be journaled; not acknowledged");
+                    }
                 }
                 _ = status_tick.tick(), if self.connected => self.publish_status().await?,
                 changed = config_state.changed(), if self.connected => {
@@ -426,17 +444,35 @@ impl<'a> Session<'a> {
                 correlation: message.correlation.clone(),
                 journaled,
             };
-            if self.config.commands.send(command).await.is_err() {
-                tracing::warn!("a command arrived while shutting down; not acknowledged");
-                return Ok(());
-            }
-            match tokio::time::timeout(JOURNAL_WAIT, answer).await {
-                Ok(Ok(true)) => {}
-                _ => {
-                    tracing::warn!("a command could not be journaled; not acknowledged");
-                    return Ok(());
+            // Never wait for the commands here: a flood of them would hold
+            // up every ack and publish of the link. A full queue drops the
+            // command unacknowledged; the ack follows the journal later.
+            match self.config.commands.try_send(command) {
+                Ok(()) => self.journaling.push(Box::pin(async move {
+                    let journaled = matches!(
+                        tokio::time::timeout(JOURNAL_WAIT, answer).await,
+                        Ok(Ok(true))
+                    );
+                    (message, journaled)
+                })),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Acked all the same: with a clean session the broker
+                    // would not send it again, and unacked messages would
+                    // fill its window for us and hold up later commands.
+                    self.client()?.ack(&message).await?;
+                    let dropped = self.health.commands_dropped.fetch_add(1, Relaxed);
+                    if dropped.is_power_of_two() || dropped == 0 {
+                        tracing::warn!(
+                            "the command queue is full: {} command(s) dropped so far",
+                            dropped + 1
+                        );
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::warn!("a command arrived while shutting down; not acknowledged");
                 }
             }
+            return Ok(());
         } else if message.topic == topics.config_set()
             && self
                 .config
@@ -447,7 +483,7 @@ impl<'a> Session<'a> {
         {
             tracing::warn!("a configuration arrived while shutting down; ignored");
         }
-        self.client()?.try_ack(&message)?;
+        self.client()?.ack(&message).await?;
         Ok(())
     }
 
