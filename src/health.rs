@@ -17,6 +17,9 @@ pub struct Health {
     pub published: AtomicU64,
     /// Connections after the first.
     pub reconnects: AtomicU64,
+    /// What is wrong with the MQTT link beyond a retry, if anything
+    /// (another client using our client id).
+    uplink_problem: Mutex<Option<String>>,
     devices: Mutex<BTreeMap<String, Arc<DeviceHealth>>>,
 }
 
@@ -72,6 +75,8 @@ pub struct Snapshot {
     pub readings_in: u64,
     pub published: u64,
     pub reconnects: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink_problem: Option<String>,
     pub devices: BTreeMap<String, DeviceSnapshot>,
 }
 
@@ -91,8 +96,17 @@ impl Health {
             readings_in: AtomicU64::new(0),
             published: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            uplink_problem: Mutex::new(None),
             devices: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Sets or clears what is wrong with the MQTT link.
+    pub fn set_uplink_problem(&self, problem: Option<String>) {
+        *self
+            .uplink_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = problem;
     }
 
     /// The counters of `device`, created on first use.
@@ -108,6 +122,11 @@ impl Health {
             readings_in: self.readings_in.load(Relaxed),
             published: self.published.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
+            uplink_problem: self
+                .uplink_problem
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             devices: devices
                 .iter()
                 .map(|(name, d)| {

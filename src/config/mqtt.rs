@@ -57,6 +57,13 @@ pub struct MqttConfig {
     pub backoff_min: Duration,
     #[serde(default = "MqttConfig::default_backoff_max")]
     pub backoff_max: Duration,
+    /// A connection resets the backoff only once it stayed up this long
+    /// and the broker acknowledged something on it.
+    #[serde(default = "MqttConfig::default_stable_after")]
+    pub stable_after: Duration,
+    /// The first connection after a start waits a random delay up to this.
+    #[serde(default = "MqttConfig::default_connect_jitter")]
+    pub connect_jitter: Duration,
 }
 
 impl MqttConfig {
@@ -77,6 +84,12 @@ impl MqttConfig {
     }
     fn default_backoff_max() -> Duration {
         Duration::from_secs(60)
+    }
+    fn default_stable_after() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_connect_jitter() -> Duration {
+        Duration::from_secs(1)
     }
 
     /// The brokers in the order they are tried.
