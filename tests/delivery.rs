@@ -171,6 +171,9 @@ fn kill_9_loses_no_committed_reading() {
     // The restarted gateway sends what the first one could not.
     let config = write_config(dir.path(), broker.port, "", &sim_device("k1", "1s", 1, ""));
     let mut gw = Gateway::start(&config, dir.path());
+    // The first connection waits up to `mqtt.connect_jitter`; the
+    // subscriber may already hold every seq from before the kill.
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
     let all = |m: &[Message]| {
         let seqs = distinct_seqs(m);
         (1..committed_below).all(|s| seqs.contains(&s))

@@ -495,3 +495,44 @@ fn cloned_gateways_back_off_and_say_why() {
 fn cloned_gateways_back_off_and_say_why_mqtt5() {
     clones_back_off_and_name_the_cause("5");
 }
+
+#[test]
+fn machine_id_fills_the_client_id_and_a_missing_one_stops_the_start() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("machine-id");
+    let extra = format!(
+        "  client_id: \"gw-{{machine_id}}\"\n  machine_id_file: {}\n",
+        file.display()
+    );
+    let config = clone_config(dir.path(), broker.port, &extra);
+
+    let mut gw = Gateway::start(&config, dir.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = gw.try_status() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "{}", gw.log());
+    let log = gw.log();
+    assert!(
+        log.contains("{machine_id}") && log.contains("cannot be read"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let mut gw = Gateway::start(&config, dir.path());
+    let deadline = Instant::now() + LONG;
+    while !broker
+        .log()
+        .contains(" as gw-0123456789abcdef0123456789abcdef (")
+    {
+        assert!(Instant::now() < deadline, "{}\n{}", broker.log(), gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}

@@ -28,7 +28,9 @@ use payload::Topics;
 use session::Session;
 
 use crate::backoff::{self, Backoff};
-use crate::config::{BatchConfig, BrokerUrl, Config, Credentials, Protocol, TlsConfig};
+use crate::config::{
+    BatchConfig, BrokerUrl, ClientIdError, Config, Credentials, Protocol, TlsConfig,
+};
 use crate::health::Health;
 use crate::store::{Store, StoreError};
 
@@ -58,15 +60,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(config: &Config) -> Settings {
+    /// Fails when `mqtt.client_id` needs a machine id that cannot be read.
+    pub fn from_config(config: &Config) -> Result<Settings, ClientIdError> {
         let mqtt = &config.mqtt;
-        Settings {
+        Ok(Settings {
             brokers: mqtt.brokers(),
             protocol: mqtt.protocol,
-            client_id: mqtt
-                .client_id
-                .clone()
-                .unwrap_or_else(|| config.gateway.id.to_string()),
+            client_id: mqtt.resolve_client_id(config.gateway.id.as_str())?,
             credentials: mqtt.credentials(),
             tls: mqtt.tls.clone(),
             keep_alive: mqtt.keep_alive.get(),
@@ -79,7 +79,7 @@ impl Settings {
             topics: Topics::new(mqtt.topic_prefix.as_str(), config.gateway.id.as_str()),
             status_interval: config.gateway.status_interval.get(),
             drain_grace: Duration::from_secs(3),
-        }
+        })
     }
 }
 
