@@ -29,6 +29,8 @@ pub enum RunError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("{0}")]
+    ClientId(#[from] crate::config::ClientIdError),
 }
 
 /// Runs the gateway until SIGINT or SIGTERM. `file` is where `local` was
@@ -41,6 +43,8 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         signal(SignalKind::hangup())?,
     );
 
+    // Before anything else: a client id that cannot be made is fatal.
+    let uplink_settings = uplink::Settings::from_config(&local)?;
     let path = store::db_path(&local.gateway.state_dir);
     let (store, store_thread) =
         Store::open(&path, &local.store, Clock::system()).map_err(|source| RunError::Store {
@@ -102,7 +106,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         commands: commands_tx,
     };
     let uplink_task = tokio::spawn(uplink::run(
-        uplink::Settings::from_config(&gateway.local),
+        uplink_settings,
         store.clone(),
         health.clone(),
         channels,

@@ -22,6 +22,9 @@ pub struct Health {
     /// Unreadable commands not answered, to bound the answers a flood of
     /// junk can cause (each is logged and counted instead).
     pub commands_unanswered: AtomicU64,
+    /// What is wrong with the MQTT link beyond a retry, if anything
+    /// (another client using our client id).
+    uplink_problem: Mutex<Option<String>>,
     devices: Mutex<BTreeMap<String, Arc<DeviceHealth>>>,
 }
 
@@ -79,6 +82,8 @@ pub struct Snapshot {
     pub reconnects: u64,
     pub commands_dropped: u64,
     pub commands_unanswered: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink_problem: Option<String>,
     pub devices: BTreeMap<String, DeviceSnapshot>,
 }
 
@@ -100,8 +105,17 @@ impl Health {
             reconnects: AtomicU64::new(0),
             commands_dropped: AtomicU64::new(0),
             commands_unanswered: AtomicU64::new(0),
+            uplink_problem: Mutex::new(None),
             devices: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Sets or clears what is wrong with the MQTT link.
+    pub fn set_uplink_problem(&self, problem: Option<String>) {
+        *self
+            .uplink_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = problem;
     }
 
     /// The counters of `device`, created on first use.
@@ -119,6 +133,11 @@ impl Health {
             reconnects: self.reconnects.load(Relaxed),
             commands_dropped: self.commands_dropped.load(Relaxed),
             commands_unanswered: self.commands_unanswered.load(Relaxed),
+            uplink_problem: self
+                .uplink_problem
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             devices: devices
                 .iter()
                 .map(|(name, d)| {

@@ -147,6 +147,9 @@ fn kill_9_loses_no_committed_reading() {
     // The restarted gateway sends what the first one could not.
     let config = write_config(dir, port, "", &sim_device("k1", "1s", 1, ""));
     let mut gw = Gateway::start(&config, dir);
+    // The first connection waits up to `mqtt.connect_jitter`; the
+    // subscriber may already hold every seq from before the kill.
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
     rig.expect_seqs_below(&gw, LONG, committed_below);
     assert_ordered_per_device(&rig.sub.messages());
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());

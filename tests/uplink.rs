@@ -430,3 +430,109 @@ fn a_silently_dead_link_is_noticed_and_replaced() {
     assert!(after <= keep_alive * 2.0 + 1.0, "noticed after {after:.2}s");
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
+
+/// A config for a gateway `gw` with the default backoff (500 ms doubling
+/// up to 60 s), as a cloned SD card would carry it.
+fn clone_config(dir: &std::path::Path, port: u16, mqtt_extra: &str) -> std::path::PathBuf {
+    let path = dir.join("fieldgate.yaml");
+    let text = format!(
+        "gateway:\n  id: gw\n  state_dir: {state}\n  status_interval: 1s\nstore:\n  flush_interval: 50ms\nmqtt:\n  url: mqtt://127.0.0.1:{port}\n{mqtt_extra}devices:\n{devices}",
+        state = dir.join("state").display(),
+        devices = sim_device("meter", "1s", 1_000, ""),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Two gateways with one id (a cloned SD card) against one mosquitto: each
+/// connection takes the session from the other. Counted from mosquitto's
+/// log, which notes every connection it accepts.
+fn clones_back_off_and_name_the_cause(protocol: &str) {
+    let broker = Broker::start();
+    let status = Subscriber::connect(broker.port, "check-clones", "fieldgate/gw/status");
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let extra = format!("  protocol: \"{protocol}\"\n");
+    let started = Instant::now();
+    let gw_a = Gateway::start(&clone_config(a.path(), broker.port, &extra), a.path());
+    let gw_b = Gateway::start(&clone_config(b.path(), broker.port, &extra), b.path());
+    let cause = "another client probably uses the same client id `gw`";
+    let mut named_after = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        if named_after.is_none() && (gw_a.log().contains(cause) || gw_b.log().contains(cause)) {
+            named_after = Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = broker.log();
+    let connections = log.matches(" as gw (").count();
+    eprintln!("{protocol}: {connections} connections in 30 s; cause named after {named_after:?}");
+    let logs = format!(
+        "{log}\n--- a ---\n{}\n--- b ---\n{}",
+        gw_a.log(),
+        gw_b.log()
+    );
+    assert!(connections >= 2, "{logs}");
+    assert!(
+        connections <= 30,
+        "{connections} connections in 30 s\n{logs}"
+    );
+    assert!(named_after.is_some(), "no gateway named the cause\n{logs}");
+    // The same, on the retained status of a later connection.
+    let flagged = status.messages().iter().any(|m| {
+        m.json()["uplink"]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains(cause))
+    });
+    assert!(flagged, "no P/status said so\n{logs}");
+}
+
+#[test]
+fn cloned_gateways_back_off_and_say_why() {
+    clones_back_off_and_name_the_cause("3.1.1");
+}
+
+#[test]
+fn cloned_gateways_back_off_and_say_why_mqtt5() {
+    clones_back_off_and_name_the_cause("5");
+}
+
+#[test]
+fn machine_id_fills_the_client_id_and_a_missing_one_stops_the_start() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("machine-id");
+    let extra = format!(
+        "  client_id: \"gw-{{machine_id}}\"\n  machine_id_file: {}\n",
+        file.display()
+    );
+    let config = clone_config(dir.path(), broker.port, &extra);
+
+    let mut gw = Gateway::start(&config, dir.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = gw.try_status() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "{}", gw.log());
+    let log = gw.log();
+    assert!(
+        log.contains("{machine_id}") && log.contains("cannot be read"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let mut gw = Gateway::start(&config, dir.path());
+    let deadline = Instant::now() + LONG;
+    while !broker
+        .log()
+        .contains(" as gw-0123456789abcdef0123456789abcdef (")
+    {
+        assert!(Instant::now() < deadline, "{}\n{}", broker.log(), gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}

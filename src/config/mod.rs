@@ -29,7 +29,9 @@ pub use device::{
     duplicate_point_names,
 };
 pub use load::{ConfigError, Problem, load, load_remote, load_str};
-pub use mqtt::{BrokerUrl, Credentials, MqttConfig, Protocol, Secret, TlsConfig};
+pub use mqtt::{
+    BrokerUrl, ClientIdError, Credentials, MACHINE_ID, MqttConfig, Protocol, Secret, TlsConfig,
+};
 pub use units::{ByteSize, Duration};
 
 /// The whole file.

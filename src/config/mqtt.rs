@@ -2,7 +2,7 @@
 //! how hard we may push.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
@@ -20,9 +20,13 @@ pub struct MqttConfig {
     /// `"3.1.1"` or `"5"`.
     #[serde(default)]
     pub protocol: Protocol,
-    /// Defaults to `gateway.id`.
+    /// Defaults to `gateway.id`. `{machine_id}` is replaced by the content
+    /// of `machine_id_file`, so that one image serves many gateways.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// Where `{machine_id}` comes from.
+    #[serde(default = "MqttConfig::default_machine_id_file")]
+    pub machine_id_file: PathBuf,
     #[serde(default)]
     pub username: Option<String>,
     /// At most one of `password`, `password_file`, `token_file`, `token_command`.
@@ -57,6 +61,13 @@ pub struct MqttConfig {
     pub backoff_min: Duration,
     #[serde(default = "MqttConfig::default_backoff_max")]
     pub backoff_max: Duration,
+    /// A connection resets the backoff only once it stayed up this long
+    /// and the broker acknowledged something on it.
+    #[serde(default = "MqttConfig::default_stable_after")]
+    pub stable_after: Duration,
+    /// The first connection after a start waits a random delay up to this.
+    #[serde(default = "MqttConfig::default_connect_jitter")]
+    pub connect_jitter: Duration,
 }
 
 impl MqttConfig {
@@ -77,6 +88,28 @@ impl MqttConfig {
     }
     fn default_backoff_max() -> Duration {
         Duration::from_secs(60)
+    }
+    fn default_machine_id_file() -> PathBuf {
+        PathBuf::from("/etc/machine-id")
+    }
+    fn default_stable_after() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_connect_jitter() -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// The client id: `client_id` with `{machine_id}` replaced, or
+    /// `gateway_id` when it is not set.
+    pub fn resolve_client_id(&self, gateway_id: &str) -> Result<String, ClientIdError> {
+        let Some(template) = &self.client_id else {
+            return Ok(gateway_id.to_owned());
+        };
+        if !template.contains(MACHINE_ID) {
+            return Ok(template.clone());
+        }
+        let id = machine_id(&self.machine_id_file)?;
+        Ok(template.replace(MACHINE_ID, &id))
     }
 
     /// The brokers in the order they are tried.
@@ -138,6 +171,16 @@ impl MqttConfig {
                 );
             }
         }
+        if let Some(id) = &self.client_id {
+            if id.replace(MACHINE_ID, "").contains(['{', '}']) {
+                push(
+                    "client_id",
+                    format!("`{id}`: only {MACHINE_ID} is substituted"),
+                );
+            } else if id.is_empty() {
+                push("client_id", "must not be empty".into());
+            }
+        }
         if self.backoff_min > self.backoff_max {
             push(
                 "backoff_min",
@@ -153,6 +196,53 @@ impl MqttConfig {
         }
         found
     }
+}
+
+/// The placeholder in `mqtt.client_id` for the machine id.
+pub const MACHINE_ID: &str = "{machine_id}";
+
+/// Why `{machine_id}` could not be filled in.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientIdError {
+    #[error(
+        "mqtt.client_id uses {MACHINE_ID}, but {} cannot be read: {source} (set mqtt.machine_id_file or a fixed client_id)",
+        path.display()
+    )]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "mqtt.client_id uses {MACHINE_ID}, but {} is empty (run systemd-machine-id-setup, or set a fixed client_id)",
+        path.display()
+    )]
+    Empty { path: PathBuf },
+    #[error(
+        "mqtt.client_id uses {MACHINE_ID}, but {} does not hold a machine id (expected one line of letters and digits)",
+        path.display()
+    )]
+    Invalid { path: PathBuf },
+}
+
+/// The machine id in `path` (`/etc/machine-id`: 32 hex digits and a newline).
+pub fn machine_id(path: &Path) -> Result<String, ClientIdError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ClientIdError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    let id = text.trim();
+    if id.is_empty() {
+        return Err(ClientIdError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    if id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(ClientIdError::Invalid {
+            path: path.to_owned(),
+        });
+    }
+    Ok(id.to_owned())
 }
 
 /// MQTT protocol version.
@@ -290,6 +380,58 @@ impl<'de> Deserialize<'de> for BrokerUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mqtt(client_id: Option<&str>, machine_id_file: &Path) -> MqttConfig {
+        let mut json = serde_json::json!({
+            "url": "mqtt://127.0.0.1",
+            "machine_id_file": machine_id_file,
+        });
+        if let Some(c) = client_id {
+            json["client_id"] = c.into();
+        }
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn machine_id_is_substituted_into_the_client_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("machine-id");
+        std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let id = |c| mqtt(c, &file).resolve_client_id("pi-boiler-01").unwrap();
+        assert_eq!(id(None), "pi-boiler-01");
+        assert_eq!(id(Some("fixed")), "fixed");
+        assert_eq!(
+            id(Some("gw-{machine_id}")),
+            "gw-0123456789abcdef0123456789abcdef"
+        );
+        assert!(mqtt(Some("gw-{machine_id}"), &file).problems().is_empty());
+    }
+
+    #[test]
+    fn a_missing_or_empty_machine_id_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("machine-id");
+        let config = mqtt(Some("{machine_id}"), &file);
+        let missing = config.resolve_client_id("gw").unwrap_err().to_string();
+        assert!(missing.contains("cannot be read"), "{missing}");
+        assert!(missing.contains(&file.display().to_string()), "{missing}");
+        std::fs::write(&file, "\n").unwrap();
+        let empty = config.resolve_client_id("gw").unwrap_err().to_string();
+        assert!(empty.contains("is empty"), "{empty}");
+        std::fs::write(&file, "not a / machine id\n").unwrap();
+        let bad = config.resolve_client_id("gw").unwrap_err().to_string();
+        assert!(bad.contains("does not hold a machine id"), "{bad}");
+        // Without the placeholder the file is never read.
+        assert_eq!(mqtt(Some("x"), &file).resolve_client_id("gw").unwrap(), "x");
+    }
+
+    #[test]
+    fn other_placeholders_are_config_errors() {
+        let file = Path::new("/nonexistent");
+        let problems = mqtt(Some("gw-{hostname}"), file).problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].1.contains("only {machine_id}"), "{problems:?}");
+    }
 
     #[test]
     fn broker_urls() {

@@ -67,8 +67,8 @@ pub enum Event {
     PubComp(u16),
     /// Our DISCONNECT is on the wire.
     Disconnecting,
-    /// The broker closed the session.
-    Disconnected,
+    /// The broker closed the session, with its MQTT 5 reason code.
+    Disconnected(Option<u8>),
     /// A message on a topic we subscribed to; acknowledge it with
     /// [`Client::ack`] once it is safe.
     Message(Box<Incoming>),
@@ -113,7 +113,40 @@ impl LinkError {
             LinkError::Client(e) => e.clone(),
         }
     }
+
+    /// Whether the broker (or something on the way) closed the connection,
+    /// as opposed to a timeout, a refusal or a TLS problem.
+    pub fn closed_by_peer(&self) -> bool {
+        use std::io::ErrorKind as K;
+        let io = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                K::ConnectionAborted | K::ConnectionReset | K::UnexpectedEof | K::BrokenPipe
+            )
+        };
+        match self {
+            LinkError::V4(e) => match e.as_ref() {
+                rumqttc::ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => true,
+                rumqttc::ConnectionError::MqttState(rumqttc::StateError::Io(e)) => io(e),
+                rumqttc::ConnectionError::Io(e) => io(e),
+                _ => false,
+            },
+            LinkError::V5(e) => match e.as_ref() {
+                rumqttc::v5::ConnectionError::MqttState(
+                    rumqttc::v5::StateError::ConnectionAborted,
+                ) => true,
+                rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::Io(e)) => io(e),
+                rumqttc::v5::ConnectionError::Io(e) => io(e),
+                _ => false,
+            },
+            LinkError::Client(_) => false,
+        }
+    }
 }
+
+/// MQTT 5 DISCONNECT reason: the session was taken over by another
+/// connection with the same client id.
+pub const SESSION_TAKEN_OVER: u8 = 0x8E;
 
 const UNANSWERED_PING: &str = "no answer to the keep-alive ping: the link is dead";
 
@@ -297,7 +330,7 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Result<Even
             Ok(E::Incoming(I::PubAck(a))) => Ok(Event::PubAck(a.pkid, None)),
             Ok(E::Incoming(I::PubRec(r))) => Ok(Event::PubRec(r.pkid, None)),
             Ok(E::Incoming(I::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
-            Ok(E::Incoming(I::Disconnect)) => Ok(Event::Disconnected),
+            Ok(E::Incoming(I::Disconnect)) => Ok(Event::Disconnected(None)),
             Ok(E::Incoming(I::Publish(p))) => Ok(Event::Message(Box::new(Incoming {
                 topic: p.topic.clone(),
                 payload: p.payload.to_vec(),
@@ -338,7 +371,7 @@ async fn poll_v5(
                 Ok(Event::PubRec(r.pkid, pubrec_refusal(&r.reason, reason)))
             }
             Ok(E::Incoming(P::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
-            Ok(E::Incoming(P::Disconnect(_))) => Ok(Event::Disconnected),
+            Ok(E::Incoming(P::Disconnect(d))) => Ok(Event::Disconnected(Some(d.reason_code as u8))),
             Ok(E::Incoming(P::Publish(p))) => {
                 let properties = p.properties.clone().unwrap_or_default();
                 Ok(Event::Message(Box::new(Incoming {

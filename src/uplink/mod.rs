@@ -27,8 +27,10 @@ pub use payload::ConfigInfo;
 use payload::Topics;
 use session::Session;
 
-use crate::backoff::Backoff;
-use crate::config::{BatchConfig, BrokerUrl, Config, Credentials, Protocol, TlsConfig};
+use crate::backoff::{self, Backoff};
+use crate::config::{
+    BatchConfig, BrokerUrl, ClientIdError, Config, Credentials, Protocol, TlsConfig,
+};
 use crate::health::Health;
 use crate::store::{Store, StoreError};
 
@@ -46,6 +48,10 @@ pub struct Settings {
     pub max_messages_per_second: u32,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// How long a connection must stay up (and see an ack) to reset the backoff.
+    pub stable_after: Duration,
+    /// The first connection after a start waits a random part of this.
+    pub connect_jitter: Duration,
     pub topics: Topics,
     /// How often the retained status is refreshed.
     pub status_interval: Duration,
@@ -54,15 +60,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(config: &Config) -> Settings {
+    /// Fails when `mqtt.client_id` needs a machine id that cannot be read.
+    pub fn from_config(config: &Config) -> Result<Settings, ClientIdError> {
         let mqtt = &config.mqtt;
-        Settings {
+        Ok(Settings {
             brokers: mqtt.brokers(),
             protocol: mqtt.protocol,
-            client_id: mqtt
-                .client_id
-                .clone()
-                .unwrap_or_else(|| config.gateway.id.to_string()),
+            client_id: mqtt.resolve_client_id(config.gateway.id.as_str())?,
             credentials: mqtt.credentials(),
             tls: mqtt.tls.clone(),
             keep_alive: mqtt.keep_alive.get(),
@@ -70,10 +74,12 @@ impl Settings {
             max_messages_per_second: mqtt.max_messages_per_second,
             backoff_min: mqtt.backoff_min.get(),
             backoff_max: mqtt.backoff_max.get(),
+            stable_after: mqtt.stable_after.get(),
+            connect_jitter: mqtt.connect_jitter.get(),
             topics: Topics::new(mqtt.topic_prefix.as_str(), config.gateway.id.as_str()),
             status_interval: config.gateway.status_interval.get(),
             drain_grace: Duration::from_secs(3),
-        }
+        })
     }
 }
 
@@ -91,6 +97,12 @@ enum UplinkError {
     Mismatch(#[from] inflight::Mismatch),
     #[error("the broker closed the session")]
     Disconnected,
+    #[error("the broker closed the session (reason 0x{0:02x})")]
+    DisconnectedBecause(u8),
+    #[error(
+        "the broker handed our session to another client with the same client id (0x8e, session taken over)"
+    )]
+    TakenOver,
     #[error("nothing heard from the broker for {0:.1?} (keep-alive): the link is dead")]
     Silent(Duration),
     #[error("reconnecting to reclaim packet ids held by refused QoS 2 messages")]
@@ -132,22 +144,38 @@ pub async fn run(
     config: Channels,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
+    let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max)
+        .stable_after(settings.stable_after);
     let mut link = LinkLog::default();
+    let mut clones = CloneWatch::default();
     let mut next = 0;
+    // Gateways powered up together (after a power cut) spread their
+    // first connections.
+    let jitter = backoff::start_jitter(settings.connect_jitter);
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = tokio::time::sleep(jitter) => {}
+    }
     loop {
         let Some(broker) = settings.brokers.get(next) else {
             tracing::error!("no MQTT broker configured");
             return;
         };
         let mut session = Session::new(&settings, &store, &health, config.clone());
-        match session
-            .run(broker, &shutdown, &mut backoff, &mut link)
-            .await
-        {
+        match session.run(broker, &shutdown, &mut link).await {
             Ok(()) => return,
             Err(e) => {
                 link.down(broker, &e);
+                if let Some(up_for) = session.up_for() {
+                    let stable = backoff.connection_ended(up_for, session.acked());
+                    let ending = Ending::of(&e, stable);
+                    if let Some(why) = clones.ended(ending, &settings.client_id) {
+                        tracing::error!("{why}");
+                        health.set_uplink_problem(Some(why));
+                    } else if stable {
+                        health.set_uplink_problem(None);
+                    }
+                }
                 // After a session, start over at the first broker; after a
                 // failed attempt, try the next one.
                 next = if session.was_connected() {
@@ -194,5 +222,126 @@ impl LinkLog {
         } else {
             tracing::debug!("MQTT link still down: {problem}");
         }
+    }
+}
+
+/// How a connection the broker had accepted ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// It stayed up long enough and saw acks: whatever ended it, the link works.
+    Stable,
+    /// MQTT 5: the broker said another client took the session over.
+    TakenOver,
+    /// The broker closed it (DISCONNECT, or the socket) before it was stable.
+    ClosedEarly,
+    /// Anything else (a keep-alive timeout, a store problem, ...).
+    Other,
+}
+
+impl Ending {
+    fn of(error: &UplinkError, stable: bool) -> Ending {
+        match error {
+            UplinkError::TakenOver => Ending::TakenOver,
+            _ if stable => Ending::Stable,
+            UplinkError::Disconnected | UplinkError::DisconnectedBecause(_) => Ending::ClosedEarly,
+            UplinkError::MqttLink(e) if e.closed_by_peer() => Ending::ClosedEarly,
+            _ => Ending::Other,
+        }
+    }
+}
+
+/// Connections closed early, in a row, before the gateway suspects that
+/// another client uses its client id.
+const EARLY_CLOSES: u32 = 3;
+
+/// Notices another client using our client id (a cloned SD card): the
+/// broker then closes each connection soon after accepting it, or says
+/// "session taken over" (MQTT 5). Says so once per episode.
+#[derive(Debug, Default)]
+struct CloneWatch {
+    early_closes: u32,
+    suspected: bool,
+}
+
+impl CloneWatch {
+    /// Returns the message to log (and show on `P/status`) when the
+    /// suspicion is new.
+    fn ended(&mut self, ending: Ending, client_id: &str) -> Option<String> {
+        let why = match ending {
+            Ending::Stable | Ending::Other => {
+                self.early_closes = 0;
+                if ending == Ending::Stable {
+                    self.suspected = false;
+                }
+                return None;
+            }
+            Ending::TakenOver => {
+                "the broker says another connection took over the session".to_owned()
+            }
+            Ending::ClosedEarly => {
+                self.early_closes += 1;
+                if self.early_closes < EARLY_CLOSES {
+                    return None;
+                }
+                format!(
+                    "the broker closed {} connections in a row soon after accepting them",
+                    self.early_closes
+                )
+            }
+        };
+        if self.suspected {
+            return None;
+        }
+        self.suspected = true;
+        Some(format!(
+            "{why}: another client probably uses the same client id `{client_id}` \
+             (a cloned SD card?); give each gateway its own mqtt.client_id \
+             (e.g. \"{{machine_id}}\") or gateway.id"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_closes_in_a_row_name_a_duplicate_client_id_once() {
+        let mut w = CloneWatch::default();
+        assert_eq!(w.ended(Ending::ClosedEarly, "gw"), None);
+        assert_eq!(w.ended(Ending::ClosedEarly, "gw"), None);
+        let why = w.ended(Ending::ClosedEarly, "gw").unwrap_or_default();
+        assert!(why.contains("same client id `gw`"), "{why}");
+        assert_eq!(w.ended(Ending::ClosedEarly, "gw"), None, "said once");
+        assert_eq!(w.ended(Ending::TakenOver, "gw"), None, "said once");
+        // A stable connection ends the episode; a takeover is said at once.
+        assert_eq!(w.ended(Ending::Stable, "gw"), None);
+        let why = w.ended(Ending::TakenOver, "gw").unwrap_or_default();
+        assert!(why.contains("took over the session"), "{why}");
+    }
+
+    #[test]
+    fn other_endings_break_the_run() {
+        let mut w = CloneWatch::default();
+        w.ended(Ending::ClosedEarly, "gw");
+        w.ended(Ending::ClosedEarly, "gw");
+        assert_eq!(w.ended(Ending::Other, "gw"), None);
+        assert_eq!(w.ended(Ending::ClosedEarly, "gw"), None);
+        assert_eq!(w.ended(Ending::ClosedEarly, "gw"), None);
+        assert!(w.ended(Ending::ClosedEarly, "gw").is_some());
+    }
+
+    #[test]
+    fn endings_are_classified() {
+        assert_eq!(Ending::of(&UplinkError::TakenOver, true), Ending::TakenOver);
+        assert_eq!(
+            Ending::of(&UplinkError::Disconnected, false),
+            Ending::ClosedEarly
+        );
+        assert_eq!(Ending::of(&UplinkError::Disconnected, true), Ending::Stable);
+        assert_eq!(
+            Ending::of(&UplinkError::Silent(Duration::from_secs(9)), false),
+            Ending::Other
+        );
     }
 }

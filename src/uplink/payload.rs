@@ -150,6 +150,9 @@ pub fn status(
         },
         "devices": health.devices,
     });
+    if let Some(problem) = &health.uplink_problem {
+        body["uplink"] = json!({ "problem": problem });
+    }
     if let Some(moved) = &queue.recovered_from {
         body["store"] = json!({ "recovered_from": moved });
     }

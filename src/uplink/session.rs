@@ -16,7 +16,6 @@ use super::inflight::{Inflight, Tracked};
 use super::link::{self, BrokerRefusal, Event, MqttLink};
 use super::throttle::Throttle;
 use super::{Channels, CommandIn, LinkLog, Settings, UplinkError, credentials, payload, tls};
-use crate::backoff::Backoff;
 use crate::config::{BatchConfig, BrokerUrl, Protocol};
 use crate::health::Health;
 use crate::reading::Qos;
@@ -75,6 +74,10 @@ pub(super) struct Session<'a> {
     /// Commands handed over, acknowledged once journaled (bounded by the
     /// command queue: a command is added only when the queue took it).
     journaling: FuturesUnordered<Journaling>,
+    /// When the broker accepted this connection.
+    connected_at: Option<Instant>,
+    /// Whether the broker acknowledged anything on this connection.
+    acked: bool,
 }
 
 /// A command waiting for its journal entry: the message, and whether it
@@ -106,6 +109,8 @@ impl<'a> Session<'a> {
             last_heard: Instant::now(),
             leaked: 0,
             journaling: FuturesUnordered::new(),
+            connected_at: None,
+            acked: false,
         }
     }
 
@@ -114,12 +119,21 @@ impl<'a> Session<'a> {
         self.connected
     }
 
+    /// How long the broker has had this connection, if it accepted it.
+    pub(super) fn up_for(&self) -> Option<Duration> {
+        self.connected_at.map(|at| at.elapsed())
+    }
+
+    /// Whether the broker acknowledged anything on this connection.
+    pub(super) fn acked(&self) -> bool {
+        self.acked
+    }
+
     /// Runs the session until shutdown (`Ok`) or until the link fails.
     pub(super) async fn run(
         &mut self,
         broker: &BrokerUrl,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
         log: &mut LinkLog,
     ) -> Result<(), UplinkError> {
         self.open(broker).await?;
@@ -142,7 +156,8 @@ impl<'a> Session<'a> {
                 event = link.events.recv() => {
                     let event = event.ok_or(UplinkError::Disconnected)??;
                     if self.handle(event).await? {
-                        backoff.reset();
+                        // The backoff is reset only once this connection
+                        // proves stable (see `Backoff::connection_ended`).
                         if log.up(broker) {
                             self.health.reconnects.fetch_add(1, Relaxed);
                         }
@@ -391,6 +406,7 @@ impl<'a> Session<'a> {
         match event {
             Event::Connected => {
                 self.connected = true;
+                self.connected_at = Some(Instant::now());
                 self.caught_up = false;
                 let client = self.client()?;
                 client.try_subscribe(self.settings.topics.config_set(), Qos::AtLeastOnce)?;
@@ -406,10 +422,14 @@ impl<'a> Session<'a> {
             }
             Event::AwaitAck(pkid) => self.flight.await_ack_event(pkid)?,
             Event::PubAck(pkid, refusal) => {
+                self.acked = true;
                 let done = self.flight.puback(pkid)?;
                 self.settle(done, refusal);
             }
-            Event::PubRec(pkid, None) => self.flight.pubrec(pkid)?,
+            Event::PubRec(pkid, None) => {
+                self.acked = true;
+                self.flight.pubrec(pkid)?;
+            }
             Event::PubRec(pkid, Some(refusal)) => {
                 let done = self.flight.pubrec_refused(pkid)?;
                 self.settle(done, Some(refusal));
@@ -423,10 +443,15 @@ impl<'a> Session<'a> {
                 }
             }
             Event::PubComp(pkid) => {
+                self.acked = true;
                 let done = self.flight.pubcomp(pkid)?;
                 self.deliver(done);
             }
-            Event::Disconnected => return Err(UplinkError::Disconnected),
+            Event::Disconnected(Some(link::SESSION_TAKEN_OVER)) => {
+                return Err(UplinkError::TakenOver);
+            }
+            Event::Disconnected(Some(code)) => return Err(UplinkError::DisconnectedBecause(code)),
+            Event::Disconnected(None) => return Err(UplinkError::Disconnected),
             Event::Disconnecting | Event::Incoming | Event::Other => {}
         }
         Ok(false)
