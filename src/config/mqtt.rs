@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
-use super::{Bounded, Duration, Qos, TopicSegment};
+use super::{Bounded, ByteSize, Duration, Qos, TopicSegment};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,9 +68,24 @@ pub struct MqttConfig {
     /// The first connection after a start waits a random delay up to this.
     #[serde(default = "MqttConfig::default_connect_jitter")]
     pub connect_jitter: Duration,
+    /// The largest packet the broker takes (MQTT 3.1.1 brokers do not say;
+    /// an MQTT 5 broker's own limit wins when lower). Larger batches are
+    /// split, larger single readings go to the dead letters unsent.
+    #[serde(default = "MqttConfig::default_max_packet_size")]
+    pub max_packet_size: ByteSize,
+    /// Times the broker may close the connection right after a row before
+    /// the row goes to the dead letters.
+    #[serde(default = "MqttConfig::default_max_attempts")]
+    pub max_attempts: Bounded<1, 100>,
 }
 
 impl MqttConfig {
+    fn default_max_packet_size() -> ByteSize {
+        ByteSize(256 << 10)
+    }
+    fn default_max_attempts() -> Bounded<1, 100> {
+        Bounded(3)
+    }
     fn default_keep_alive() -> Duration {
         Duration::from_secs(30)
     }

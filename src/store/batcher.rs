@@ -140,6 +140,15 @@ impl Batcher {
                 }
                 self.oldest.get_or_insert_with(Instant::now);
             }
+            Command::Suspect {
+                keys,
+                reason,
+                max_attempts,
+                reply,
+            } => {
+                let now_ms = self.clock.now_ms();
+                let _ = reply.send(self.outbox.suspect(&keys, &reason, max_attempts, now_ms));
+            }
             Command::Fetch {
                 after,
                 limit,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{Outbox, RowKey, StoreError};
 
@@ -39,6 +39,43 @@ pub(super) fn bury(
 }
 
 impl Outbox {
+    /// Counts a failed attempt on the rows of one publish (the broker
+    /// closed the connection right after it); at `max_attempts` they move
+    /// to the dead letters with `reason`. One transaction; returns whether
+    /// they were moved.
+    pub fn suspect(
+        &mut self,
+        keys: &[RowKey],
+        reason: &str,
+        max_attempts: u32,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut most = 0;
+        {
+            let mut bump = tx.prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1 WHERE priority = ?1 AND seq = ?2
+                 RETURNING attempts",
+            )?;
+            for key in keys {
+                let attempts: Option<i64> = bump
+                    .query_row(params![key.priority as i64, key.seq], |r| r.get(0))
+                    .optional()?;
+                most = most.max(attempts.unwrap_or(0));
+            }
+        }
+        let buried = most >= i64::from(max_attempts);
+        if buried {
+            let refused: Vec<(RowKey, String)> = keys
+                .iter()
+                .map(|k| (*k, format!("{reason} ({most} attempts)")))
+                .collect();
+            bury(&tx, &refused, now_ms)?;
+        }
+        tx.commit()?;
+        Ok(buried)
+    }
+
     /// Rows the broker refused, per device.
     pub fn dead_letters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -103,5 +140,37 @@ mod tests {
             [(1, "secret".to_owned(), "0x87 not authorized".to_owned())]
         );
         assert_eq!(store.totals().unwrap().rows, 1);
+    }
+
+    #[test]
+    fn a_row_the_broker_keeps_closing_on_is_dead_lettered_after_max_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir, Limits::default());
+        append(
+            &mut store,
+            &[
+                reading("big", Priority::Normal, Qos::AtLeastOnce, 1.0),
+                reading("small", Priority::Normal, Qos::AtLeastOnce, 2.0),
+            ],
+        );
+        let big = [RowKey {
+            priority: Priority::Normal,
+            seq: 1,
+        }];
+        let why = "the broker closed the connection after it";
+        assert!(!store.suspect(&big, why, 3, 5).unwrap());
+        drop(store);
+        // Attempts survive a restart.
+        let mut store = open(&dir, Limits::default());
+        assert!(!store.suspect(&big, why, 3, 6).unwrap());
+        assert!(store.suspect(&big, why, 3, 7).unwrap());
+        assert_eq!(seqs(&store.fetch(Priority::Normal, 0, 10).unwrap()), [2]);
+        let reasons = store.dead_letter_reasons(10).unwrap();
+        assert_eq!(reasons.len(), 1);
+        assert_eq!((reasons[0].0, reasons[0].1.as_str()), (1, "big"));
+        assert!(reasons[0].2.contains("(3 attempts)"), "{reasons:?}");
+        // A row already gone counts nothing and moves nothing.
+        assert!(!store.suspect(&big, why, 1, 8).unwrap());
+        assert_eq!(store.dead_letters().unwrap().get("big"), Some(&1));
     }
 }

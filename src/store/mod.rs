@@ -64,6 +64,12 @@ enum Command {
     Append(Reading),
     Ack(Vec<RowKey>),
     Refused(Vec<RowKey>, String),
+    Suspect {
+        keys: Vec<RowKey>,
+        reason: String,
+        max_attempts: u32,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
     Fetch {
         after: [i64; 3],
         limit: usize,
@@ -153,6 +159,26 @@ impl Store {
     /// with the next commit, never sent again.
     pub async fn refused(&self, keys: Vec<RowKey>, reason: String) -> Result<(), StoreError> {
         self.send(Command::Refused(keys, reason)).await
+    }
+
+    /// The broker closed the connection right after the rows of one
+    /// publish: counts an attempt on them (it survives restarts), and at
+    /// `max_attempts` moves them to the dead letters. Says whether it did.
+    pub async fn suspect(
+        &self,
+        keys: Vec<RowKey>,
+        reason: String,
+        max_attempts: u32,
+    ) -> Result<bool, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Suspect {
+            keys,
+            reason,
+            max_attempts,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Committed, undelivered rows: highest priority first, then by `seq`,

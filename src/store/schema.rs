@@ -83,6 +83,12 @@ const MIGRATIONS: &[&str] = &[
         response    TEXT
     ) WITHOUT ROWID;
     ",
+    // 7: how often the broker closed the connection right after a row was
+    // sent, so that a row it will never take goes to the dead letters
+    // instead of stopping every row behind it.
+    "
+    ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The schema version this binary writes.

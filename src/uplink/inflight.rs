@@ -66,6 +66,22 @@ impl Inflight {
         self.outstanding
     }
 
+    /// The rows of each publish on the wire that the broker has not
+    /// acknowledged at all (no PUBACK, no PUBREC), oldest first.
+    pub fn unacknowledged(&self) -> Vec<Vec<RowKey>> {
+        let mut found: Vec<Vec<RowKey>> = self
+            .await_ack
+            .values()
+            .flatten()
+            .filter_map(|t| match t {
+                Tracked::Rows(rows, _) if !rows.is_empty() => Some(rows.clone()),
+                _ => None,
+            })
+            .collect();
+        found.sort_by_key(|rows| rows.first().map(|k| (k.priority, k.seq)));
+        found
+    }
+
     /// Call right after a successful `try_publish`.
     pub fn requested(&mut self, message: Tracked) {
         self.requested.push_back(message);

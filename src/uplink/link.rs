@@ -57,7 +57,11 @@ pub struct BrokerRefusal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Connected,
+    /// The broker accepted us; MQTT 5 brokers may say the largest packet
+    /// they take.
+    Connected {
+        max_packet_size: Option<u32>,
+    },
     /// `Outgoing::Publish(pkid)`: a request is on the wire.
     Published(u16),
     /// `Outgoing::AwaitAck(pkid)`: a request waits for a busy packet id.
@@ -128,6 +132,10 @@ impl LinkError {
             LinkError::V4(e) => match e.as_ref() {
                 rumqttc::ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => true,
                 rumqttc::ConnectionError::MqttState(rumqttc::StateError::Io(e)) => io(e),
+                // A read that failed half-way through a packet.
+                rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                    rumqttc::mqttbytes::Error::Io(e),
+                )) => io(e),
                 rumqttc::ConnectionError::Io(e) => io(e),
                 _ => false,
             },
@@ -136,6 +144,9 @@ impl LinkError {
                     rumqttc::v5::StateError::ConnectionAborted,
                 ) => true,
                 rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::Io(e)) => io(e),
+                rumqttc::v5::ConnectionError::MqttState(
+                    rumqttc::v5::StateError::Deserialization(rumqttc::v5::mqttbytes::Error::Io(e)),
+                ) => io(e),
                 rumqttc::v5::ConnectionError::Io(e) => io(e),
                 _ => false,
             },
@@ -326,7 +337,9 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Result<Even
     use rumqttc::{Event as E, Incoming as I, Outgoing as O};
     loop {
         let event = match eventloop.poll().await {
-            Ok(E::Incoming(I::ConnAck(_))) => Ok(Event::Connected),
+            Ok(E::Incoming(I::ConnAck(_))) => Ok(Event::Connected {
+                max_packet_size: None,
+            }),
             Ok(E::Incoming(I::PubAck(a))) => Ok(Event::PubAck(a.pkid, None)),
             Ok(E::Incoming(I::PubRec(r))) => Ok(Event::PubRec(r.pkid, None)),
             Ok(E::Incoming(I::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
@@ -361,7 +374,9 @@ async fn poll_v5(
     use v5b::Packet as P;
     loop {
         let event = match eventloop.poll().await {
-            Ok(E::Incoming(P::ConnAck(_))) => Ok(Event::Connected),
+            Ok(E::Incoming(P::ConnAck(c))) => Ok(Event::Connected {
+                max_packet_size: c.properties.and_then(|p| p.max_packet_size),
+            }),
             Ok(E::Incoming(P::PubAck(a))) => {
                 let reason = a.properties.and_then(|p| p.reason_string);
                 Ok(Event::PubAck(a.pkid, puback_refusal(&a.reason, reason)))

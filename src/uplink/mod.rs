@@ -12,6 +12,7 @@ mod credentials;
 mod inflight;
 mod link;
 pub mod payload;
+mod poison;
 mod session;
 mod throttle;
 mod tls;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use payload::ConfigInfo;
 use payload::Topics;
+use poison::PoisonWatch;
 use session::Session;
 
 use crate::backoff::{self, Backoff};
@@ -52,6 +54,10 @@ pub struct Settings {
     pub stable_after: Duration,
     /// The first connection after a start waits a random part of this.
     pub connect_jitter: Duration,
+    /// Bytes per packet at most (`mqtt.max_packet_size`).
+    pub max_packet_size: usize,
+    /// Clean closes right after a row before it is dead-lettered.
+    pub max_attempts: u32,
     pub topics: Topics,
     /// How often the retained status is refreshed.
     pub status_interval: Duration,
@@ -76,6 +82,8 @@ impl Settings {
             backoff_max: mqtt.backoff_max.get(),
             stable_after: mqtt.stable_after.get(),
             connect_jitter: mqtt.connect_jitter.get(),
+            max_packet_size: usize::try_from(mqtt.max_packet_size.0).unwrap_or(usize::MAX),
+            max_attempts: mqtt.max_attempts.get() as u32,
             topics: Topics::new(mqtt.topic_prefix.as_str(), config.gateway.id.as_str()),
             status_interval: config.gateway.status_interval.get(),
             drain_grace: Duration::from_secs(3),
@@ -148,6 +156,7 @@ pub async fn run(
         .stable_after(settings.stable_after);
     let mut link = LinkLog::default();
     let mut clones = CloneWatch::default();
+    let mut poison = PoisonWatch::default();
     let mut next = 0;
     // Gateways powered up together (after a power cut) spread their
     // first connections.
@@ -161,11 +170,18 @@ pub async fn run(
             tracing::error!("no MQTT broker configured");
             return;
         };
-        let mut session = Session::new(&settings, &store, &health, config.clone());
+        let mut session = Session::new(&settings, &store, &health, config.clone(), &mut poison);
         match session.run(broker, &shutdown, &mut link).await {
             Ok(()) => return,
             Err(e) => {
                 link.down(broker, &e);
+                // A broker closing on a packet it will not take often
+                // resets the socket (the rest of the packet is unread), so
+                // a reset counts too; the timing rule in `poison` keeps a
+                // flapping link from blaming good rows.
+                if closed_by_broker(&e) {
+                    session.pin_suspects().await;
+                }
                 if let Some(up_for) = session.up_for() {
                     let stable = backoff.connection_ended(up_for, session.acked());
                     let ending = Ending::of(&e, stable);
@@ -243,10 +259,19 @@ impl Ending {
         match error {
             UplinkError::TakenOver => Ending::TakenOver,
             _ if stable => Ending::Stable,
-            UplinkError::Disconnected | UplinkError::DisconnectedBecause(_) => Ending::ClosedEarly,
-            UplinkError::MqttLink(e) if e.closed_by_peer() => Ending::ClosedEarly,
+            _ if closed_by_broker(error) => Ending::ClosedEarly,
             _ => Ending::Other,
         }
+    }
+}
+
+/// Whether the broker ended the connection on purpose (a DISCONNECT, or
+/// closing the socket), as opposed to a network fault or our own error.
+fn closed_by_broker(error: &UplinkError) -> bool {
+    match error {
+        UplinkError::Disconnected | UplinkError::DisconnectedBecause(_) => true,
+        UplinkError::MqttLink(e) => e.closed_by_peer(),
+        _ => false,
     }
 }
 

@@ -1,7 +1,7 @@
 //! One MQTT session: what to send next, what the broker has acknowledged,
 //! and whether the link still lives.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::inflight::{Inflight, Tracked};
 use super::link::{self, BrokerRefusal, Event, MqttLink};
+use super::poison::{self, PoisonWatch};
 use super::throttle::Throttle;
 use super::{Channels, CommandIn, LinkLog, Settings, UplinkError, credentials, payload, tls};
 use crate::config::{BatchConfig, BrokerUrl, Protocol};
@@ -53,6 +54,13 @@ pub(super) struct Session<'a> {
     store: &'a Store,
     health: &'a Health,
     config: Channels,
+    /// Suspected rows and learned limits, kept across connections.
+    poison: &'a mut PoisonWatch,
+    /// MQTT 5: the largest packet the broker said it takes.
+    broker_max: Option<u32>,
+    /// Wire size of each row publish awaiting its ack, and when it was
+    /// handed to the client, by its first row.
+    sizes: HashMap<RowKey, (usize, Instant)>,
     link: Option<MqttLink>,
     flight: Inflight,
     /// Per priority, the highest `seq` fetched.
@@ -90,12 +98,16 @@ impl<'a> Session<'a> {
         store: &'a Store,
         health: &'a Health,
         config: Channels,
+        poison: &'a mut PoisonWatch,
     ) -> Self {
         Session {
             settings,
             store,
             health,
             config,
+            poison,
+            broker_max: None,
+            sizes: HashMap::new(),
             link: None,
             flight: Inflight::default(),
             cursors: [0; 3],
@@ -240,7 +252,7 @@ impl<'a> Session<'a> {
         if !self.connected {
             return Ok(());
         }
-        let window = self.settings.max_inflight;
+        let window = self.window();
         let now = Instant::now();
         self.close_due_batches(now);
         self.publish_ready(now)?;
@@ -266,8 +278,94 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Publishes in flight at most: one while suspects are probed.
+    fn window(&self) -> usize {
+        if self.poison.probe > 0 {
+            1
+        } else {
+            self.settings.max_inflight
+        }
+    }
+
+    /// Bytes a packet may have on this connection.
+    fn packet_limit(&self) -> usize {
+        self.poison
+            .limit(self.settings.max_packet_size, self.broker_max)
+    }
+
+    /// Sends a row publish, or refuses it unsent when it is too large.
+    fn send_rows(
+        &mut self,
+        topic: String,
+        body: Vec<u8>,
+        correlation: Option<Vec<u8>>,
+        keys: Vec<RowKey>,
+        qos: Qos,
+    ) -> Result<(), UplinkError> {
+        let size =
+            poison::packet_size(&topic, body.len(), correlation.as_ref().map_or(0, Vec::len));
+        let limit = self.packet_limit();
+        if size > limit {
+            let why = format!("{size} bytes exceed the broker's maximum packet size ({limit})");
+            self.refused.push((keys, why));
+            return Ok(());
+        }
+        let client = self.client()?;
+        match correlation {
+            Some(c) => client.try_publish_correlated(topic, qos, body, c)?,
+            None => client.try_publish(topic, qos, false, body)?,
+        }
+        if let Some(first) = keys.first() {
+            self.sizes.insert(*first, (size, Instant::now()));
+        }
+        self.flight.requested(Tracked::Rows(keys, qos));
+        Ok(())
+    }
+
+    /// The broker closed the connection cleanly: count an attempt on the
+    /// oldest unacknowledged publish, or probe them one at a time next.
+    pub(super) async fn pin_suspects(&mut self) {
+        let suspects = self
+            .flight
+            .unacknowledged()
+            .into_iter()
+            .map(|keys| {
+                let (size, at) = keys
+                    .first()
+                    .and_then(|k| self.sizes.get(k))
+                    .copied()
+                    .unwrap_or((0, Instant::now()));
+                (keys, size, at.elapsed())
+            })
+            .collect();
+        tracing::debug!(
+            "closed by the broker: suspects {suspects:?}, {} requested",
+            self.flight.outstanding()
+        );
+        let max = self.settings.max_attempts;
+        for (keys, size) in self.poison.after_close(suspects) {
+            // A batch is not blamed on its readings: it is split from now on.
+            if keys.len() > 1 {
+                self.poison.learned_oversize(size);
+                continue;
+            }
+            let why =
+                format!("the broker closed the connection after this publish of {size} bytes");
+            match self.store.suspect(keys, why, max).await {
+                Ok(true) => {
+                    tracing::warn!(
+                        "the broker closed the connection {max} times right after the same {size}-byte publish: moved to the dead letters; publishes of {size} bytes or more are not sent from now on"
+                    );
+                    self.poison.learned_oversize(size);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("could not count a failed attempt: {e}"),
+            }
+        }
+    }
+
     fn publish_ready(&mut self, now: Instant) -> Result<(), UplinkError> {
-        while self.flight.outstanding() < self.settings.max_inflight && !self.ready.is_empty() {
+        while self.flight.outstanding() < self.window() && !self.ready.is_empty() {
             if let Some(t) = self.throttle.as_mut()
                 && t.take(1, now.into_std()) == 0
             {
@@ -361,13 +459,7 @@ impl<'a> Session<'a> {
                     return Ok(());
                 }
                 let body = row.values.into_bytes();
-                let client = self.client()?;
-                match row.correlation {
-                    Some(c) => client.try_publish_correlated(topic, qos, body, c)?,
-                    None => client.try_publish(topic, qos, false, body)?,
-                }
-                self.flight.requested(Tracked::Rows(keys, qos));
-                return Ok(());
+                return self.send_rows(topic, body, row.correlation, keys, qos);
             }
             Pending::Single(row) => {
                 let body = payload::telemetry(&row);
@@ -377,6 +469,14 @@ impl<'a> Session<'a> {
                 let Some(first) = rows.first() else {
                     return Ok(());
                 };
+                // Too large together: each reading on its own, in order.
+                let bytes: usize = rows.iter().map(|r| r.values.len() + 96).sum();
+                if rows.len() > 1 && bytes > self.packet_limit() {
+                    for row in rows.into_iter().rev() {
+                        self.ready.push_front(Pending::Single(row));
+                    }
+                    return Ok(());
+                }
                 let (device, qos) = (first.device.clone(), first.qos);
                 let body = format!(
                     "[{}]",
@@ -389,10 +489,7 @@ impl<'a> Session<'a> {
             }
         };
         let topic = self.settings.topics.telemetry(&device);
-        self.client()?
-            .try_publish(topic, qos, false, body.into_bytes())?;
-        self.flight.requested(Tracked::Rows(keys, qos));
-        Ok(())
+        self.send_rows(topic, body.into_bytes(), None, keys, qos)
     }
 
     /// Applies one event; returns true when it completed a connection.
@@ -404,7 +501,8 @@ impl<'a> Session<'a> {
             self.last_heard = Instant::now();
         }
         match event {
-            Event::Connected => {
+            Event::Connected { max_packet_size } => {
+                self.broker_max = max_packet_size;
                 self.connected = true;
                 self.connected_at = Some(Instant::now());
                 self.caught_up = false;
@@ -513,6 +611,9 @@ impl<'a> Session<'a> {
     }
 
     fn deliver(&mut self, rows: Vec<RowKey>) {
+        if rows.first().and_then(|k| self.sizes.remove(k)).is_some() {
+            self.poison.probe = self.poison.probe.saturating_sub(1);
+        }
         self.health.published.fetch_add(rows.len() as u64, Relaxed);
         self.delivered.extend(rows);
     }
