@@ -81,6 +81,24 @@ fn oversize_readings_are_dead_lettered(protocol: &str, max_connections: usize) {
         stats.contains("maximum packet size") || stats.contains("closed the connection"),
         "{stats}"
     );
+
+    // The operator's view, and a way back once the broker takes them.
+    let (code, listed) = queue(&config, &["dead-letters", "-n", "100", "--device", "big"]);
+    assert_eq!(code, 0, "{listed}");
+    assert!(listed.lines().count() >= 20, "{listed}");
+    assert!(listed.lines().all(|l| l.contains(" big ")), "{listed}");
+    let before = queued_rows(&config);
+    let (code, retried) = queue(&config, &["retry-dead", "--device", "big"]);
+    assert_eq!(code, 0, "{retried}");
+    let n: u64 = retried
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{retried}"));
+    assert!(n >= 20, "{retried}");
+    assert_eq!(queued_rows(&config), before + n);
+    let (_, listed) = queue(&config, &["dead-letters", "--device", "big"]);
+    assert!(listed.trim().is_empty(), "{listed}");
 }
 
 /// MQTT 3.1.1: the broker just closes the connection on a packet that is

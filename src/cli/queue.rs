@@ -24,6 +24,22 @@ pub enum Action {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Readings the broker refused or would never take, newest first, and why.
+    DeadLetters {
+        /// How many.
+        #[arg(short = 'n', default_value_t = 20)]
+        count: usize,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Put the dead letters back into the queue (after fixing the broker's
+    /// limits or ACL); a running gateway sends them from its next connection.
+    RetryDead {
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Delete queued readings (they will never be sent).
     Purge {
         /// Only this device's readings.
@@ -69,6 +85,25 @@ pub fn run(config: &Config, action: Action) -> anyhow::Result<QueueOutcome> {
                     payload::telemetry(&row)
                 );
             }
+        }
+        Action::DeadLetters { count, device } => {
+            for d in outbox.dead_letter_list(count, device.as_deref())? {
+                println!(
+                    "seq {:<10} {:<24} {}  {}",
+                    d.seq,
+                    d.device,
+                    payload::timestamp(d.ts_ms),
+                    d.reason
+                );
+            }
+        }
+        Action::RetryDead { device } => {
+            let mut outbox = Outbox::open_for_changes(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let n = outbox.retry_dead(device.as_deref())?;
+            println!(
+                "{n} dead letter(s) queued again; a running gateway sends them from its next connection"
+            );
         }
         Action::Purge {
             device,
@@ -148,9 +183,10 @@ fn stats(outbox: &Outbox, now_ms: i64) -> anyhow::Result<()> {
         for (device, n) in dead {
             println!("{device:<24} {n:>10}");
         }
-        for (seq, device, reason) in outbox.dead_letter_reasons(3)? {
-            println!("  last: seq {seq} of {device}: {reason}");
+        for d in outbox.dead_letter_list(3, None)? {
+            println!("  last: seq {} of {}: {}", d.seq, d.device, d.reason);
         }
+        println!("  (`fieldgate queue dead-letters` lists them, `retry-dead` sends them again)");
     }
     let evictions = outbox.evictions()?;
     if !evictions.is_empty() {

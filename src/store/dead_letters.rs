@@ -10,6 +10,16 @@ use super::{Outbox, RowKey, StoreError};
 /// Dead letters kept at most; the oldest go first.
 const MAX_DEAD_LETTERS: i64 = 10_000;
 
+/// A row that will not be sent again, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub device: String,
+    /// When the reading was taken.
+    pub ts_ms: i64,
+    pub reason: String,
+}
+
 /// Moves `refused` rows from the outbox to the dead letters, inside the
 /// commit's transaction.
 pub(super) fn bury(
@@ -22,7 +32,8 @@ pub(super) fn bury(
     }
     let mut dead = tx.prepare_cached(
         "INSERT OR IGNORE INTO dead_letter
-         SELECT seq, priority, qos, ts_ms, device, quality, vals, error, ?3, ?4
+            (seq, priority, qos, ts_ms, device, quality, vals, error, reason, at_ms, topic, correlation)
+         SELECT seq, priority, qos, ts_ms, device, quality, vals, error, ?3, ?4, topic, correlation
          FROM outbox WHERE priority = ?1 AND seq = ?2",
     )?;
     let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE priority = ?1 AND seq = ?2")?;
@@ -85,15 +96,44 @@ impl Outbox {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The newest dead letters: (seq, device, reason), newest first.
-    pub fn dead_letter_reasons(
+    /// Puts the dead letters (of `device`, or all) back into the outbox with
+    /// their seq and no attempts counted; returns how many. A running
+    /// gateway sends them from its next connection on.
+    pub fn retry_dead(&mut self, device: Option<&str>) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let moved = tx.execute(
+            "INSERT OR IGNORE INTO outbox
+                (priority, seq, qos, ts_ms, device, quality, vals, error, topic, correlation)
+             SELECT priority, seq, qos, ts_ms, device, quality, vals, error, topic, correlation
+             FROM dead_letter WHERE ?1 IS NULL OR device = ?1",
+            [device],
+        )?;
+        tx.execute(
+            "DELETE FROM dead_letter WHERE ?1 IS NULL OR device = ?1",
+            [device],
+        )?;
+        tx.commit()?;
+        Ok(moved)
+    }
+
+    /// The newest `limit` dead letters (of `device`, or all), newest first.
+    pub fn dead_letter_list(
         &self,
         limit: usize,
-    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        device: Option<&str>,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, device, reason FROM dead_letter ORDER BY seq DESC LIMIT ?1",
+            "SELECT seq, device, ts_ms, reason FROM dead_letter
+             WHERE ?2 IS NULL OR device = ?2 ORDER BY seq DESC LIMIT ?1",
         )?;
-        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let rows = stmt.query_map(params![limit as i64, device], |r| {
+            Ok(DeadLetter {
+                seq: r.get(0)?,
+                device: r.get(1)?,
+                ts_ms: r.get(2)?,
+                reason: r.get(3)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
@@ -135,11 +175,25 @@ mod tests {
             store.dead_letters().unwrap(),
             BTreeMap::from([("secret".into(), 1)])
         );
+        let listed = store.dead_letter_list(5, None).unwrap();
+        assert_eq!(listed.len(), 1);
         assert_eq!(
-            store.dead_letter_reasons(5).unwrap(),
-            [(1, "secret".to_owned(), "0x87 not authorized".to_owned())]
+            (
+                listed[0].seq,
+                listed[0].device.as_str(),
+                listed[0].reason.as_str()
+            ),
+            (1, "secret", "0x87 not authorized")
         );
+        assert!(store.dead_letter_list(5, Some("open")).unwrap().is_empty());
         assert_eq!(store.totals().unwrap().rows, 1);
+
+        // Put back: the same seq, sent again like any row.
+        assert_eq!(store.retry_dead(Some("open")).unwrap(), 0);
+        assert_eq!(store.retry_dead(None).unwrap(), 1);
+        assert!(store.dead_letters().unwrap().is_empty());
+        assert_eq!(seqs(&store.peek(10, None).unwrap()), [1, 2]);
+        assert_eq!(store.totals().unwrap().rows, 2);
     }
 
     #[test]
@@ -165,10 +219,10 @@ mod tests {
         assert!(!store.suspect(&big, why, 3, 6).unwrap());
         assert!(store.suspect(&big, why, 3, 7).unwrap());
         assert_eq!(seqs(&store.fetch(Priority::Normal, 0, 10).unwrap()), [2]);
-        let reasons = store.dead_letter_reasons(10).unwrap();
-        assert_eq!(reasons.len(), 1);
-        assert_eq!((reasons[0].0, reasons[0].1.as_str()), (1, "big"));
-        assert!(reasons[0].2.contains("(3 attempts)"), "{reasons:?}");
+        let dead = store.dead_letter_list(10, None).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].seq, dead[0].device.as_str()), (1, "big"));
+        assert!(dead[0].reason.contains("(3 attempts)"), "{dead:?}");
         // A row already gone counts nothing and moves nothing.
         assert!(!store.suspect(&big, why, 1, 8).unwrap());
         assert_eq!(store.dead_letters().unwrap().get("big"), Some(&1));

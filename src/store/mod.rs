@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use dead_letters::DeadLetter;
 pub use error::StoreError;
 pub use journal::{CommandAnswer, Journaled};
 pub use limits::{Evicted, Limits};

@@ -86,8 +86,12 @@ const MIGRATIONS: &[&str] = &[
     // 7: how often the broker closed the connection right after a row was
     // sent, so that a row it will never take goes to the dead letters
     // instead of stopping every row behind it.
+    // A dead letter keeps the topic and correlation data of an answer, so
+    // that `queue retry-dead` can send it where it was going.
     "
     ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE dead_letter ADD COLUMN topic TEXT;
+    ALTER TABLE dead_letter ADD COLUMN correlation BLOB;
     ",
 ];
 
