@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs the system packages the tests need
 # (a private mosquitto is started by each test on a free port; socat makes
-# the ptys of the serial tests) when they are missing; needs root or sudo
-# for that step only.
+# the ptys of the serial tests; node runs aedes, a second broker) when they
+# are missing; needs root or sudo for that step only. aedes itself comes
+# from npm, into target/aedes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients socat dbus python3-dbusmock)
+packages=(mosquitto mosquitto-clients socat dbus python3-dbusmock nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
+    # A nodejs from elsewhere (NodeSource) brings its own npm.
+    [ "$p" = npm ] && command -v npm >/dev/null && continue
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -17,6 +20,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# aedes 1.2.0 for tests/packet_ids.rs (tests/aedes/server.js loads it from here).
+aedes=target/aedes
+aedes_version=1.2.0
+installed=$(node -p "require('./$aedes/node_modules/aedes/package.json').version" 2>/dev/null || true)
+if [ "$installed" != "$aedes_version" ]; then
+    echo "installing aedes@$aedes_version into $aedes"
+    mkdir -p "$aedes"
+    [ -f "$aedes/package.json" ] || echo '{ "private": true }' >"$aedes/package.json"
+    npm install --prefix "$aedes" --no-audit --no-fund --save-exact "aedes@$aedes_version" >/dev/null
 fi
 
 cargo test --all-targets --locked "$@"

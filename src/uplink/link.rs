@@ -21,7 +21,8 @@ pub struct Options<'a> {
     pub protocol: Protocol,
     pub client_id: &'a str,
     pub keep_alive: Duration,
-    /// Packet ids rumqttc may have in flight.
+    /// Packet ids rumqttc may have in flight, and where its packet id
+    /// counter wraps (see `inflight.rs`).
     pub inflight: u16,
     /// Requests the client channel holds.
     pub capacity: usize,
@@ -57,9 +58,10 @@ pub struct BrokerRefusal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The broker accepted us; MQTT 5 brokers may say the largest packet
-    /// they take.
+    /// CONNACK; MQTT 5: with the broker's receive maximum and the largest
+    /// packet it takes, if it said.
     Connected {
+        receive_max: Option<u16>,
         max_packet_size: Option<u32>,
     },
     /// `Outgoing::Publish(pkid)`: a request is on the wire.
@@ -69,6 +71,7 @@ pub enum Event {
     PubAck(u16, Option<BrokerRefusal>),
     PubRec(u16, Option<BrokerRefusal>),
     PubComp(u16),
+    SubAck(u16),
     /// Our DISCONNECT is on the wire.
     Disconnecting,
     /// The broker closed the session, with its MQTT 5 reason code.
@@ -338,11 +341,13 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Result<Even
     loop {
         let event = match eventloop.poll().await {
             Ok(E::Incoming(I::ConnAck(_))) => Ok(Event::Connected {
+                receive_max: None,
                 max_packet_size: None,
             }),
             Ok(E::Incoming(I::PubAck(a))) => Ok(Event::PubAck(a.pkid, None)),
             Ok(E::Incoming(I::PubRec(r))) => Ok(Event::PubRec(r.pkid, None)),
             Ok(E::Incoming(I::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
+            Ok(E::Incoming(I::SubAck(s))) => Ok(Event::SubAck(s.pkid)),
             Ok(E::Incoming(I::Disconnect)) => Ok(Event::Disconnected(None)),
             Ok(E::Incoming(I::Publish(p))) => Ok(Event::Message(Box::new(Incoming {
                 topic: p.topic.clone(),
@@ -375,7 +380,8 @@ async fn poll_v5(
     loop {
         let event = match eventloop.poll().await {
             Ok(E::Incoming(P::ConnAck(c))) => Ok(Event::Connected {
-                max_packet_size: c.properties.and_then(|p| p.max_packet_size),
+                receive_max: c.properties.as_ref().and_then(|p| p.receive_max),
+                max_packet_size: c.properties.as_ref().and_then(|p| p.max_packet_size),
             }),
             Ok(E::Incoming(P::PubAck(a))) => {
                 let reason = a.properties.and_then(|p| p.reason_string);
@@ -386,6 +392,7 @@ async fn poll_v5(
                 Ok(Event::PubRec(r.pkid, pubrec_refusal(&r.reason, reason)))
             }
             Ok(E::Incoming(P::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
+            Ok(E::Incoming(P::SubAck(s))) => Ok(Event::SubAck(s.pkid)),
             Ok(E::Incoming(P::Disconnect(d))) => Ok(Event::Disconnected(Some(d.reason_code as u8))),
             Ok(E::Incoming(P::Publish(p))) => {
                 let properties = p.properties.clone().unwrap_or_default();

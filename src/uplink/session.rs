@@ -42,6 +42,13 @@ enum Pending {
     Batch(Vec<Row>),
 }
 
+/// A message of the gateway's own, waiting for a free packet id.
+enum Control {
+    Subscribe(String),
+    /// A retained status message, at QoS 1.
+    Status(String, String),
+}
+
 /// A batch still filling.
 struct OpenBatch {
     rows: Vec<Row>,
@@ -70,6 +77,8 @@ pub(super) struct Session<'a> {
     caught_up: bool,
     /// Fetched, ready to publish, in fetch order.
     ready: VecDeque<Pending>,
+    /// Subscriptions and status messages, sent before any reading.
+    controls: VecDeque<Control>,
     open_batches: BTreeMap<String, OpenBatch>,
     throttle: Option<Throttle>,
     /// Delivered rows not yet reported to the store.
@@ -109,11 +118,12 @@ impl<'a> Session<'a> {
             broker_max: None,
             sizes: HashMap::new(),
             link: None,
-            flight: Inflight::default(),
+            flight: Inflight::new(packet_ids(settings.max_inflight)),
             cursors: [0; 3],
             connected: false,
             caught_up: false,
             ready: VecDeque::new(),
+            controls: VecDeque::new(),
             open_batches: BTreeMap::new(),
             throttle: Throttle::new(settings.max_messages_per_second, Instant::now().into_std()),
             delivered: Vec::new(),
@@ -224,7 +234,7 @@ impl<'a> Session<'a> {
             protocol: self.settings.protocol,
             client_id: &self.settings.client_id,
             keep_alive: self.settings.keep_alive,
-            inflight: u16::try_from(window + 2).unwrap_or(u16::MAX),
+            inflight: packet_ids(window),
             // Room for a full window plus status messages and a disconnect,
             // so `try_publish` never finds the channel full.
             capacity: window + 8,
@@ -365,7 +375,11 @@ impl<'a> Session<'a> {
     }
 
     fn publish_ready(&mut self, now: Instant) -> Result<(), UplinkError> {
-        while self.flight.outstanding() < self.window() && !self.ready.is_empty() {
+        self.send_controls()?;
+        if !self.controls.is_empty() {
+            return Ok(());
+        }
+        while self.flight.outstanding() < self.window() && self.front_can_go() {
             if let Some(t) = self.throttle.as_mut()
                 && t.take(1, now.into_std()) == 0
             {
@@ -375,6 +389,43 @@ impl<'a> Session<'a> {
                 break;
             };
             self.publish(message)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the first ready message may be handed to rumqttc: the
+    /// packet id it would get is free (see `inflight.rs`). Messages wait
+    /// in order behind it, which keeps each device's readings in order.
+    fn front_can_go(&self) -> bool {
+        let qos = match self.ready.front() {
+            None => return false,
+            Some(Pending::Single(row)) => row.qos,
+            Some(Pending::Batch(rows)) => match rows.first() {
+                Some(row) => row.qos,
+                None => Qos::AtMostOnce,
+            },
+        };
+        self.flight.can_send(qos)
+    }
+
+    /// Sends subscriptions and status messages, in order, while packet
+    /// ids are free.
+    fn send_controls(&mut self) -> Result<(), UplinkError> {
+        while !self.controls.is_empty() && self.flight.can_send(Qos::AtLeastOnce) {
+            let Some(control) = self.controls.pop_front() else {
+                break;
+            };
+            match control {
+                Control::Subscribe(topic) => {
+                    self.client()?.try_subscribe(topic, Qos::AtLeastOnce)?;
+                    self.flight.subscribed();
+                }
+                Control::Status(topic, body) => {
+                    self.client()?
+                        .try_publish(topic, Qos::AtLeastOnce, true, body.into_bytes())?;
+                    self.flight.requested(Tracked::Control(Qos::AtLeastOnce));
+                }
+            }
         }
         Ok(())
     }
@@ -436,8 +487,9 @@ impl<'a> Session<'a> {
         let batch = self.open_batches.values().map(|b| b.due).min();
         let throttled = match &self.throttle {
             Some(t)
-                if !self.ready.is_empty()
-                    && self.flight.outstanding() < self.settings.max_inflight =>
+                if self.controls.is_empty()
+                    && self.front_can_go()
+                    && self.flight.outstanding() < self.window() =>
             {
                 Some(Instant::from_std(t.next_at(Instant::now().into_std())))
             }
@@ -501,14 +553,22 @@ impl<'a> Session<'a> {
             self.last_heard = Instant::now();
         }
         match event {
-            Event::Connected { max_packet_size } => {
+            Event::Connected {
+                receive_max,
+                max_packet_size,
+            } => {
                 self.broker_max = max_packet_size;
                 self.connected = true;
                 self.connected_at = Some(Instant::now());
                 self.caught_up = false;
-                let client = self.client()?;
-                client.try_subscribe(self.settings.topics.config_set(), Qos::AtLeastOnce)?;
-                client.try_subscribe(self.settings.topics.commands(), Qos::AtLeastOnce)?;
+                if let Some(max) = receive_max {
+                    self.flight.receive_maximum(max);
+                }
+                let topics = &self.settings.topics;
+                self.controls.extend([
+                    Control::Subscribe(topics.config_set()),
+                    Control::Subscribe(topics.commands()),
+                ]);
                 self.publish_status().await?;
                 self.publish_config_state()?;
                 return Ok(true);
@@ -545,6 +605,7 @@ impl<'a> Session<'a> {
                 let done = self.flight.pubcomp(pkid)?;
                 self.deliver(done);
             }
+            Event::SubAck(pkid) => self.flight.suback(pkid)?,
             Event::Disconnected(Some(link::SESSION_TAKEN_OVER)) => {
                 return Err(UplinkError::TakenOver);
             }
@@ -663,11 +724,18 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Queues a status message; it goes as soon as a packet id is free. A
+    /// newer one replaces one still waiting for the same (retained) topic.
     fn publish_control(&mut self, topic: String, body: String) -> Result<(), UplinkError> {
-        self.client()?
-            .try_publish(topic, Qos::AtLeastOnce, true, body.into_bytes())?;
-        self.flight.requested(Tracked::Control(Qos::AtLeastOnce));
-        Ok(())
+        let waiting = self.controls.iter_mut().find_map(|c| match c {
+            Control::Status(t, b) if *t == topic => Some(b),
+            _ => None,
+        });
+        match waiting {
+            Some(waiting) => *waiting = body,
+            None => self.controls.push_back(Control::Status(topic, body)),
+        }
+        self.send_controls()
     }
 
     /// Clean shutdown: for up to `drain_grace`, keep sending and collect
@@ -690,7 +758,12 @@ impl<'a> Session<'a> {
                 }
                 self.refill().await?;
             }
-            if self.flight.outstanding() == 0 && self.caught_up && self.ready.is_empty() {
+            self.send_controls()?;
+            if self.flight.outstanding() == 0
+                && self.caught_up
+                && self.ready.is_empty()
+                && self.controls.is_empty()
+            {
                 if !offline_sent {
                     self.publish_control(self.settings.topics.status(), payload::offline())?;
                     offline_sent = true;
@@ -721,6 +794,14 @@ impl<'a> Session<'a> {
         }
         Ok(())
     }
+}
+
+/// rumqttc's inflight setting for a window of `window` messages: its
+/// packet id counter wraps there. Twice the window, so that one slow
+/// QoS 2 exchange rarely holds the next publish up (it waits until the
+/// counter comes round to a free id).
+fn packet_ids(window: usize) -> u16 {
+    u16::try_from(window.saturating_mul(2).saturating_add(16)).unwrap_or(u16::MAX)
 }
 
 /// When a batch starting with `row` must go: `max_delay` after the reading

@@ -13,6 +13,7 @@ mod config;
 mod gateway;
 mod messages;
 pub mod modbus_slave;
+pub mod mqtt_trace;
 pub mod pki;
 pub mod proxy;
 mod pty;
