@@ -270,6 +270,23 @@ fn a_slow_link_of_20_kb_per_second_keeps_the_session() {
     assert_eq!(o.connections, 1, "{log}");
 }
 
+/// At 2 kB/s a full window of publishes queues for seconds ahead of the
+/// keep-alive ping, while acks keep coming back: the link lives, and the
+/// session stays (rumqttc alone would fail it on the late PINGRESP).
+#[test]
+fn a_2_kb_per_second_link_that_carries_acks_keeps_its_session() {
+    let (o, log) = through_proxy(
+        "slow-2kB/s",
+        "1s",
+        "10ms",
+        300,
+        |p| p.set(Fault::Slow(2_000)),
+        Duration::from_secs(15),
+    );
+    assert_eq!(o.detect, None, "the slow link was dropped\n{log}");
+    assert_eq!(o.connections, 1, "{log}");
+}
+
 #[test]
 fn a_flapping_link_loses_nothing() {
     let (o, log) = through_proxy(

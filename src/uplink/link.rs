@@ -322,10 +322,26 @@ impl MqttLink {
     }
 }
 
+/// Any packet from the broker answers the keep-alive ping as well as a
+/// PINGRESP would: the link lives. rumqttc fails the connection when its
+/// next ping is due and the last PINGRESP has not come, even while acks
+/// keep arriving; on a slow link the PINGREQ (and so its answer) waits
+/// behind our queued publishes for longer than a period. Pings still go
+/// out every period (the broker needs to hear from us); only a period
+/// with nothing at all from the broker fails the link here, and the
+/// session's own watchdog (1.5 periods of silence) usually comes first.
+fn heard(await_pingresp: &mut bool) {
+    *await_pingresp = false;
+}
+
 async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Result<Event, LinkError>>) {
     use rumqttc::{Event as E, Incoming as I, Outgoing as O};
     loop {
-        let event = match eventloop.poll().await {
+        let polled = eventloop.poll().await;
+        if let Ok(E::Incoming(_)) = polled {
+            heard(&mut eventloop.state.await_pingresp);
+        }
+        let event = match polled {
             Ok(E::Incoming(I::ConnAck(_))) => Ok(Event::Connected),
             Ok(E::Incoming(I::PubAck(a))) => Ok(Event::PubAck(a.pkid, None)),
             Ok(E::Incoming(I::PubRec(r))) => Ok(Event::PubRec(r.pkid, None)),
@@ -360,7 +376,11 @@ async fn poll_v5(
     use rumqttc::v5::Event as E;
     use v5b::Packet as P;
     loop {
-        let event = match eventloop.poll().await {
+        let polled = eventloop.poll().await;
+        if let Ok(E::Incoming(_)) = polled {
+            heard(&mut eventloop.state.await_pingresp);
+        }
+        let event = match polled {
             Ok(E::Incoming(P::ConnAck(_))) => Ok(Event::Connected),
             Ok(E::Incoming(P::PubAck(a))) => {
                 let reason = a.properties.and_then(|p| p.reason_string);
