@@ -25,7 +25,8 @@ const LONG: Duration = Duration::from_secs(90);
 /// about 20 MB): generous, it catches a queue that grows without bound.
 const MAX_HWM_KB: u64 = 150 * 1024;
 
-/// A config for gateway `gw` with the brokers `urls` (in failover order).
+/// A config for gateway `gw` with the brokers `urls` (in failover order)
+/// and a keep-alive (with more `mqtt:` keys after it, if any).
 fn config(dir: &Path, urls: &[String], keep_alive: &str, devices: &str) -> PathBuf {
     let urls: String = urls.iter().map(|u| format!("    - {u}\n")).collect();
     let text = format!(
@@ -225,6 +226,25 @@ fn blackhole_is_detected_within_two_keep_alives_and_loses_nothing() {
         "blackhole noticed after {detect:.2}s"
     );
     assert!(o.connections >= 2, "{log}");
+}
+
+/// The same in MQTT 5, where rumqttc refuses a keep-alive under 5 s: a
+/// configured 2 s runs as 5 s (it used to panic the uplink).
+#[test]
+fn blackhole_is_detected_in_mqtt5_too() {
+    let (o, log) = through_proxy(
+        "blackhole-mqtt5",
+        "2s\n  protocol: \"5\"",
+        "20ms",
+        300,
+        |p| p.set(Fault::Blackhole),
+        Duration::from_secs(12),
+    );
+    let detect = o.detect.unwrap_or_else(|| panic!("never noticed\n{log}"));
+    assert!(
+        detect <= 2.0 * 5.0 + 1.0,
+        "blackhole noticed after {detect:.2}s"
+    );
 }
 
 #[test]

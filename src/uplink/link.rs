@@ -296,7 +296,11 @@ impl MqttLink {
                 options
                     .set_clean_start(true)
                     .set_manual_acks(true)
-                    .set_keep_alive(o.keep_alive)
+                    .set_keep_alive(match keep_alive(o.protocol, o.keep_alive) {
+                        // Off: the longest period MQTT can say (about 18 h).
+                        k if k.is_zero() => Duration::from_secs(u16::MAX.into()),
+                        k => k,
+                    })
                     .set_outgoing_inflight_upper_limit(o.inflight)
                     .set_max_packet_size(Some(1 << 20))
                     .set_transport(transport)
@@ -319,6 +323,17 @@ impl MqttLink {
             events,
             poller,
         }
+    }
+}
+
+/// The keep-alive period rumqttc keeps with `configured`: it refuses (with
+/// a panic) an MQTT 5 period under 5 s, so one is raised to 5 s there. The
+/// silence watchdog must count with the period that pings actually follow.
+pub fn keep_alive(protocol: Protocol, configured: Duration) -> Duration {
+    const V5_MIN: Duration = Duration::from_secs(5);
+    match protocol {
+        Protocol::V5 if !configured.is_zero() => configured.max(V5_MIN),
+        _ => configured,
     }
 }
 
@@ -458,5 +473,27 @@ fn v5_qos(q: Qos) -> rumqttc::v5::mqttbytes::QoS {
         Qos::AtMostOnce => QoS::AtMostOnce,
         Qos::AtLeastOnce => QoS::AtLeastOnce,
         Qos::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt5_keep_alive_is_never_below_what_rumqttc_accepts() {
+        let s = Duration::from_secs;
+        assert_eq!(keep_alive(Protocol::V5, s(2)), s(5));
+        assert_eq!(keep_alive(Protocol::V5, s(30)), s(30));
+        assert_eq!(keep_alive(Protocol::V5, Duration::ZERO), Duration::ZERO);
+        assert_eq!(keep_alive(Protocol::V311, s(2)), s(2));
+        assert_eq!(keep_alive(Protocol::V311, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn any_packet_answers_the_ping() {
+        let mut awaiting = true;
+        heard(&mut awaiting);
+        assert!(!awaiting);
     }
 }
