@@ -3,11 +3,12 @@
 # (a private mosquitto is started by each test on a free port; socat makes
 # the ptys of the serial tests; node runs aedes, a second broker) when they
 # are missing; needs root or sudo for that step only. aedes itself comes
-# from npm, into target/aedes.
+# from npm, into target/aedes; amqtt, the third broker (tests/faults.rs),
+# from PyPI into a virtualenv of its own under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients socat dbus python3-dbusmock nodejs npm)
+packages=(mosquitto mosquitto-clients socat dbus python3-dbusmock python3-venv nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
     # A nodejs from elsewhere (NodeSource) brings its own npm.
@@ -31,6 +32,15 @@ if [ "$installed" != "$aedes_version" ]; then
     mkdir -p "$aedes"
     [ -f "$aedes/package.json" ] || echo '{ "private": true }' >"$aedes/package.json"
     npm install --prefix "$aedes" --no-audit --no-fund --save-exact "aedes@$aedes_version" >/dev/null
+fi
+
+amqtt_version=0.12.1
+venv=target/amqtt-venv
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('amqtt') != '$amqtt_version')" 2>/dev/null; then
+    echo "installing amqtt $amqtt_version in $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "amqtt==$amqtt_version"
 fi
 
 cargo test --all-targets --locked "$@"

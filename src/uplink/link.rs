@@ -310,7 +310,11 @@ impl MqttLink {
                 options
                     .set_clean_start(true)
                     .set_manual_acks(true)
-                    .set_keep_alive(o.keep_alive)
+                    .set_keep_alive(match keep_alive(o.protocol, o.keep_alive) {
+                        // Off: the longest period MQTT can say (about 18 h).
+                        k if k.is_zero() => Duration::from_secs(u16::MAX.into()),
+                        k => k,
+                    })
                     .set_outgoing_inflight_upper_limit(o.inflight)
                     .set_max_packet_size(Some(1 << 20))
                     .set_transport(transport)
@@ -336,10 +340,37 @@ impl MqttLink {
     }
 }
 
+/// The keep-alive period rumqttc keeps with `configured`: it refuses (with
+/// a panic) an MQTT 5 period under 5 s, so one is raised to 5 s there. The
+/// silence watchdog must count with the period that pings actually follow.
+pub fn keep_alive(protocol: Protocol, configured: Duration) -> Duration {
+    const V5_MIN: Duration = Duration::from_secs(5);
+    match protocol {
+        Protocol::V5 if !configured.is_zero() => configured.max(V5_MIN),
+        _ => configured,
+    }
+}
+
+/// Any packet from the broker answers the keep-alive ping as well as a
+/// PINGRESP would: the link lives. rumqttc fails the connection when its
+/// next ping is due and the last PINGRESP has not come, even while acks
+/// keep arriving; on a slow link the PINGREQ (and so its answer) waits
+/// behind our queued publishes for longer than a period. Pings still go
+/// out every period (the broker needs to hear from us); only a period
+/// with nothing at all from the broker fails the link here, and the
+/// session's own watchdog (1.5 periods of silence) usually comes first.
+fn heard(await_pingresp: &mut bool) {
+    *await_pingresp = false;
+}
+
 async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Result<Event, LinkError>>) {
     use rumqttc::{Event as E, Incoming as I, Outgoing as O};
     loop {
-        let event = match eventloop.poll().await {
+        let polled = eventloop.poll().await;
+        if let Ok(E::Incoming(_)) = polled {
+            heard(&mut eventloop.state.await_pingresp);
+        }
+        let event = match polled {
             Ok(E::Incoming(I::ConnAck(_))) => Ok(Event::Connected {
                 receive_max: None,
                 max_packet_size: None,
@@ -378,7 +409,11 @@ async fn poll_v5(
     use rumqttc::v5::Event as E;
     use v5b::Packet as P;
     loop {
-        let event = match eventloop.poll().await {
+        let polled = eventloop.poll().await;
+        if let Ok(E::Incoming(_)) = polled {
+            heard(&mut eventloop.state.await_pingresp);
+        }
+        let event = match polled {
             Ok(E::Incoming(P::ConnAck(c))) => Ok(Event::Connected {
                 receive_max: c.properties.as_ref().and_then(|p| p.receive_max),
                 max_packet_size: c.properties.as_ref().and_then(|p| p.max_packet_size),
@@ -460,5 +495,27 @@ fn v5_qos(q: Qos) -> rumqttc::v5::mqttbytes::QoS {
         Qos::AtMostOnce => QoS::AtMostOnce,
         Qos::AtLeastOnce => QoS::AtLeastOnce,
         Qos::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt5_keep_alive_is_never_below_what_rumqttc_accepts() {
+        let s = Duration::from_secs;
+        assert_eq!(keep_alive(Protocol::V5, s(2)), s(5));
+        assert_eq!(keep_alive(Protocol::V5, s(30)), s(30));
+        assert_eq!(keep_alive(Protocol::V5, Duration::ZERO), Duration::ZERO);
+        assert_eq!(keep_alive(Protocol::V311, s(2)), s(2));
+        assert_eq!(keep_alive(Protocol::V311, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn any_packet_answers_the_ping() {
+        let mut awaiting = true;
+        heard(&mut awaiting);
+        assert!(!awaiting);
     }
 }

@@ -162,7 +162,7 @@ impl<'a> Session<'a> {
         let mut committed = self.store.committed();
         let period = self.settings.status_interval;
         let mut status_tick = tokio::time::interval_at(Instant::now() + period, period);
-        let keep_alive = self.settings.keep_alive;
+        let keep_alive = link::keep_alive(self.settings.protocol, self.settings.keep_alive);
         let check = (keep_alive / 4).max(Duration::from_millis(100));
         let mut liveness = tokio::time::interval(check);
         let mut config_state = self.config.state.clone();

@@ -103,6 +103,13 @@ impl Broker {
         }
     }
 
+    /// SIGKILL the broker (nothing saved) and reap it. No-op if stopped.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_and_reap(&mut child);
+        }
+    }
+
     /// Start again on the same port with the same config and persistence directory, and wait
     /// until it accepts connections. Stops the broker first if it is still running.
     pub fn restart(&mut self) {

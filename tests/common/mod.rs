@@ -8,6 +8,7 @@
 //! Compiled into every test binary, and no binary uses all of it.
 #![allow(dead_code)]
 
+pub mod amqtt;
 mod broker;
 mod config;
 mod gateway;
