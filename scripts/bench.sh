@@ -84,7 +84,8 @@ gateway_config() {
     mkdir -p "$dir"
     {
         echo "gateway: { id: $2, state_dir: $dir/state, status_interval: 1h }"
-        echo "mqtt: { url: \"mqtt://127.0.0.1:$port\" }"
+        # drain_rate 0: the drain figures measure the link, not the pacing.
+        echo "mqtt: { url: \"mqtt://127.0.0.1:$port\", drain_rate: 0 }"
         echo "store: { ${5:-} }"
         echo "devices:"
         [ "$4" -eq 0 ] && echo "  []"

@@ -68,6 +68,10 @@ pub struct MqttConfig {
     /// The first connection after a start waits a random delay up to this.
     #[serde(default = "MqttConfig::default_connect_jitter")]
     pub connect_jitter: Duration,
+    /// Backlog publishes per second at most (rows stored before the
+    /// connection came up; live readings are not paced); 0 = no limit.
+    #[serde(default = "MqttConfig::default_drain_rate")]
+    pub drain_rate: u32,
     /// The largest packet the broker takes (MQTT 3.1.1 brokers do not say;
     /// an MQTT 5 broker's own limit wins when lower). Larger batches are
     /// split, larger single readings go to the dead letters unsent.
@@ -80,6 +84,9 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
+    fn default_drain_rate() -> u32 {
+        1_000
+    }
     fn default_max_packet_size() -> ByteSize {
         ByteSize(256 << 10)
     }

@@ -156,6 +156,9 @@ impl Batcher {
             } => {
                 let _ = reply.send(self.fetch(after, limit));
             }
+            Command::NextSeq(reply) => {
+                let _ = reply.send(self.outbox.next_seq());
+            }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }

@@ -77,6 +77,7 @@ enum Command {
         reply: oneshot::Sender<Result<Vec<Row>, StoreError>>,
     },
     Status(oneshot::Sender<Result<QueueStatus, StoreError>>),
+    NextSeq(oneshot::Sender<i64>),
     LoadConfig(oneshot::Sender<Result<Option<RemoteConfig>, StoreError>>),
     Journal {
         id: String,
@@ -199,6 +200,13 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Status(reply)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The `seq` the next committed row gets: rows below it are stored.
+    pub async fn next_seq(&self) -> Result<i64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::NextSeq(reply)).await?;
+        rx.await.map_err(|_| StoreError::Closed)
     }
 
     /// The cached remote configuration.

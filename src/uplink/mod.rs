@@ -9,6 +9,7 @@
 //! on a reconnect.
 
 mod credentials;
+mod drain;
 mod inflight;
 mod link;
 pub mod payload;
@@ -54,6 +55,8 @@ pub struct Settings {
     pub stable_after: Duration,
     /// The first connection after a start waits a random part of this.
     pub connect_jitter: Duration,
+    /// Backlog publishes per second at most (`mqtt.drain_rate`); 0: no limit.
+    pub drain_rate: u32,
     /// Bytes per packet at most (`mqtt.max_packet_size`).
     pub max_packet_size: usize,
     /// Clean closes right after a row before it is dead-lettered.
@@ -83,6 +86,7 @@ impl Settings {
             stable_after: mqtt.stable_after.get(),
             connect_jitter: mqtt.connect_jitter.get(),
             max_packet_size: usize::try_from(mqtt.max_packet_size.0).unwrap_or(usize::MAX),
+            drain_rate: mqtt.drain_rate,
             max_attempts: mqtt.max_attempts.get() as u32,
             topics: Topics::new(mqtt.topic_prefix.as_str(), config.gateway.id.as_str()),
             status_interval: config.gateway.status_interval.get(),

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::drain::{Candidate, Drain};
 use super::inflight::{Inflight, Tracked};
 use super::link::{self, BrokerRefusal, Event, MqttLink};
 use super::poison::{self, PoisonWatch};
@@ -49,6 +50,19 @@ enum Control {
     Status(String, String),
 }
 
+impl Pending {
+    /// Its (first) row and its QoS.
+    fn head(&self) -> (Option<&Row>, Qos) {
+        match self {
+            Pending::Single(row) => (Some(row), row.qos),
+            Pending::Batch(rows) => (
+                rows.first(),
+                rows.first().map_or(Qos::AtMostOnce, |r| r.qos),
+            ),
+        }
+    }
+}
+
 /// A batch still filling.
 struct OpenBatch {
     rows: Vec<Row>,
@@ -81,6 +95,8 @@ pub(super) struct Session<'a> {
     controls: VecDeque<Control>,
     open_batches: BTreeMap<String, OpenBatch>,
     throttle: Option<Throttle>,
+    /// Paces the backlog (`mqtt.drain_rate`).
+    drain: Drain,
     /// Delivered rows not yet reported to the store.
     delivered: Vec<RowKey>,
     /// Refused rows not yet reported, with the broker's reason.
@@ -126,6 +142,7 @@ impl<'a> Session<'a> {
             controls: VecDeque::new(),
             open_batches: BTreeMap::new(),
             throttle: Throttle::new(settings.max_messages_per_second, Instant::now().into_std()),
+            drain: Drain::new(settings.drain_rate, Instant::now().into_std()),
             delivered: Vec::new(),
             refused: Vec::new(),
             last_heard: Instant::now(),
@@ -379,13 +396,27 @@ impl<'a> Session<'a> {
         if !self.controls.is_empty() {
             return Ok(());
         }
-        while self.flight.outstanding() < self.window() && self.front_can_go() {
+        while self.flight.outstanding() < self.window() && !self.ready.is_empty() {
             if let Some(t) = self.throttle.as_mut()
                 && t.take(1, now.into_std()) == 0
             {
                 break;
             }
-            let Some(message) = self.ready.pop_front() else {
+            let candidates = self.ready.iter().map(|m| {
+                let (row, qos) = m.head();
+                Candidate {
+                    seq: row.map_or(i64::MAX, |r| r.seq),
+                    device: row.map_or("", |r| r.device.as_str()),
+                    can_send: self.flight.can_send(qos),
+                }
+            });
+            let Some(i) = self.drain.pick(candidates, now.into_std()) else {
+                if let Some(t) = self.throttle.as_mut() {
+                    t.refund();
+                }
+                break;
+            };
+            let Some(message) = self.ready.remove(i) else {
                 break;
             };
             self.publish(message)?;
@@ -397,15 +428,10 @@ impl<'a> Session<'a> {
     /// packet id it would get is free (see `inflight.rs`). Messages wait
     /// in order behind it, which keeps each device's readings in order.
     fn front_can_go(&self) -> bool {
-        let qos = match self.ready.front() {
-            None => return false,
-            Some(Pending::Single(row)) => row.qos,
-            Some(Pending::Batch(rows)) => match rows.first() {
-                Some(row) => row.qos,
-                None => Qos::AtMostOnce,
-            },
-        };
-        self.flight.can_send(qos)
+        match self.ready.front() {
+            None => false,
+            Some(m) => self.flight.can_send(m.head().1),
+        }
     }
 
     /// Sends subscriptions and status messages, in order, while packet
@@ -485,17 +511,20 @@ impl<'a> Session<'a> {
     /// or the throttle lets the next message go.
     fn next_wake(&self) -> Option<Instant> {
         let batch = self.open_batches.values().map(|b| b.due).min();
+        let could_send = self.controls.is_empty()
+            && self.front_can_go()
+            && self.flight.outstanding() < self.window();
+        let now = Instant::now().into_std();
         let throttled = match &self.throttle {
-            Some(t)
-                if self.controls.is_empty()
-                    && self.front_can_go()
-                    && self.flight.outstanding() < self.window() =>
-            {
-                Some(Instant::from_std(t.next_at(Instant::now().into_std())))
-            }
+            Some(t) if could_send => Some(Instant::from_std(t.next_at(now))),
             _ => None,
         };
-        batch.into_iter().chain(throttled).min()
+        let first_seq = self.ready.front().and_then(|m| m.head().0).map(|r| r.seq);
+        let drained = match first_seq {
+            Some(seq) if could_send => self.drain.next_at(seq, now).map(Instant::from_std),
+            _ => None,
+        };
+        batch.into_iter().chain(throttled).chain(drained).min()
     }
 
     fn publish(&mut self, message: Pending) -> Result<(), UplinkError> {
@@ -558,6 +587,8 @@ impl<'a> Session<'a> {
                 max_packet_size,
             } => {
                 self.broker_max = max_packet_size;
+                // What is stored from here on is live, not backlog.
+                self.drain.connected(self.store.next_seq().await?);
                 self.connected = true;
                 self.connected_at = Some(Instant::now());
                 self.caught_up = false;

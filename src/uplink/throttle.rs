@@ -43,6 +43,11 @@ impl Throttle {
         granted
     }
 
+    /// Gives back a token taken for a message that did not go.
+    pub fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+
     /// When the next message may go.
     pub fn next_at(&self, now: Instant) -> Instant {
         let missing = (1.0 - self.tokens).max(0.0);
