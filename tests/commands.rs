@@ -257,6 +257,19 @@ fn an_unreachable_slave_fails_and_an_answer_survives_a_broker_outage() {
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
 
+/// Publishes a command at QoS 1 over MQTT 5 with the given PUBLISH
+/// properties (`response-topic`, `correlation-data`).
+fn publish_v5(port: u16, properties: &[(&str, &str)], payload: &str) {
+    let mut pub_ = std::process::Command::new("mosquitto_pub");
+    pub_.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-V", "mqttv5", "-q", "1", "-t", COMMANDS]);
+    for (name, value) in properties {
+        pub_.args(["-D", "publish", name, value]);
+    }
+    let status = pub_.args(["-m", payload]).status().unwrap();
+    assert!(status.success());
+}
+
 #[test]
 fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
     let broker = Broker::start();
@@ -292,28 +305,14 @@ fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let status = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port_s,
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-t",
-            COMMANDS,
-        ])
-        .args(["-D", "publish", "response-topic", "app/replies/7"])
-        .args(["-D", "publish", "correlation-data", "req-42"])
-        .args([
-            "-m",
-            r#"{"id":"v5","device":"boiler","point":"setpoint","value":25}"#,
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    publish_v5(
+        broker.port,
+        &[
+            ("response-topic", "app/replies/7"),
+            ("correlation-data", "req-42"),
+        ],
+        r#"{"id":"v5","device":"boiler","point":"setpoint","value":25}"#,
+    );
     let out = listener.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let (correlation, payload) = text
@@ -349,17 +348,11 @@ fn a_wildcard_response_topic_is_answered_rejected_and_telemetry_keeps_flowing() 
     let mut gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
 
-    let status = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
-        .args(["-V", "mqttv5", "-q", "1", "-t", COMMANDS])
-        .args(["-D", "publish", "response-topic", "evil/#"])
-        .args([
-            "-m",
-            r#"{"id":"evil","device":"boiler","point":"setpoint","value":25}"#,
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    publish_v5(
+        broker.port,
+        &[("response-topic", "evil/#")],
+        r#"{"id":"evil","device":"boiler","point":"setpoint","value":25}"#,
+    );
 
     let rejected = answer(&sub, "evil", &gw);
     assert_eq!(rejected["status"], "rejected", "{rejected}");

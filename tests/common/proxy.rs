@@ -51,6 +51,22 @@ struct Conn {
     kill: CancellationToken,
 }
 
+impl Conn {
+    /// Applies a fault that acts on open connections: a reset closes both
+    /// sides with RST, a blackhole swallows what comes next.
+    fn suffer(&self, fault: Fault) {
+        match fault {
+            Fault::Reset => {
+                let _ = self.client.set_zero_linger();
+                let _ = self.server.set_zero_linger();
+                self.kill.cancel();
+            }
+            Fault::Blackhole => self.dead.store(true, Relaxed),
+            _ => {}
+        }
+    }
+}
+
 impl Shared {
     /// Sets the mode and applies it to the open connections at once.
     fn apply(&self, fault: Fault) {
@@ -58,15 +74,7 @@ impl Shared {
         let mut conns = super::lock(&self.conns);
         conns.retain(|c| c.strong_count() > 0);
         for conn in conns.iter().filter_map(Weak::upgrade) {
-            match fault {
-                Fault::Reset => {
-                    let _ = conn.client.set_zero_linger();
-                    let _ = conn.server.set_zero_linger();
-                    conn.kill.cancel();
-                }
-                Fault::Blackhole => conn.dead.store(true, Relaxed),
-                _ => {}
-            }
+            conn.suffer(fault);
         }
     }
 }
@@ -227,15 +235,7 @@ async fn connection(client: TcpStream, target: u16, shared: Arc<Shared>, kill: C
         let mut conns = super::lock(&shared.conns);
         conns.push(Arc::downgrade(&conn));
         // A fault that came while connecting applies to this one too.
-        match *mode.borrow() {
-            Fault::Reset => {
-                let _ = conn.client.set_zero_linger();
-                let _ = conn.server.set_zero_linger();
-                conn.kill.cancel();
-            }
-            Fault::Blackhole => conn.dead.store(true, Relaxed),
-            _ => {}
-        }
+        conn.suffer(*mode.borrow());
     }
     let up = tokio::spawn(pipe(
         conn.client.clone(),
