@@ -702,8 +702,14 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// A row publish is done with (acked or refused): forgets its size.
+    /// Returns whether it was one.
+    fn finished(&mut self, rows: &[RowKey]) -> bool {
+        rows.first().and_then(|k| self.sizes.remove(k)).is_some()
+    }
+
     fn deliver(&mut self, rows: Vec<RowKey>) {
-        if rows.first().and_then(|k| self.sizes.remove(k)).is_some() {
+        if self.finished(&rows) {
             self.poison.probe = self.poison.probe.saturating_sub(1);
         }
         self.health.published.fetch_add(rows.len() as u64, Relaxed);
@@ -720,9 +726,11 @@ impl<'a> Session<'a> {
                     r.reason
                 );
             }
-            Some(r) => self
-                .refused
-                .push((rows, format!("0x{:02x} {}", r.code, r.reason))),
+            Some(r) => {
+                self.finished(&rows);
+                self.refused
+                    .push((rows, format!("0x{:02x} {}", r.code, r.reason)));
+            }
         }
     }
 
