@@ -84,6 +84,30 @@ impl Clock {
     }
 }
 
+/// A wall-clock time after which something must not happen any more (a
+/// command's `expires_at`), checked by whoever is about to do it.
+#[derive(Debug, Clone, Default)]
+pub struct Deadline {
+    clock: Clock,
+    /// Unix epoch milliseconds; `None`: never.
+    at_ms: Option<i64>,
+}
+
+impl Deadline {
+    pub fn new(clock: Clock, at_ms: Option<i64>) -> Deadline {
+        Deadline { clock, at_ms }
+    }
+
+    /// No deadline at all.
+    pub fn never() -> Deadline {
+        Deadline::default()
+    }
+
+    pub fn passed(&self) -> bool {
+        self.at_ms.is_some_and(|at| self.clock.now_ms() >= at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +139,15 @@ mod tests {
         let other = clock.clone();
         other.advance(Duration::from_secs(1));
         assert_eq!(clock.now_ms(), 1_010);
+    }
+
+    #[test]
+    fn a_deadline_passes_with_the_wall_clock() {
+        let clock = Clock::manual(1_000);
+        let deadline = Deadline::new(clock.clone(), Some(1_500));
+        assert!(!deadline.passed());
+        clock.advance(Duration::from_millis(500));
+        assert!(deadline.passed());
+        assert!(!Deadline::never().passed());
     }
 }

@@ -22,6 +22,9 @@ pub struct Health {
     /// Unreadable commands not answered, to bound the answers a flood of
     /// junk can cause (each is logged and counted instead).
     pub commands_unanswered: AtomicU64,
+    /// Commands rejected unread (not JSON, unknown fields, too large): not
+    /// journaled, answered at most a few per second.
+    pub commands_unreadable: AtomicU64,
     /// What is wrong with the MQTT link beyond a retry, if anything
     /// (another client using our client id).
     uplink_problem: Mutex<Option<String>>,
@@ -82,6 +85,7 @@ pub struct Snapshot {
     pub reconnects: u64,
     pub commands_dropped: u64,
     pub commands_unanswered: u64,
+    pub commands_unreadable: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uplink_problem: Option<String>,
     pub devices: BTreeMap<String, DeviceSnapshot>,
@@ -105,6 +109,7 @@ impl Health {
             reconnects: AtomicU64::new(0),
             commands_dropped: AtomicU64::new(0),
             commands_unanswered: AtomicU64::new(0),
+            commands_unreadable: AtomicU64::new(0),
             uplink_problem: Mutex::new(None),
             devices: Mutex::new(BTreeMap::new()),
         })
@@ -133,6 +138,7 @@ impl Health {
             reconnects: self.reconnects.load(Relaxed),
             commands_dropped: self.commands_dropped.load(Relaxed),
             commands_unanswered: self.commands_unanswered.load(Relaxed),
+            commands_unreadable: self.commands_unreadable.load(Relaxed),
             uplink_problem: self
                 .uplink_problem
                 .lock()

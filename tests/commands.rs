@@ -511,3 +511,80 @@ fn a_burst_of_20000_junk_commands_leaves_the_link_and_telemetry_alone() {
     assert_eq!(log.matches("connected to").count(), 1, "{log}");
     assert!(log.contains("not answered (rate limit)"), "{log}");
 }
+
+/// Answers to `id` so far.
+fn answers_to(sub: &Subscriber, id: &str) -> Vec<Value> {
+    responses(sub)
+        .into_iter()
+        .filter(|r| r["id"] == id)
+        .collect()
+}
+
+/// A broker's redelivery or a cloud's resend while the write still waits
+/// on a slow device: one write, and no answer but the true one.
+#[test]
+fn a_duplicate_of_a_running_command_waits_for_its_answer() {
+    let (broker, slave, sub, _dir, mut gw) = rig("check-dup-running");
+    slave.state().write_delay = Some(Duration::from_millis(1_000));
+
+    let command = r#"{"id":"twice","device":"boiler","point":"setpoint","value":30}"#;
+    publish(broker.port, COMMANDS, command);
+    publish(broker.port, COMMANDS, command);
+    answer(&sub, "twice", &gw);
+    // Time for a second, wrong answer to show up if there were one.
+    std::thread::sleep(Duration::from_secs(2));
+    publish(broker.port, COMMANDS, command);
+    let later = |m: &[Message]| m.iter().filter(|m| m.topic.ends_with("/responses")).count() >= 2;
+    assert!(sub.wait_until(LONG, later), "{}", gw.log());
+    let answers = answers_to(&sub, "twice");
+    assert!(
+        answers.iter().all(|a| a["status"] == "ok"),
+        "{answers:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(writes(&slave), 1, "executed once\n{}", gw.log());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+/// A command that expires while it waits behind a unit that times out is
+/// answered `expired` and never written.
+#[test]
+fn a_command_that_expires_in_the_queue_is_not_written() {
+    let broker = Broker::start();
+    let (slave, port) = slave();
+    let sub = Subscriber::connect(broker.port, "check-late", "fieldgate/gw/responses");
+    let dir = tempfile::tempdir().unwrap();
+    // `ghost` is unit 9 on the same bus: the slave never answers it, so
+    // each of its polls holds the bus for its 3 s timeout.
+    let ghost = format!(
+        "  - name: ghost\n    kind: modbus\n    tcp: {{ host: 127.0.0.1, port: {port} }}\n    unit: 9\n    poll: 200ms\n    timeout: 3s\n    retries: 0\n    points:\n      - {{ name: x, register: holding, address: 10, type: u16 }}\n"
+    );
+    let devices = format!("{}{ghost}", device("boiler", port, ""));
+    let config = write_config(dir.path(), broker.port, "", &devices);
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+
+    // Right after a poll of the ghost starts, the bus is held for 3 s.
+    let ghost_polls = || slave.seen().iter().filter(|s| s.unit == 9).count();
+    let seen = ghost_polls();
+    let t0 = std::time::Instant::now();
+    while ghost_polls() == seen {
+        assert!(
+            t0.elapsed() < LONG,
+            "the ghost is never polled\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    let command = format!(
+        r#"{{"id":"late","device":"boiler","point":"setpoint","value":30,"expires_at":"{expires}"}}"#
+    );
+    publish(broker.port, COMMANDS, &command);
+    let late = answer(&sub, "late", &gw);
+    assert_eq!(late["status"], "expired", "{late}\n{}", gw.log());
+    // The bus is free again and polls on: still no write.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(writes(&slave), 0, "{}", gw.log());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}

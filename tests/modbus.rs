@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use fieldgate::clock::Deadline;
+use fieldgate::sources::WriteFault;
 use serde_json::{Value, json};
 use tokio_modbus::prelude::ExceptionCode;
 
@@ -439,9 +441,9 @@ fn writes_encode_values_and_use_functions_5_6_and_16() {
             let writer = writers.get(device).cloned();
             async move {
                 match writer {
-                    Some(w) => w.write(device, point, &value).await,
+                    Some(w) => w.write(device, point, &value, Deadline::never()).await,
                     None => Err(fieldgate::sources::WriteFailure {
-                        rejected: true,
+                        fault: WriteFault::Rejected,
                         reason: format!("no Modbus device `{device}`"),
                     }),
                 }
@@ -476,7 +478,12 @@ fn writes_encode_values_and_use_functions_5_6_and_16() {
             write("nobody", "pump", json!(1)).await,
         ];
         for result in &rejected {
-            assert!(result.as_ref().is_err_and(|e| e.rejected), "{result:?}");
+            assert!(
+                result
+                    .as_ref()
+                    .is_err_and(|e| e.fault == WriteFault::Rejected),
+                "{result:?}"
+            );
         }
         assert_eq!(
             rejected[1].as_ref().unwrap_err().reason,
@@ -484,11 +491,22 @@ fn writes_encode_values_and_use_functions_5_6_and_16() {
         );
         // A unit that does not answer: the write fails, after its timeout.
         let failed = write("ghost", "pump", json!(true)).await.unwrap_err();
-        assert!(!failed.rejected);
+        assert_eq!(failed.fault, WriteFault::Failed);
         assert_eq!(
             failed.reason,
             "write to `pump` failed: no answer within 500ms"
         );
+        // A write whose deadline passed before its turn is never sent.
+        let before = slave.seen().iter().filter(|s| s.function >= 5).count();
+        let clock = fieldgate::clock::Clock::system();
+        let gone = Deadline::new(clock.clone(), Some(clock.now_ms() - 1));
+        let expired = writers["plc"]
+            .write("plc", "pump", &json!(true), gone)
+            .await
+            .unwrap_err();
+        assert_eq!(expired.fault, WriteFault::Expired, "{expired:?}");
+        let after = slave.seen().iter().filter(|s| s.function >= 5).count();
+        assert_eq!(after, before, "an expired write must not reach the device");
 
         cancel.cancel();
         while running.tasks.join_next().await.is_some() {}

@@ -390,7 +390,10 @@ mod writes {
         // Until the port is open, writes fail with the reason.
         let mut opened = false;
         for _ in 0..100 {
-            match handle.write("setpoint", &json!(22)).await {
+            match handle
+                .write("setpoint", &json!(22), fieldgate::clock::Deadline::never())
+                .await
+            {
                 Ok(()) => {
                     opened = true;
                     break;
@@ -415,9 +418,20 @@ mod writes {
             writer
         });
         for i in 0..50 {
-            handle.write("fan", &json!(i % 2 == 0)).await.unwrap();
             handle
-                .write("setpoint", &json!(20.5 + f64::from(i)))
+                .write(
+                    "fan",
+                    &json!(i % 2 == 0),
+                    fieldgate::clock::Deadline::never(),
+                )
+                .await
+                .unwrap();
+            handle
+                .write(
+                    "setpoint",
+                    &json!(20.5 + f64::from(i)),
+                    fieldgate::clock::Deadline::never(),
+                )
                 .await
                 .unwrap();
         }
@@ -445,11 +459,19 @@ mod writes {
         }
 
         assert_eq!(
-            handle.write("v", &json!(1)).await,
+            handle
+                .write("v", &json!(1), fieldgate::clock::Deadline::never())
+                .await,
             Err(WriteError::NotWritable("v".into()))
         );
         assert!(matches!(
-            handle.write("setpoint", &json!("1\nSET x 2")).await,
+            handle
+                .write(
+                    "setpoint",
+                    &json!("1\nSET x 2"),
+                    fieldgate::clock::Deadline::never()
+                )
+                .await,
             Err(WriteError::InvalidValue(_))
         ));
 

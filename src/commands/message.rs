@@ -66,20 +66,32 @@ pub fn parse(payload: &[u8], max_payload: usize) -> Result<Command, (Option<Stri
     Ok(command)
 }
 
+/// A command that passed every check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    /// The point the command is about.
+    pub point: PointSpec,
+    /// When it expires (`expires_at`, or `issued_at` + `commands.max_age`,
+    /// whichever comes first), in Unix epoch milliseconds: it must not
+    /// reach the device later, however long it waits for its turn.
+    pub expires_ms: Option<i64>,
+}
+
 /// Checks a parsed command against the running devices and the clock.
-/// Returns the point the command is about.
 pub fn check(
     command: &Command,
     devices: &[DeviceConfig],
     now_ms: i64,
     max_age_ms: i64,
-) -> Result<PointSpec, CommandRefusal> {
+) -> Result<Checked, CommandRefusal> {
     let rejected = |why: String| CommandRefusal::Rejected(why);
+    let mut expires_ms: Option<i64> = None;
     if let Some(expires) = &command.expires_at {
         let at = timestamp(expires).map_err(|e| rejected(format!("invalid `expires_at`: {e}")))?;
         if at <= now_ms {
             return Err(CommandRefusal::Expired(format!("expired at {expires}")));
         }
+        expires_ms = Some(at);
     }
     if let Some(issued) = &command.issued_at {
         let at = timestamp(issued).map_err(|e| rejected(format!("invalid `issued_at`: {e}")))?;
@@ -88,6 +100,8 @@ pub fn check(
                 "issued at {issued}, more than commands.max_age ago"
             )));
         }
+        let end = at.saturating_add(max_age_ms);
+        expires_ms = Some(expires_ms.map_or(end, |e| e.min(end)));
     }
     let device = devices
         .iter()
@@ -130,7 +144,7 @@ pub fn check(
             }
         }
     }
-    Ok(point)
+    Ok(Checked { point, expires_ms })
 }
 
 fn timestamp(text: &str) -> Result<i64, String> {
@@ -235,7 +249,19 @@ devices:
         let fresh = command(
             r#"{"id":"a","device":"boiler","point":"setpoint","value":22,"expires_at":"2026-11-25T10:05:00Z"}"#,
         );
-        assert!(check(&fresh, &devices(), NOW, 300_000).is_ok());
+        let checked = check(&fresh, &devices(), NOW, 300_000).unwrap();
+        assert_eq!(checked.expires_ms, Some(NOW + 300_000));
+        // The earlier of `expires_at` and `issued_at` + max_age holds.
+        let both = command(
+            r#"{"id":"a","device":"boiler","point":"setpoint","value":22,"expires_at":"2026-11-25T10:05:00Z","issued_at":"2026-11-25T09:59:00Z"}"#,
+        );
+        let checked = check(&both, &devices(), NOW, 300_000).unwrap();
+        assert_eq!(checked.expires_ms, Some(NOW - 60_000 + 300_000));
+        let plain = command(r#"{"id":"a","device":"boiler","point":"setpoint","value":22}"#);
+        assert_eq!(
+            check(&plain, &devices(), NOW, 300_000).unwrap().expires_ms,
+            None
+        );
     }
 
     #[test]

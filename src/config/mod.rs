@@ -168,6 +168,9 @@ pub struct CommandsConfig {
     /// How long command ids are remembered, so a repeated one is answered
     /// again rather than run again.
     pub journal_retention: Duration,
+    /// Command ids kept at most; past it the oldest answered ones go first,
+    /// so a flood of commands cannot fill the card.
+    pub journal_max: u64,
 }
 
 impl Default for CommandsConfig {
@@ -176,6 +179,7 @@ impl Default for CommandsConfig {
             max_age: Duration::from_secs(300),
             max_payload: ByteSize(16 << 10),
             journal_retention: Duration::from_secs(7 * 86_400),
+            journal_max: 100_000,
         }
     }
 }

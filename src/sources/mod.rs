@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Deadline};
 use crate::config::{BleConfig, DeviceConfig};
 use crate::health::{DeviceHealth, Health};
 use crate::reading::{Name, Qos, Quality, Reading};
@@ -88,40 +88,69 @@ pub enum PointWriter {
     Ble(ble::GattHandle),
 }
 
-/// Why a write did not happen: refused before anything was sent, or failed
-/// on the way to the device.
+/// Why a write did not happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteFailure {
-    pub rejected: bool,
+    pub fault: WriteFault,
     pub reason: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFault {
+    /// Refused before anything was sent: not writable, invalid value.
+    Rejected,
+    /// Too many writes already wait for the device's bus or port.
+    Busy,
+    /// Its deadline passed while it waited for its turn; nothing was sent.
+    Expired,
+    /// Sent, or on its way, and the device did not take it.
+    Failed,
+}
+
 impl PointWriter {
+    /// Writes `value` to `point`, unless `deadline` passes before the
+    /// device's turn comes.
     pub async fn write(
         &self,
         device: &str,
         point: &str,
         value: &Value,
+        deadline: Deadline,
     ) -> Result<(), WriteFailure> {
+        let failure = |fault, reason: String| WriteFailure { fault, reason };
         match self {
             PointWriter::Modbus(bus) => {
-                bus.write(device, point, value)
+                bus.write(device, point, value, deadline)
                     .await
-                    .map_err(|e| WriteFailure {
-                        rejected: e.is_rejected(),
-                        reason: e.to_string(),
+                    .map_err(|e| {
+                        let fault = match e {
+                            modbus::WriteError::Busy(_) => WriteFault::Busy,
+                            modbus::WriteError::Expired => WriteFault::Expired,
+                            ref e if e.is_rejected() => WriteFault::Rejected,
+                            _ => WriteFault::Failed,
+                        };
+                        failure(fault, e.to_string())
                     })
             }
-            PointWriter::Serial(port) => port.write(point, value).await.map_err(|e| WriteFailure {
-                rejected: matches!(
-                    e,
-                    serial::WriteError::NotWritable(_) | serial::WriteError::InvalidValue(_)
-                ),
-                reason: e.to_string(),
+            PointWriter::Serial(port) => port.write(point, value, deadline).await.map_err(|e| {
+                let fault = match e {
+                    serial::WriteError::NotWritable(_) | serial::WriteError::InvalidValue(_) => {
+                        WriteFault::Rejected
+                    }
+                    serial::WriteError::Busy => WriteFault::Busy,
+                    serial::WriteError::Expired => WriteFault::Expired,
+                    _ => WriteFault::Failed,
+                };
+                failure(fault, e.to_string())
             }),
-            PointWriter::Ble(gatt) => gatt.write(point, value).await.map_err(|e| WriteFailure {
-                rejected: e.is_rejected(),
-                reason: e.to_string(),
+            PointWriter::Ble(gatt) => gatt.write(point, value, deadline).await.map_err(|e| {
+                let fault = match e {
+                    ble::WriteError::Busy => WriteFault::Busy,
+                    ble::WriteError::Expired => WriteFault::Expired,
+                    ref e if e.is_rejected() => WriteFault::Rejected,
+                    _ => WriteFault::Failed,
+                };
+                failure(fault, e.to_string())
             }),
         }
     }

@@ -162,16 +162,12 @@ impl Batcher {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Command::Journal {
-                id,
-                retention_ms,
-                reply,
-            } => {
-                let _ = reply.send(self.outbox.journal_command(
-                    &id,
-                    self.clock.now_ms(),
-                    retention_ms,
-                ));
+            Command::Journal { id, limits, reply } => {
+                let now_ms = self.clock.now_ms();
+                let _ = reply.send(self.outbox.journal_command(&id, now_ms, limits));
+            }
+            Command::Running(id, reply) => {
+                let _ = reply.send(self.outbox.command_running(&id));
             }
             Command::Answer(id, answer, reply) => {
                 let result = self.outbox.answer_command(&id, &answer);

@@ -27,45 +27,94 @@ pub enum Journaled {
     New,
     /// Seen before, answered with this response.
     Answered(String),
-    /// Seen before, never answered (the gateway stopped while it ran).
-    Unanswered,
+    /// Seen before and handed to its device, never answered: running now,
+    /// or cut off by a stop of the gateway.
+    Running,
+    /// Seen before, never started (the gateway stopped before it ran).
+    Received,
 }
+
+/// How long and how many command ids the journal keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalLimits {
+    pub retention_ms: i64,
+    /// Rows at most; past it the oldest answered ids go first.
+    pub max_rows: i64,
+}
+
+const RECEIVED: i64 = 0;
+const RUNNING: i64 = 1;
+const ANSWERED: i64 = 2;
 
 impl Outbox {
     /// Records command `id` as received, unless it was seen before; prunes
-    /// entries older than `retention_ms`. One transaction, on disk when
-    /// this returns: only then may the broker get its ack.
+    /// what is older than the retention or over the row cap. One
+    /// transaction, on disk when this returns: only then may the broker
+    /// get its ack.
     pub fn journal_command(
         &mut self,
         id: &str,
         now_ms: i64,
-        retention_ms: i64,
+        limits: JournalLimits,
     ) -> Result<Journaled, StoreError> {
         let tx = self.conn.transaction()?;
-        let seen: Option<Option<String>> = tx
+        let seen: Option<(i64, Option<String>)> = tx
             .query_row(
-                "SELECT response FROM command_journal WHERE id = ?1",
+                "SELECT state, response FROM command_journal WHERE id = ?1",
                 [id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
         let outcome = match seen {
-            Some(Some(response)) => Journaled::Answered(response),
-            Some(None) => Journaled::Unanswered,
+            Some((_, Some(response))) => Journaled::Answered(response),
+            Some((RECEIVED, None)) => Journaled::Received,
+            Some(_) => Journaled::Running,
             None => {
                 tx.execute(
-                    "INSERT INTO command_journal (id, received_ms) VALUES (?1, ?2)",
-                    params![id, now_ms],
+                    "INSERT INTO command_journal (id, received_ms, state) VALUES (?1, ?2, ?3)",
+                    params![id, now_ms, RECEIVED],
                 )?;
                 Journaled::New
             }
         };
         tx.execute(
             "DELETE FROM command_journal WHERE received_ms < ?1",
-            [now_ms - retention_ms],
+            [now_ms - limits.retention_ms],
         )?;
+        let rows: i64 = tx.query_row(
+            "SELECT value FROM meta WHERE key = 'journal_rows'",
+            [],
+            |r| r.get(0),
+        )?;
+        let over = rows - limits.max_rows;
+        if over > 0 {
+            // Answered ids first: an unanswered one still has work to do.
+            let removed = tx.execute(
+                "DELETE FROM command_journal WHERE id IN (SELECT id FROM command_journal
+                 WHERE state = ?1 AND id <> ?2 ORDER BY received_ms LIMIT ?3)",
+                params![ANSWERED, id, over],
+            )?;
+            let left = over - removed as i64;
+            if left > 0 {
+                tx.execute(
+                    "DELETE FROM command_journal WHERE id IN (SELECT id FROM command_journal
+                     WHERE id <> ?1 ORDER BY received_ms LIMIT ?2)",
+                    params![id, left],
+                )?;
+            }
+        }
         tx.commit()?;
         Ok(outcome)
+    }
+
+    /// Marks command `id` as handed to its device: from here on, a stop of
+    /// the gateway may have cut it off, so it is never started again.
+    pub fn command_running(&mut self, id: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE command_journal SET state = ?2 WHERE id = ?1",
+            params![id, RUNNING],
+        )?;
+        Ok(())
     }
 
     /// Records the answer to command `id` and queues it, in one
@@ -73,8 +122,8 @@ impl Outbox {
     pub fn answer_command(&mut self, id: &str, answer: &CommandAnswer) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "UPDATE command_journal SET response = ?2 WHERE id = ?1",
-            params![id, answer.payload],
+            "UPDATE command_journal SET response = ?2, state = ?3 WHERE id = ?1",
+            params![id, answer.payload, ANSWERED],
         )?;
         tx.execute(
             "INSERT INTO outbox (priority, seq, qos, ts_ms, device, quality, vals, topic, correlation)
@@ -107,30 +156,51 @@ mod tests {
     use super::*;
     use crate::reading::{Priority, Qos};
 
+    const KEEP: JournalLimits = JournalLimits {
+        retention_ms: 60_000,
+        max_rows: 100,
+    };
+
+    fn answer(id: &str) -> CommandAnswer {
+        CommandAnswer {
+            source: "(commands)".into(),
+            topic: "p/responses".into(),
+            payload: format!(r#"{{"id":"{id}","status":"ok"}}"#),
+            correlation: Some(vec![1, 2]),
+            qos: Qos::AtLeastOnce,
+            priority: Priority::High,
+            ts_ms: 1_002,
+        }
+    }
+
+    fn journal_rows(store: &Outbox) -> i64 {
+        store
+            .conn
+            .query_row("SELECT count(*) FROM command_journal", [], |r| r.get(0))
+            .unwrap()
+    }
+
     #[test]
     fn commands_are_journaled_once_and_answers_queued_with_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(&dir, Limits::default());
         assert_eq!(
-            store.journal_command("c-1", 1_000, 60_000).unwrap(),
+            store.journal_command("c-1", 1_000, KEEP).unwrap(),
             Journaled::New
         );
         assert_eq!(
-            store.journal_command("c-1", 1_001, 60_000).unwrap(),
-            Journaled::Unanswered
+            store.journal_command("c-1", 1_001, KEEP).unwrap(),
+            Journaled::Received
         );
-        let answer = CommandAnswer {
-            source: "(commands)".into(),
-            topic: "p/responses".into(),
-            payload: r#"{"id":"c-1","status":"ok"}"#.into(),
-            correlation: Some(vec![1, 2]),
-            qos: Qos::AtLeastOnce,
-            priority: Priority::High,
-            ts_ms: 1_002,
-        };
+        store.command_running("c-1").unwrap();
+        assert_eq!(
+            store.journal_command("c-1", 1_001, KEEP).unwrap(),
+            Journaled::Running
+        );
+        let answer = answer("c-1");
         store.answer_command("c-1", &answer).unwrap();
         assert_eq!(
-            store.journal_command("c-1", 1_003, 60_000).unwrap(),
+            store.journal_command("c-1", 1_003, KEEP).unwrap(),
             Journaled::Answered(answer.payload.clone())
         );
         let queued = store.fetch(Priority::High, 0, 10).unwrap();
@@ -140,12 +210,68 @@ mod tests {
         assert_eq!(queued[0].correlation, Some(vec![1, 2]));
         // Pruned once older than the retention.
         assert_eq!(
-            store.journal_command("c-2", 100_000, 60_000).unwrap(),
+            store.journal_command("c-2", 100_000, KEEP).unwrap(),
             Journaled::New
         );
         assert_eq!(
-            store.journal_command("c-1", 100_001, 60_000).unwrap(),
+            store.journal_command("c-1", 100_001, KEEP).unwrap(),
             Journaled::New
         );
+    }
+
+    #[test]
+    fn the_row_cap_removes_the_oldest_answered_ids_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir, Limits::default());
+        let cap = JournalLimits {
+            retention_ms: i64::MAX / 2,
+            max_rows: 10,
+        };
+        // The oldest id is still unanswered: it outlives answered ones.
+        store.journal_command("waiting", 0, cap).unwrap();
+        for i in 1..=30 {
+            let id = format!("c-{i}");
+            store.journal_command(&id, i, cap).unwrap();
+            store.answer_command(&id, &answer(&id)).unwrap();
+        }
+        assert_eq!(journal_rows(&store), 10);
+        assert_eq!(
+            store.journal_command("waiting", 31, cap).unwrap(),
+            Journaled::Received
+        );
+        assert_eq!(
+            store.journal_command("c-30", 32, cap).unwrap(),
+            Journaled::Answered(answer("c-30").payload)
+        );
+        assert_eq!(
+            store.journal_command("c-5", 33, cap).unwrap(),
+            Journaled::New
+        );
+        assert_eq!(journal_rows(&store), 10);
+        // The counter the cap reads agrees with the table.
+        let counted: i64 = store
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'journal_rows'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(counted, 10);
+    }
+
+    #[test]
+    fn pruning_by_age_reads_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, Limits::default());
+        let plan: String = store
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN DELETE FROM command_journal WHERE received_ms < 5",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("command_journal_age"), "{plan}");
     }
 }

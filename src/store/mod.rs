@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use dead_letters::DeadLetter;
 pub use error::StoreError;
-pub use journal::{CommandAnswer, Journaled};
+pub use journal::{CommandAnswer, JournalLimits, Journaled};
 pub use limits::{Evicted, Limits};
 pub use outbox::{Changes, CommitReport, Outbox, Row, RowKey, Totals};
 pub use queries::DeviceStats;
@@ -81,9 +81,10 @@ enum Command {
     LoadConfig(oneshot::Sender<Result<Option<RemoteConfig>, StoreError>>),
     Journal {
         id: String,
-        retention_ms: i64,
+        limits: JournalLimits,
         reply: oneshot::Sender<Result<Journaled, StoreError>>,
     },
+    Running(String, oneshot::Sender<Result<(), StoreError>>),
     Answer(
         String,
         CommandAnswer,
@@ -228,15 +229,17 @@ impl Store {
     pub async fn journal_command(
         &self,
         id: String,
-        retention_ms: i64,
+        limits: JournalLimits,
     ) -> Result<Journaled, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Journal {
-            id,
-            retention_ms,
-            reply,
-        })
-        .await?;
+        self.send(Command::Journal { id, limits, reply }).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Marks a command as handed to its device; done when it is on disk.
+    pub async fn command_running(&self, id: String) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Running(id, reply)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

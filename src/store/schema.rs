@@ -93,6 +93,24 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE dead_letter ADD COLUMN topic TEXT;
     ALTER TABLE dead_letter ADD COLUMN correlation BLOB;
     ",
+    // 8: where each command is (0 received, 1 running, 2 answered), so a
+    // duplicate of one still running waits for its answer and only a
+    // command cut off while running is answered "the gateway stopped"; the
+    // journal's age index and its row count, so pruning and the row cap
+    // cost a range read, not a scan. Unanswered rows of older stores were
+    // running when the gateway stopped.
+    "
+    ALTER TABLE command_journal ADD COLUMN state INTEGER NOT NULL DEFAULT 1;
+    UPDATE command_journal SET state = 2 WHERE response IS NOT NULL;
+    CREATE INDEX command_journal_age ON command_journal (received_ms);
+    INSERT INTO meta VALUES ('journal_rows', (SELECT count(*) FROM command_journal));
+    CREATE TRIGGER command_journal_count_insert AFTER INSERT ON command_journal BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'journal_rows';
+    END;
+    CREATE TRIGGER command_journal_count_delete AFTER DELETE ON command_journal BEGIN
+        UPDATE meta SET value = value - 1 WHERE key = 'journal_rows';
+    END;
+    ",
 ];
 
 /// The schema version this binary writes.

@@ -147,6 +147,7 @@ pub fn status(
             "reconnects": health.reconnects,
             "commands_dropped": health.commands_dropped,
             "commands_unanswered": health.commands_unanswered,
+            "commands_unreadable": health.commands_unreadable,
         },
         "devices": health.devices,
     });

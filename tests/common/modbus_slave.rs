@@ -48,6 +48,8 @@ pub struct State {
     pub units: HashMap<u8, Tables>,
     /// Answer every request of this unit with an exception.
     pub refuse: HashMap<u8, ExceptionCode>,
+    /// Answer writes this much later (a slow device).
+    pub write_delay: Option<std::time::Duration>,
     pub seen: Vec<Seen>,
 }
 
@@ -151,8 +153,23 @@ impl Service for Answer {
     type Future = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
 
     fn call(&self, req: SlaveRequest<'static>) -> Self::Future {
-        let result = lock(&self.0).answer(req.slave, req.request);
-        Box::pin(std::future::ready(result))
+        let is_write = matches!(
+            req.request,
+            Request::WriteSingleCoil(..)
+                | Request::WriteSingleRegister(..)
+                | Request::WriteMultipleCoils(..)
+                | Request::WriteMultipleRegisters(..)
+        );
+        let mut state = lock(&self.0);
+        let delay = state.write_delay.filter(|_| is_write);
+        let result = state.answer(req.slave, req.request);
+        drop(state);
+        Box::pin(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            result
+        })
     }
 }
 

@@ -237,6 +237,10 @@ async fn session(
                 values
             }
             Some(request) = writes.recv() => {
+                if request.deadline.passed() {
+                    let _ = request.reply.send(Err(WriteError::Expired));
+                    continue;
+                }
                 let target = chars.iter().find(|(c, _)| c.point.as_str() == request.point);
                 let result = match target {
                     Some((_, gatt)) => timed(

@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::decode::value;
+use crate::clock::Deadline;
 use crate::config::ble::{BleDevice, Characteristic};
 
 /// How long a write may wait for the connection (which may be down, or
@@ -27,14 +28,21 @@ pub enum WriteError {
     Failed(String),
     #[error("the device's source has stopped")]
     Stopped,
+    #[error("busy: {WRITES_WAITING} writes already wait for this device")]
+    Busy,
+    #[error("expired while it waited for the connection; not written")]
+    Expired,
 }
+
+/// Writes that may wait for one device; more are answered busy at once.
+const WRITES_WAITING: usize = 16;
 
 impl WriteError {
     /// Refused before anything was sent to the device.
     pub fn is_rejected(&self) -> bool {
         matches!(
             self,
-            WriteError::NotWritable(_) | WriteError::InvalidValue(_)
+            WriteError::NotWritable(_) | WriteError::InvalidValue(_) | WriteError::Busy
         )
     }
 }
@@ -44,6 +52,8 @@ impl WriteError {
 pub struct WriteRequest {
     pub point: String,
     pub bytes: Vec<u8>,
+    /// Past it, the write is not sent.
+    pub deadline: Deadline,
     pub reply: oneshot::Sender<Result<(), WriteError>>,
 }
 
@@ -59,7 +69,7 @@ pub struct GattHandle {
 
 impl GattHandle {
     pub fn new(device: &BleDevice) -> (GattHandle, Requests) {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(WRITES_WAITING);
         let handle = GattHandle {
             characteristics: Arc::new(
                 device
@@ -76,7 +86,12 @@ impl GattHandle {
 
     /// Encodes `value` for `point` and writes it (with response); returns
     /// once the device acknowledged the write.
-    pub async fn write(&self, point: &str, value: &Value) -> Result<(), WriteError> {
+    pub async fn write(
+        &self,
+        point: &str,
+        value: &Value,
+        deadline: Deadline,
+    ) -> Result<(), WriteError> {
         let c = self
             .characteristics
             .iter()
@@ -93,12 +108,13 @@ impl GattHandle {
         let request = WriteRequest {
             point: point.to_owned(),
             bytes,
+            deadline,
             reply,
         };
-        self.requests
-            .send(request)
-            .await
-            .map_err(|_| WriteError::Stopped)?;
+        self.requests.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => WriteError::Busy,
+            mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
+        })?;
         match tokio::time::timeout(WRITE_TIMEOUT, answer).await {
             Ok(answer) => answer.map_err(|_| WriteError::Stopped)?,
             Err(_) => Err(WriteError::NotConnected(format!(

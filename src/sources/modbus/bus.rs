@@ -16,6 +16,7 @@ use super::link::{Failure, ModbusLink};
 use super::plan::{Block, plan};
 use super::publish::{PointResult, Publisher};
 use super::value::{Layout, Raw, RegisterKind, Write};
+use crate::clock::Deadline;
 use crate::config::modbus::ModbusDevice;
 use crate::health::DeviceHealth;
 use crate::reading::Delivery;
@@ -38,20 +39,33 @@ pub enum WriteError {
     Failed { point: String, reason: String },
     #[error("the bus of device `{0}` has stopped")]
     Stopped(String),
+    #[error("busy: {WRITES_WAITING} writes already wait for the bus of device `{0}`")]
+    Busy(String),
+    #[error("expired while it waited for the bus; not written")]
+    Expired,
 }
 
 impl WriteError {
     /// Refused before anything was sent (as opposed to failed on the bus).
     pub fn is_rejected(&self) -> bool {
-        !matches!(self, WriteError::Failed { .. } | WriteError::Stopped(_))
+        !matches!(
+            self,
+            WriteError::Failed { .. } | WriteError::Stopped(_) | WriteError::Expired
+        )
     }
 }
+
+/// Writes that may wait for one bus; more are answered busy at once, so
+/// that a flood of commands costs neither memory nor the polls their turn.
+pub const WRITES_WAITING: usize = 16;
 
 /// A write waiting for its turn on the bus.
 pub struct Job {
     device: usize,
     point: String,
     write: Write,
+    /// Past it, the write is not sent: it waited too long for its turn.
+    deadline: Deadline,
     reply: oneshot::Sender<Result<(), WriteError>>,
 }
 
@@ -71,8 +85,14 @@ impl BusHandle {
     /// Sets `point` of `device` to `value` (an engineering value: scale and
     /// offset are undone, `min` and `max` checked), with function 5 (a coil),
     /// 6 (one register) or 16 (several registers). Returns once the device
-    /// confirmed the write.
-    pub async fn write(&self, device: &str, point: &str, value: &Value) -> Result<(), WriteError> {
+    /// confirmed the write, or once `deadline` passed before its turn came.
+    pub async fn write(
+        &self,
+        device: &str,
+        point: &str,
+        value: &Value,
+        deadline: Deadline,
+    ) -> Result<(), WriteError> {
         let (index, config) = self
             .devices
             .iter()
@@ -117,10 +137,14 @@ impl BusHandle {
             device: index,
             point: point.to_owned(),
             write,
+            deadline,
             reply,
         };
         let stopped = || WriteError::Stopped(device.to_owned());
-        self.jobs.send(job).await.map_err(|_| stopped())?;
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => WriteError::Busy(device.to_owned()),
+            mpsc::error::TrySendError::Closed(_) => stopped(),
+        })?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -374,6 +398,10 @@ pub async fn run(
             biased;
             _ = cancel.cancelled() => break,
             Some(job) = jobs.recv() => {
+                if job.deadline.passed() {
+                    let _ = job.reply.send(Err(WriteError::Expired));
+                    continue;
+                }
                 let poller = &mut pollers[job.device];
                 let result = tokio::select! {
                     _ = cancel.cancelled() => break,

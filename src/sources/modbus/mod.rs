@@ -17,7 +17,6 @@ pub mod value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -42,14 +41,6 @@ impl Writers {
     /// The bus handle of each device.
     pub fn handles(&self) -> impl Iterator<Item = (&String, &BusHandle)> {
         self.buses.iter()
-    }
-
-    /// Writes `value` to `point` of `device`; see [`BusHandle::write`].
-    pub async fn write(&self, device: &str, point: &str, value: &Value) -> Result<(), WriteError> {
-        match self.buses.get(device) {
-            Some(bus) => bus.write(device, point, value).await,
-            None => Err(WriteError::UnknownDevice(device.to_owned())),
-        }
     }
 }
 
@@ -140,7 +131,7 @@ pub fn spawn(
 ) -> Writers {
     let mut writers = Writers::default();
     for (endpoint, devices) in buses(devices) {
-        let (jobs_tx, jobs) = mpsc::channel(16);
+        let (jobs_tx, jobs) = mpsc::channel(bus::WRITES_WAITING);
         let handle = BusHandle::new(jobs_tx, devices.clone());
         let pollers = devices
             .iter()

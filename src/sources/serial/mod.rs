@@ -32,6 +32,7 @@ use self::codec::{Frame, LineCodec};
 use self::parse::{BadLine, LineParser};
 use super::Ingest;
 use crate::backoff::Backoff;
+use crate::clock::Deadline;
 use crate::config::serial::{FlowControl, Parity, SerialDevice, WriteTemplate};
 use crate::health::DeviceHealth;
 use crate::reading::{Delivery, Name};
@@ -60,10 +61,18 @@ pub enum WriteError {
     Io(String),
     #[error("the device's source has stopped")]
     Stopped,
+    #[error("busy: {WRITES_WAITING} writes already wait for this port")]
+    Busy,
+    #[error("expired while it waited for the port; not written")]
+    Expired,
 }
+
+/// Writes that may wait for one port; more are answered busy at once.
+const WRITES_WAITING: usize = 16;
 
 struct WriteRequest {
     bytes: Vec<u8>,
+    deadline: Deadline,
     reply: oneshot::Sender<Result<(), WriteError>>,
 }
 
@@ -83,7 +92,12 @@ impl SerialHandle {
 
     /// Renders the write template of `point` with `value` and sends it to
     /// the device; returns once the bytes were handed to the port.
-    pub async fn write(&self, point: &str, value: &Value) -> Result<(), WriteError> {
+    pub async fn write(
+        &self,
+        point: &str,
+        value: &Value,
+        deadline: Deadline,
+    ) -> Result<(), WriteError> {
         let template = self
             .templates
             .iter()
@@ -94,10 +108,15 @@ impl SerialHandle {
             .render(point, value)
             .map_err(WriteError::InvalidValue)?;
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(WriteRequest { bytes, reply })
-            .await
-            .map_err(|_| WriteError::Stopped)?;
+        let request = WriteRequest {
+            bytes,
+            deadline,
+            reply,
+        };
+        self.requests.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => WriteError::Busy,
+            mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
+        })?;
         answer.await.map_err(|_| WriteError::Stopped)?
     }
 }
@@ -110,7 +129,7 @@ pub fn spawn(
     cancel: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> SerialHandle {
-    let (requests, inbox) = mpsc::channel(16);
+    let (requests, inbox) = mpsc::channel(WRITES_WAITING);
     let handle = SerialHandle {
         templates: Arc::new(device.write.clone()),
         requests,
@@ -268,6 +287,10 @@ impl PortTask {
                     Err(e) => return Ended::Lost(e.to_string()),
                 },
                 request = recv(&mut self.inbox) => {
+                    if request.deadline.passed() {
+                        let _ = request.reply.send(Err(WriteError::Expired));
+                        continue;
+                    }
                     // No flush: on a tty it is tcdrain(), which blocks the
                     // thread until the UART has sent everything (forever if
                     // flow control holds it). The kernel has the bytes.
