@@ -588,3 +588,40 @@ fn a_command_that_expires_in_the_queue_is_not_written() {
     assert_eq!(writes(&slave), 0, "{}", gw.log());
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
+
+/// A command cut off by `kill -9` while its write ran is answered `failed`
+/// when it comes again, and not written twice.
+#[test]
+fn a_command_cut_off_by_a_crash_is_answered_failed_and_not_run_again() {
+    let broker = Broker::start();
+    let (slave, port) = slave();
+    slave.state().write_delay = Some(Duration::from_millis(1_200));
+    let sub = Subscriber::connect(broker.port, "check-crash", "fieldgate/gw/responses");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), broker.port, "", &device("boiler", port, ""));
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+
+    let command = r#"{"id":"cut","device":"boiler","point":"setpoint","value":30}"#;
+    publish(broker.port, COMMANDS, command);
+    let t0 = std::time::Instant::now();
+    while writes(&slave) == 0 {
+        assert!(t0.elapsed() < LONG, "no write\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The slave has the write and takes its time to answer: the gateway
+    // dies before it hears back.
+    gw.kill9();
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    publish(broker.port, COMMANDS, command);
+    let cut = answer(&sub, "cut", &gw);
+    assert_eq!(cut["status"], "failed", "{cut}");
+    assert!(
+        cut["error"].as_str().unwrap().contains("gateway stopped"),
+        "{cut}"
+    );
+    assert_eq!(answers_to(&sub, "cut").len(), 1);
+    assert_eq!(writes(&slave), 1, "{}", gw.log());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
