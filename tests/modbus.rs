@@ -550,3 +550,82 @@ fn a_missing_serial_port_is_a_bad_reading_not_a_crash() {
     assert!(gw.is_running());
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
+
+/// A map with a hole in the middle of a coalesced block (register 15 does
+/// not exist: the slave answers exception 2 for any read that spans it):
+/// the gateway finds the refusing point, reads around it, reports it once,
+/// and every other point keeps its value every poll.
+#[test]
+fn a_hole_in_a_coalesced_block_is_found_and_read_around() {
+    let broker = Broker::start();
+    let words: Vec<u16> = (0..30).map(|i| 1_000 + i).collect();
+    let mut tables = Tables::default().holding(0, &words);
+    tables.holding.remove(&15);
+    let mut slave = Slave::new([(1, tables)]);
+    let port = slave.serve_tcp(0);
+    let sub = Subscriber::connect(broker.port, "check-modbus-hole", "fieldgate/gw/telemetry/#");
+    let dir = tempfile::tempdir().unwrap();
+    let points: String = (0..30)
+        .map(|i| format!("      - {{ name: p{i}, register: holding, address: {i} }}\n"))
+        .collect();
+    let device = format!(
+        "  - name: meter\n    kind: modbus\n    tcp: {{ host: 127.0.0.1, port: {port} }}\n    poll: 200ms\n    heartbeat: 200ms\n    points:\n{points}"
+    );
+    let config = write_config(dir.path(), broker.port, "", &device);
+    let mut gw = Gateway::start(&config, dir.path());
+
+    let good_polls = |s: &Subscriber| {
+        readings(s, "meter")
+            .iter()
+            .filter(|r| r.2 == "good")
+            .count()
+    };
+    wait_for(&sub, &gw, "ten good polls", |s| good_polls(s) >= 10);
+    let all = readings(&sub, "meter");
+    // The first poll names the refusing point and reads the rest.
+    let bad: Vec<_> = all.iter().filter(|r| r.2 != "good").collect();
+    assert_eq!(bad.len(), 1, "reported once: {bad:?}");
+    let error = bad[0].3.clone().unwrap_or_default();
+    assert!(
+        error.contains("p15") && error.contains("exception 0x02"),
+        "{error}"
+    );
+    assert_eq!(bad[0].1.as_object().map(|v| v.len()), Some(29), "{bad:?}");
+    // Every poll after: the 29 other points, each with its value.
+    for (_, values, _, _) in all.iter().filter(|r| r.2 == "good") {
+        let values = values.as_object().unwrap();
+        assert_eq!(values.len(), 29, "{values:?}");
+        for i in (0..30).filter(|i| *i != 15) {
+            assert_eq!(values[&format!("p{i}")], json!(1_000 + i), "p{i}");
+        }
+        assert!(!values.contains_key("p15"));
+    }
+    // Requests per poll once the map is known: count what the slave saw
+    // between two good readings.
+    let seen = slave.seen();
+    let before = seen.len();
+    let polls_before = good_polls(&sub);
+    wait_for(&sub, &gw, "five more polls", |s| {
+        good_polls(s) >= polls_before + 5
+    });
+    let requests = slave.seen().len() - before;
+    let polls = good_polls(&sub) - polls_before;
+    let per_poll = requests as f64 / polls as f64;
+    // The first poll's requests come back to back; the next poll is 200ms on.
+    let first_poll = 1 + seen
+        .windows(2)
+        .position(|w| w[1].at - w[0].at > Duration::from_millis(100))
+        .unwrap_or(seen.len());
+    eprintln!(
+        "hole: {first_poll} requests in the poll that found it, then {per_poll:.2} requests per poll ({requests} over {polls} polls)"
+    );
+    assert!(per_poll <= 2.5, "{per_poll} requests per poll");
+    let log = gw.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("refuses part of a read"))
+        .count();
+    assert_eq!(warned, 1, "{log}");
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    slave.kill();
+}

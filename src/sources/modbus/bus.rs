@@ -3,8 +3,6 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -13,14 +11,10 @@ use tokio_modbus::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
 use super::link::{Failure, ModbusLink};
-use super::plan::{Block, plan};
-use super::publish::{PointResult, Publisher};
-use super::value::{Layout, Raw, RegisterKind, Write};
+use super::poll::Poller;
+use super::value::Write;
 use crate::clock::Deadline;
 use crate::config::modbus::ModbusDevice;
-use crate::health::DeviceHealth;
-use crate::reading::Delivery;
-use crate::reading::Reading;
 use crate::sources::Ingest;
 
 /// Why a point write did not happen.
@@ -146,206 +140,6 @@ impl BusHandle {
             mpsc::error::TrySendError::Closed(_) => stopped(),
         })?;
         answer.await.map_err(|_| stopped())?
-    }
-}
-
-/// One device on the bus and its polling state.
-pub struct Poller {
-    device: Arc<ModbusDevice>,
-    layouts: Vec<Layout>,
-    blocks: Vec<Block>,
-    delivery: Delivery,
-    health: Arc<DeviceHealth>,
-    publisher: Publisher,
-    /// The last poll got no answer at all: poll once, without retries.
-    silent: bool,
-    next_due: Instant,
-}
-
-impl Poller {
-    pub fn new(device: Arc<ModbusDevice>, delivery: Delivery, health: Arc<DeviceHealth>) -> Poller {
-        let layouts = device.layouts();
-        let blocks = plan(&layouts, device.limits());
-        let deadbands = device
-            .points
-            .iter()
-            .map(|p| (p.name.to_string(), p.deadband));
-        let publisher = Publisher::new(deadbands, device.heartbeat.get());
-        tracing::debug!(device = %device.name, reads = blocks.len(), "register map planned");
-        Poller {
-            device,
-            layouts,
-            blocks,
-            delivery,
-            health,
-            publisher,
-            silent: false,
-            next_due: Instant::now(),
-        }
-    }
-
-    /// Reads every block once; a device that does not answer costs one
-    /// timeout (times `1 + retries` if it answered the poll before).
-    async fn poll(&mut self, link: &mut ModbusLink) -> Vec<PointResult> {
-        let mut outcomes: Vec<PointResult> = vec![Err(String::new()); self.layouts.len()];
-        let attempts = if self.silent {
-            1
-        } else {
-            1 + self.device.retries.get()
-        };
-        let (unit, wait) = (self.device.unit, self.device.timeout.get());
-        // Once the device is silent, the rest of the poll would only wait
-        // for more timeouts.
-        let mut silence: Option<String> = None;
-        for block in &self.blocks {
-            let result = match &silence {
-                Some(reason) => Err(reason.clone()),
-                None => match read(link, unit, wait, block, attempts).await {
-                    Ok(answer) => Ok(answer),
-                    Err(failure) => {
-                        self.health.errors.fetch_add(1, Relaxed);
-                        if failure.is_bad_input() {
-                            self.health.bad_input.fetch_add(1, Relaxed);
-                        }
-                        let reason = if failure.is_silence() {
-                            failure.to_string()
-                        } else {
-                            format!("{}: {failure}", describe(block))
-                        };
-                        if failure.is_silence() {
-                            silence = Some(reason.clone());
-                        }
-                        Err(reason)
-                    }
-                },
-            };
-            for &i in &block.points {
-                outcomes[i] = match &result {
-                    Ok(answer) => {
-                        let offset = block.offset_of(&self.layouts[i]);
-                        let decoded = self.layouts[i].decode(answer.at(offset));
-                        if decoded.is_err() {
-                            self.health.bad_input.fetch_add(1, Relaxed);
-                        }
-                        decoded
-                    }
-                    Err(reason) => Err(reason.clone()),
-                };
-            }
-        }
-        self.silent = silence.is_some();
-        outcomes
-    }
-
-    /// Polls, publishes what is due, and logs a change of fault.
-    async fn poll_and_publish(&mut self, link: &mut ModbusLink, ingest: &Ingest) -> bool {
-        let ts_ms = ingest.clock().now_ms();
-        let outcomes = self.poll(link).await;
-        let publication = self.publisher.publish(outcomes, Instant::now());
-        let fault = self.publisher.fault().map(str::to_owned);
-        if self.health.set_problem(fault.clone()) {
-            let (device, bus) = (&self.device.name, link.endpoint());
-            match fault {
-                Some(fault) => tracing::warn!(%device, %bus, "{fault}"),
-                None => tracing::info!(%device, %bus, "reading again"),
-            }
-        }
-        let Some(publication) = publication else {
-            return true;
-        };
-        let reading = Reading {
-            device: self.device.name.clone(),
-            ts_ms,
-            values: publication.values,
-            quality: publication.quality,
-            error: publication.error,
-            delivery: self.delivery,
-        };
-        ingest.append(reading).await.is_ok()
-    }
-
-    /// The next poll: one period after this one started, so that a poll
-    /// made late by a slow bus is not followed by a hurried one.
-    fn schedule_next(&mut self, started: Instant) {
-        self.next_due = started + self.device.poll.get();
-    }
-}
-
-/// `holding 100-109`: a block, in the words of the configuration.
-fn describe(block: &Block) -> String {
-    let last = u32::from(block.start) + u32::from(block.count).max(1) - 1;
-    format!("reading {} {}-{last}", block.register.as_str(), block.start)
-}
-
-/// A read's answer.
-enum Answer {
-    Words(Vec<u16>),
-    Bits(Vec<bool>),
-}
-
-impl Answer {
-    fn at(&self, offset: usize) -> Raw<'_> {
-        match self {
-            Answer::Words(w) => Raw::Words(w.get(offset..).unwrap_or_default()),
-            Answer::Bits(b) => Raw::Bits(b.get(offset..).unwrap_or_default()),
-        }
-    }
-}
-
-/// One block, tried up to `attempts` times (an exception is final).
-async fn read(
-    link: &mut ModbusLink,
-    unit: u8,
-    wait: Duration,
-    block: &Block,
-    attempts: u64,
-) -> Result<Answer, Failure> {
-    let (start, count) = (block.start, block.count);
-    let mut last = Failure::Timeout(wait);
-    for _ in 0..attempts.max(1) {
-        let request = match block.register {
-            RegisterKind::Coil => Request::ReadCoils(start, count),
-            RegisterKind::Discrete => Request::ReadDiscreteInputs(start, count),
-            RegisterKind::Input => Request::ReadInputRegisters(start, count),
-            RegisterKind::Holding => Request::ReadHoldingRegisters(start, count),
-        };
-        let failure = match link.call(unit, request, wait).await {
-            Ok(response) => match checked(response, count) {
-                Ok(answer) => return Ok(answer),
-                Err(failure) => failure,
-            },
-            Err(failure) => failure,
-        };
-        if matches!(failure, Failure::Exception(_)) {
-            return Err(failure);
-        }
-        last = failure;
-    }
-    Err(last)
-}
-
-/// The answer's items, if there are as many as requested.
-fn checked(response: Response, count: u16) -> Result<Answer, Failure> {
-    let count = usize::from(count);
-    let short = |got: usize, what: &str| {
-        Failure::Mismatch(format!("{got} {what} for a request of {count}"))
-    };
-    match response {
-        Response::ReadCoils(mut bits) | Response::ReadDiscreteInputs(mut bits) => {
-            // Bits come in whole bytes: the padding is dropped.
-            if bits.len() < count {
-                return Err(short(bits.len(), "bits"));
-            }
-            bits.truncate(count);
-            Ok(Answer::Bits(bits))
-        }
-        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words) => {
-            if words.len() != count {
-                return Err(short(words.len(), "registers"));
-            }
-            Ok(Answer::Words(words))
-        }
-        other => Err(Failure::Mismatch(format!("{other:?}"))),
     }
 }
 

@@ -11,7 +11,9 @@
 mod bus;
 mod link;
 pub mod plan;
+mod poll;
 pub mod publish;
+mod read;
 pub mod value;
 
 use std::collections::HashMap;
@@ -144,7 +146,7 @@ pub fn spawn(
                 writers
                     .buses
                     .insert(device.name.to_string(), handle.clone());
-                bus::Poller::new(device.clone(), delivery, health)
+                poll::Poller::new(device.clone(), delivery, health)
             })
             .collect();
         let link = link::ModbusLink::new(endpoint);

@@ -3,6 +3,8 @@
 //! most `max_gap` apart share a read, up to the protocol's limit of 125
 //! registers or 2000 bits per request (or a lower device limit).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::value::{Layout, RegisterKind};
 pub use crate::config::modbus::{MAX_BITS, MAX_REGISTERS};
 
@@ -43,11 +45,35 @@ impl Block {
     }
 }
 
+/// What a device's map taught the poller: points it refuses to read, and
+/// addresses that no read may span. Starts empty; learned by probing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// Points left out of every read, by index, with the device's reason.
+    pub holes: BTreeMap<usize, String>,
+    /// `(table, address)`: no read may hold both an address below and one
+    /// at or above it.
+    pub barriers: BTreeSet<(RegisterKind, u16)>,
+}
+
+impl Learned {
+    pub fn is_empty(&self) -> bool {
+        self.holes.is_empty() && self.barriers.is_empty()
+    }
+}
+
 /// The reads that cover every point: ordered by table and address. A point
 /// wider than the limit (which the config check refuses) gets a read of
 /// its own.
 pub fn plan(points: &[Layout], limits: Limits) -> Vec<Block> {
-    let mut order: Vec<usize> = (0..points.len()).collect();
+    plan_around(points, limits, &Learned::default())
+}
+
+/// As [`plan`], leaving out the holes and never reading across a barrier.
+pub fn plan_around(points: &[Layout], limits: Limits, learned: &Learned) -> Vec<Block> {
+    let mut order: Vec<usize> = (0..points.len())
+        .filter(|i| !learned.holes.contains_key(i))
+        .collect();
     order.sort_by_key(|&i| (points[i].register, points[i].address, points[i].width()));
     let mut blocks: Vec<Block> = Vec::new();
     // End (exclusive) of the open block, as u32: a range may end at 65536.
@@ -67,6 +93,7 @@ pub fn plan(points: &[Layout], limits: Limits) -> Vec<Block> {
             && block.register == p.register
             && start <= end + u32::from(limits.max_gap)
             && stop.max(end) - u32::from(block.start) <= limit
+            && !crosses(learned, block.register, block.start, stop.max(end))
         {
             end = end.max(stop);
             block.count = (end - u32::from(block.start)) as u16;
@@ -82,6 +109,16 @@ pub fn plan(points: &[Layout], limits: Limits) -> Vec<Block> {
         });
     }
     blocks
+}
+
+/// Whether a read of `register` from `start` to `end` (exclusive) would
+/// hold a barrier.
+fn crosses(learned: &Learned, register: RegisterKind, start: u16, end: u32) -> bool {
+    learned
+        .barriers
+        .range((register, start.saturating_add(1))..)
+        .take_while(|(r, _)| *r == register)
+        .any(|(_, at)| u32::from(*at) < end && *at > start)
 }
 
 #[cfg(test)]
@@ -157,6 +194,36 @@ mod tests {
         assert_eq!(
             spans(&plan(&top, Limits::default())),
             [(Holding, 65_534, 2)]
+        );
+    }
+
+    #[test]
+    fn holes_are_left_out_and_barriers_split_reads() {
+        let points: Vec<Layout> = (0..10).map(|i| at(Holding, i, U16)).collect();
+        assert_eq!(spans(&plan(&points, Limits::default())), [(Holding, 0, 10)]);
+        let mut learned = Learned::default();
+        learned.holes.insert(4, "exception".into());
+        learned.barriers.insert((Holding, 4));
+        let blocks = plan_around(&points, Limits::default(), &learned);
+        assert_eq!(spans(&blocks), [(Holding, 0, 4), (Holding, 5, 5)]);
+        assert!(blocks.iter().all(|b| !b.points.contains(&4)));
+        // A barrier of another table changes nothing here.
+        let other = Learned {
+            barriers: [(Input, 4)].into(),
+            ..Learned::default()
+        };
+        assert_eq!(
+            spans(&plan_around(&points, Limits::default(), &other)),
+            [(Holding, 0, 10)]
+        );
+        // Nor does one at a block's very start.
+        let at_start = Learned {
+            barriers: [(Holding, 0)].into(),
+            ..Learned::default()
+        };
+        assert_eq!(
+            spans(&plan_around(&points, Limits::default(), &at_start)),
+            [(Holding, 0, 10)]
         );
     }
 

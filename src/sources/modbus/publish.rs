@@ -57,12 +57,20 @@ impl Publisher {
     }
 
     /// Decides what the poll that ended in `outcomes` (one per point, in
-    /// point order) publishes, if anything.
-    pub fn publish(&mut self, outcomes: Vec<PointResult>, now: Instant) -> Option<Publication> {
+    /// point order; `None` for a point not read on purpose) publishes, if
+    /// anything.
+    pub fn publish(
+        &mut self,
+        outcomes: Vec<Option<PointResult>>,
+        now: Instant,
+    ) -> Option<Publication> {
         let error = summary(&self.names, &outcomes);
         let recovered = self.fault.is_some() && error.is_none();
         let mut values = Map::new();
         for (i, outcome) in outcomes.into_iter().enumerate() {
+            let Some(outcome) = outcome else {
+                continue;
+            };
             let Ok(value) = outcome else {
                 // Published afresh once it reads again.
                 self.last[i] = None;
@@ -119,10 +127,11 @@ fn moved(old: &Value, new: &Value, band: f64) -> bool {
 
 /// One text for the failures of a poll: the reason alone when every point
 /// failed for it, else the points each reason hit.
-fn summary(names: &[String], outcomes: &[PointResult]) -> Option<String> {
+fn summary(names: &[String], outcomes: &[Option<PointResult>]) -> Option<String> {
+    let read = outcomes.iter().filter(|o| o.is_some()).count();
     let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
     for (name, outcome) in names.iter().zip(outcomes) {
-        let Err(reason) = outcome else { continue };
+        let Some(Err(reason)) = outcome else { continue };
         match reasons.iter_mut().find(|(r, _)| r == reason) {
             Some((_, points)) => points.push(name),
             None => reasons.push((reason, vec![name])),
@@ -134,7 +143,7 @@ fn summary(names: &[String], outcomes: &[PointResult]) -> Option<String> {
     let parts: Vec<String> = reasons
         .into_iter()
         .map(|(reason, points)| {
-            if points.len() == names.len() {
+            if points.len() == read {
                 reason.to_owned()
             } else {
                 format!("{}: {reason}", points.join(", "))
@@ -166,7 +175,7 @@ mod tests {
         let t0 = Instant::now();
         let poll = |p: &mut Publisher, power: f64, secs| {
             p.publish(
-                vec![Ok(json!(power)), Ok(json!(1))],
+                vec![Some(Ok(json!(power))), Some(Ok(json!(1)))],
                 t0 + Duration::from_secs(secs),
             )
         };
@@ -186,8 +195,8 @@ mod tests {
         let mut p = publisher();
         let t0 = Instant::now();
         let at = |s| t0 + Duration::from_secs(s);
-        let timeout = || Err("no answer within 1s".to_owned());
-        p.publish(vec![Ok(json!(1.0)), Ok(json!(1))], at(0));
+        let timeout = || Some(Err("no answer within 1s".to_owned()));
+        p.publish(vec![Some(Ok(json!(1.0))), Some(Ok(json!(1)))], at(0));
 
         let first = p.publish(vec![timeout(), timeout()], at(1)).unwrap();
         assert_eq!(first.quality, Quality::Bad);
@@ -201,13 +210,16 @@ mod tests {
 
         // Part of the map fails: the rest is published, marked bad.
         let partly = p
-            .publish(vec![Ok(json!(1.0)), Err("exception".into())], at(62))
+            .publish(
+                vec![Some(Ok(json!(1.0))), Some(Err("exception".into()))],
+                at(62),
+            )
             .unwrap();
         assert_eq!(partly.error.as_deref(), Some("energy: exception"));
         assert_eq!(keys(&Some(partly)), ["power"]);
 
         let back = p
-            .publish(vec![Ok(json!(1.0)), Ok(json!(2))], at(63))
+            .publish(vec![Some(Ok(json!(1.0))), Some(Ok(json!(2)))], at(63))
             .unwrap();
         assert_eq!(back.quality, Quality::Good);
         assert_eq!(
@@ -216,14 +228,19 @@ mod tests {
             "all values after recovery"
         );
         assert_eq!(p.fault(), None);
+
+        // A point left out on purpose is neither a value nor a fault.
+        let skipped = p.publish(vec![Some(Ok(json!(9.0))), None], at(64)).unwrap();
+        assert_eq!(skipped.quality, Quality::Good);
+        assert_eq!(keys(&Some(skipped)), ["power"]);
     }
 
     #[test]
     fn bools_and_strings_publish_on_any_change() {
         let mut p = Publisher::new([("on".to_owned(), Some(0.0))], Duration::from_secs(60));
         let t0 = Instant::now();
-        assert!(p.publish(vec![Ok(json!(true))], t0).is_some());
-        assert!(p.publish(vec![Ok(json!(true))], t0).is_none());
-        assert!(p.publish(vec![Ok(json!(false))], t0).is_some());
+        assert!(p.publish(vec![Some(Ok(json!(true)))], t0).is_some());
+        assert!(p.publish(vec![Some(Ok(json!(true)))], t0).is_none());
+        assert!(p.publish(vec![Some(Ok(json!(false)))], t0).is_some());
     }
 }
