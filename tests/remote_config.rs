@@ -1,11 +1,15 @@
 //! Configuration from the cloud: pushed on `P/config/set`, checked like the
-//! local file, cached for offline boots, applied without a restart; and
-//! SIGHUP for the local file.
+//! local file and against what the local file trusts it with, cached for
+//! offline boots, applied without a restart; SIGHUP for the local file; and
+//! the broker ACL of the README's security model.
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::modbus_slave::{Slave, Tables};
 use common::*;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -209,5 +213,377 @@ fn sighup_applies_an_edited_local_file_and_keeps_running_on_a_broken_one() {
     let fresh = readings_of(&rig.sub.messages(), "fresh");
     rig.expect(&gw, LONG, |m| readings_of(m, "fresh") >= fresh + 10);
     assert!(gw.is_running());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+// ---- the local file decides what commands may write -------------------------------------------
+
+const COMMANDS: &str = "fieldgate/gw/commands";
+
+/// `boiler` as the local file has it (`temperature` read-only, `setpoint`
+/// writable within 5..80), or as a push that widens both.
+fn boiler(port: u16, widened: bool) -> String {
+    let (temperature, setpoint) = if widened {
+        (
+            ", writable: true, min: -1000, max: 1000",
+            "min: 0, max: 6000",
+        )
+    } else {
+        ("", "min: 5, max: 80")
+    };
+    format!(
+        "  - name: boiler\n    kind: modbus\n    tcp: {{ host: 127.0.0.1, port: {port} }}\n    poll: 200ms\n    points:\n      - {{ name: temperature, register: holding, address: 0, type: u16, scale: 0.1{temperature} }}\n      - {{ name: setpoint, register: holding, address: 10, type: u16, writable: true, {setpoint} }}\n"
+    )
+}
+
+fn boiler_slave() -> (Slave, u16) {
+    let tables = Tables::default().holding(0, &[215]).holding(10, &[20]);
+    let mut slave = Slave::new([(1, tables)]);
+    let port = slave.serve_tcp(0);
+    (slave, port)
+}
+
+/// Writes (function 5, 6, 15 or 16) the slave received.
+fn writes(slave: &Slave) -> usize {
+    slave.seen().iter().filter(|s| s.function >= 5).count()
+}
+
+fn setpoint_register(slave: &Slave) -> Option<u16> {
+    slave.state().units.get(&1)?.holding.get(&10).copied()
+}
+
+fn command(broker: u16, id: &str, point: &str, value: &str) {
+    let body = format!(r#"{{"id":"{id}","device":"boiler","point":"{point}","value":{value}}}"#);
+    publish(broker, COMMANDS, &body);
+}
+
+fn answer(sub: &Subscriber, id: &str, gw: &Gateway) -> serde_json::Value {
+    let of = |m: &Message| m.topic == "fieldgate/gw/responses" && m.json()["id"] == id;
+    assert!(
+        sub.wait_until(LONG, |m| m.iter().any(of)),
+        "no answer to {id}\n{}",
+        gw.log()
+    );
+    let messages = sub.messages();
+    messages.iter().find(|m| of(m)).map(Message::json).unwrap()
+}
+
+/// The gateway subscribes before it says it is online: once a new online
+/// status arrives, what is published to it is delivered.
+fn wait_subscribed(rig: &Rig, gw: &Gateway) {
+    let online = |m: &[Message]| {
+        m.iter()
+            .filter(|m| m.topic == "fieldgate/gw/status" && m.json()["state"] == "online")
+            .count()
+    };
+    let before = online(&rig.sub.messages());
+    rig.expect(gw, LONG, |m| online(m) > before);
+}
+
+/// (line, column) of `value` on the line of `text` that holds `line`.
+fn position(text: &str, line: &str, value: &str) -> (usize, usize) {
+    let (i, found) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(line))
+        .unwrap();
+    (i + 1, found.find(value).unwrap() + 1)
+}
+
+#[test]
+fn a_push_that_widens_writes_is_rejected_and_the_writes_it_wanted_never_reach_the_slave() {
+    let (slave, port) = boiler_slave();
+    let rig = Rig::new("check-trust", "fieldgate/gw/#", &boiler(port, false));
+    let mut gw = rig.gateway();
+    wait_subscribed(&rig, &gw);
+
+    let push = format!("version: v-wide\ndevices:\n{}", boiler(port, true));
+    publish(rig.broker.port, SET, &push);
+    let state = wait_state(&rig.sub, "v-wide", "rejected", &gw);
+    let error = state["error"].as_str().unwrap_or_default();
+    let (line, col) = position(&push, "name: temperature", "true");
+    let (min_line, min_col) = position(&push, "name: setpoint", "0, max");
+    let max_col = position(&push, "name: setpoint", "6000").1;
+    for expected in [
+        format!(
+            "remote configuration:{line}:{col}: devices[0].points[0].writable: `boiler.temperature` is not writable in the local file"
+        ),
+        format!(
+            "remote configuration:{min_line}:{min_col}: devices[0].points[1].min: `boiler.setpoint`: min 0 is below 5"
+        ),
+        format!(
+            "remote configuration:{min_line}:{max_col}: devices[0].points[1].max: `boiler.setpoint`: max 6000 is above 80"
+        ),
+    ] {
+        assert!(error.contains(&expected), "{expected}\nnot in\n{error}");
+    }
+    assert_eq!(
+        state["running_version"]
+            .as_str()
+            .map(|v| v.starts_with("local-")),
+        Some(true),
+        "{state}"
+    );
+
+    command(rig.broker.port, "w-temp", "temperature", "99.5");
+    command(rig.broker.port, "w-set", "setpoint", "500");
+    let temp = answer(&rig.sub, "w-temp", &gw);
+    let set = answer(&rig.sub, "w-set", &gw);
+    assert_eq!(
+        (temp["status"].as_str(), temp["error"].as_str()),
+        (
+            Some("rejected"),
+            Some("point `temperature` is not writable")
+        ),
+        "{temp}"
+    );
+    assert_eq!(
+        (set["status"].as_str(), set["error"].as_str()),
+        (Some("rejected"), Some("500 is above the point's max 80")),
+        "{set}"
+    );
+    assert_eq!(writes(&slave), 0, "{:?}", slave.seen());
+    assert_eq!(setpoint_register(&slave), Some(20));
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+
+    // Opted in, the same push applies, and the write it allows arrives.
+    let strict = std::fs::read_to_string(&rig.config).unwrap();
+    let trusting = format!("{strict}remote_config: {{ allow_writes: true }}\n");
+    std::fs::write(&rig.config, trusting).unwrap();
+    let mut gw = rig.gateway();
+    wait_subscribed(&rig, &gw);
+    publish(rig.broker.port, SET, &push);
+    let state = wait_state(&rig.sub, "v-wide", "applied", &gw);
+    assert_eq!(state["running_version"], "v-wide", "{state}");
+    command(rig.broker.port, "w-set-2", "setpoint", "500");
+    let set = answer(&rig.sub, "w-set-2", &gw);
+    assert_eq!(set["status"], "ok", "{set}");
+    assert_eq!(setpoint_register(&slave), Some(500));
+    assert_eq!(writes(&slave), 1, "{:?}", slave.seen());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+
+    // With the opt-in withdrawn, the cached push is refused at boot and
+    // the local devices run.
+    std::fs::write(&rig.config, strict).unwrap();
+    let mut gw = rig.gateway();
+    assert!(
+        gw.wait_for_log(
+            "the cached remote configuration v-wide no longer passes the checks; running the local devices",
+            LONG
+        ),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        gw.log()
+            .contains("`boiler.temperature` is not writable in the local file"),
+        "{}",
+        gw.log()
+    );
+    wait_subscribed(&rig, &gw);
+    command(rig.broker.port, "w-set-3", "setpoint", "70");
+    command(rig.broker.port, "w-set-4", "setpoint", "500");
+    assert_eq!(answer(&rig.sub, "w-set-3", &gw)["status"], "ok");
+    let set = answer(&rig.sub, "w-set-4", &gw);
+    assert_eq!(
+        (set["status"].as_str(), set["error"].as_str()),
+        (Some("rejected"), Some("500 is above the point's max 80")),
+        "{set}"
+    );
+    assert_eq!(setpoint_register(&slave), Some(70));
+    assert_eq!(writes(&slave), 2, "{:?}", slave.seen());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+// ---- the broker ACL of the README's security model ----------------------------------------------
+
+/// The README's ACL example, for gateway `gw` instead of `pi-boiler-01`.
+fn readme_acl() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let fence = "```text\n# /etc/mosquitto/acl";
+    let start = readme.find(fence).expect("the ACL example in the README") + "```text\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    readme[start..end].replace("pi-boiler-01", "gw")
+}
+
+fn add_user(file: &Path, user: &str, password: &str) {
+    let mut cmd = Command::new("mosquitto_passwd");
+    if !file.exists() {
+        cmd.arg("-c");
+    }
+    let status = cmd
+        .arg("-b")
+        .arg(file)
+        .args([user, password])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mosquitto_passwd {user}");
+}
+
+fn publish_as(port: u16, user: &str, topic: &str, payload: &str) {
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-u", user, "-P", &format!("{user}-secret")])
+        .args(["-t", topic, "-m", payload])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mosquitto_pub as {user} to {topic}");
+}
+
+/// `mosquitto_sub -v` as a user, its output in a file.
+struct Listener {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Listener {
+    fn start(port: u16, user: &str, dir: &Path) -> Listener {
+        let out = dir.join(format!("{user}.sub"));
+        let file = std::fs::File::create(&out).unwrap();
+        let child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-d", "-v", "-q", "1"])
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-u", user, "-P", &format!("{user}-secret")])
+            .args(["-t", "fieldgate/gw/#"])
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let listener = Listener { child, out };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !listener.text().contains("received SUBACK") {
+            assert!(
+                Instant::now() < deadline,
+                "{user}: no SUBACK\n{}",
+                listener.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        listener
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// (topic, payload) of what arrived; `-d` adds lines of its own.
+    fn messages(&self) -> Vec<(String, String)> {
+        self.text()
+            .lines()
+            .filter(|l| l.starts_with("fieldgate/gw/"))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(t, p)| (t.to_owned(), p.to_owned()))
+            .collect()
+    }
+
+    fn has(&self, topic: &str, needles: &[&str]) -> bool {
+        self.messages()
+            .iter()
+            .any(|(t, p)| t.ends_with(topic) && needles.iter().all(|n| p.contains(n)))
+    }
+
+    fn wait_for(&self, topic: &str, needles: &[&str], gw: &Gateway) {
+        let deadline = Instant::now() + LONG;
+        while !self.has(topic, needles) {
+            assert!(
+                Instant::now() < deadline,
+                "no {topic} with {needles:?}\n{}\n{}",
+                self.text(),
+                gw.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn under_the_readme_acl_the_gateway_works_and_only_the_cloud_commands_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    for user in ["gw", "cloud", "intruder"] {
+        add_user(&passwd, user, &format!("{user}-secret"));
+    }
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, readme_acl()).unwrap();
+    let broker = Broker::start_with_config(&format!(
+        "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+        passwd.display(),
+        acl.display()
+    ));
+    let (slave, port) = boiler_slave();
+    let config = write_config(
+        dir.path(),
+        broker.port,
+        "  username: gw\n  password: gw-secret\n",
+        &boiler(port, false),
+    );
+    let cloud = Listener::start(broker.port, "cloud", dir.path());
+    let intruder = Listener::start(broker.port, "intruder", dir.path());
+    let mut gw = Gateway::start(&config, dir.path());
+    // Online means subscribed (the subscriptions go first).
+    cloud.wait_for("/status", &["\"online\""], &gw);
+    cloud.wait_for("/telemetry/boiler", &["\"temperature\""], &gw);
+
+    let set = |version: &str, range: &str| {
+        let devices = boiler(port, false).replace("min: 5, max: 80", range);
+        format!("version: {version}\ndevices:\n{devices}")
+    };
+    let command = |id: &str, value: u16| {
+        format!(r#"{{"id":"{id}","device":"boiler","point":"setpoint","value":{value}}}"#)
+    };
+    for user in ["intruder", "gw"] {
+        publish_as(
+            broker.port,
+            user,
+            COMMANDS,
+            &command(&format!("c-{user}"), 50),
+        );
+        let version = format!("v-{user}");
+        publish_as(broker.port, user, SET, &set(&version, "min: 40, max: 60"));
+    }
+    publish_as(broker.port, "cloud", COMMANDS, &command("c-cloud", 42));
+    publish_as(
+        broker.port,
+        "cloud",
+        SET,
+        &set("v-cloud", "min: 10, max: 60"),
+    );
+    cloud.wait_for("/responses", &["\"c-cloud\"", "\"ok\""], &gw);
+    cloud.wait_for("/config/state", &["\"v-cloud\"", "\"applied\""], &gw);
+
+    // What the others sent was dropped by the broker: a command that had
+    // reached the gateway would have been written before the cloud's.
+    assert_eq!(writes(&slave), 1, "{:?}", slave.seen());
+    assert_eq!(setpoint_register(&slave), Some(42));
+    for user in ["intruder", "gw"] {
+        assert!(
+            !cloud.has("/responses", &[&format!("c-{user}")]),
+            "{}",
+            cloud.text()
+        );
+        assert!(
+            !cloud.has("/config/state", &[&format!("v-{user}")]),
+            "{}",
+            cloud.text()
+        );
+    }
+    assert!(
+        gw.log().contains("configuration v-cloud (remote) applied"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        intruder.messages(),
+        [],
+        "the intruder read the gateway's topics"
+    );
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }

@@ -210,10 +210,20 @@ fn check_devices(devices: &Node, problems: &mut Vec<Problem>) -> Vec<DeviceConfi
 }
 
 /// The sections a remote configuration may not touch.
-const LOCAL_ONLY: &[&str] = &["gateway", "store", "mqtt", "log", "commands", "metrics"];
+const LOCAL_ONLY: &[&str] = &[
+    "gateway",
+    "store",
+    "mqtt",
+    "log",
+    "commands",
+    "metrics",
+    "ble",
+    "remote_config",
+];
 
 /// Checks a remote configuration (`version` and `devices`, YAML or JSON)
-/// exactly like the local file, and returns `local` with its devices
+/// exactly like the local file, and against what the local file trusts it
+/// with (see [`super::trust`]), and returns `local` with its devices
 /// replaced. Identity, broker, credentials and store stay local.
 pub fn load_remote(text: &str, local: &Config) -> Result<Config, ConfigError> {
     let file = "remote configuration";
@@ -277,11 +287,21 @@ pub fn load_remote(text: &str, local: &Config) -> Result<Config, ConfigError> {
         sort(&mut problems);
         return Err(invalid(problems));
     }
+    let mut refused = super::trust::check(local, &devices, &root);
     let mut config = local.clone();
     config.devices = devices;
     config.version = version;
     config.origin = Origin::Remote;
-    whole_config_checks(config, &root).map_err(invalid)
+    match whole_config_checks(config, &root) {
+        Ok(config) if refused.is_empty() => Ok(config),
+        checked => {
+            if let Err(problems) = checked {
+                refused.extend(problems);
+            }
+            sort(&mut refused);
+            Err(invalid(refused))
+        }
+    }
 }
 
 fn at(node: &Node, path: &str, message: String) -> Problem {

@@ -14,6 +14,7 @@ pub mod modbus;
 mod mqtt;
 pub mod serial;
 pub mod simulated;
+mod trust;
 pub mod units;
 pub mod yaml;
 
@@ -32,6 +33,7 @@ pub use load::{ConfigError, Problem, load, load_remote, load_str};
 pub use mqtt::{
     BrokerUrl, ClientIdError, Credentials, MACHINE_ID, MqttConfig, Protocol, Secret, TlsConfig,
 };
+pub use trust::{Endpoint, RemoteTrust};
 pub use units::{ByteSize, Duration};
 
 /// The whole file.
@@ -51,6 +53,10 @@ pub struct Config {
     /// The Bluetooth adapter of the BLE devices.
     #[serde(default, deserialize_with = "null_as_default")]
     pub ble: BleConfig,
+    /// What a remote configuration may change beyond read-only devices;
+    /// local only.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub remote_config: RemoteTrust,
     /// `devices:` with nothing under it is an empty list, not an error.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub devices: Vec<DeviceConfig>,
