@@ -98,6 +98,21 @@ pub struct TcpEndpoint {
     pub host: String,
     #[serde(default = "TcpEndpoint::default_port")]
     pub port: u16,
+    /// `rtu` for a serial-to-Ethernet converter in raw mode (USR-TCP232,
+    /// Moxa NPort): RTU frames with their CRC over the TCP stream.
+    #[serde(default)]
+    pub framing: Framing,
+}
+
+/// How Modbus requests are framed on a TCP connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Framing {
+    /// Modbus TCP: the MBAP header, no CRC.
+    #[default]
+    Tcp,
+    /// Modbus RTU frames, as on the serial line.
+    Rtu,
 }
 
 /// One value of the device's register map.

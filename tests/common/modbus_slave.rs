@@ -249,6 +249,34 @@ impl Slave {
         }));
     }
 
+    /// Serves Modbus RTU frames over TCP, as a serial-to-Ethernet converter
+    /// in raw mode does: each connection is bridged to an RTU slave on a
+    /// pty. Returns the port.
+    pub fn serve_rtu_over_tcp(&mut self) -> u16 {
+        let _guard = self.rt.enter();
+        let (a, b) = tokio_serial::SerialStream::pair().unwrap();
+        use tokio_serial::SerialPort;
+        let (server_end, mut line_end) = if a.name().is_some() { (b, a) } else { (a, b) };
+        let listener = self
+            .rt
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let service = Answer(self.state.clone());
+        let rtu = self.rt.spawn(async move {
+            let server = tokio_modbus::server::rtu::Server::new(server_end);
+            let _ = server.serve_forever(service).await;
+        });
+        self.server = Some(self.rt.spawn(async move {
+            // One connection at a time, like most converters.
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut line_end).await;
+            }
+            rtu.abort();
+        }));
+        port
+    }
+
     /// Stops serving and closes the connections (or the pty).
     pub fn kill(&mut self) {
         if let Some(server) = self.server.take() {

@@ -18,7 +18,7 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, ProtocolError, Request, Response, Slave};
 
 use crate::backoff::Backoff;
-use crate::config::modbus::{Parity, RtuPort, TcpEndpoint};
+use crate::config::modbus::{Framing, Parity, RtuPort, TcpEndpoint};
 
 /// Where a bus is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,7 +219,11 @@ impl ModbusLink {
                 {
                     Ok(Ok(stream)) => {
                         let _ = stream.set_nodelay(true);
-                        Ok(tokio_modbus::client::tcp::attach(Line::new(stream, line)))
+                        let stream = Line::new(stream, line);
+                        Ok(match tcp.framing {
+                            Framing::Tcp => tokio_modbus::client::tcp::attach(stream),
+                            Framing::Rtu => tokio_modbus::client::rtu::attach(stream),
+                        })
                     }
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),

@@ -3,6 +3,7 @@
 //! unit that stays silent polled less often, so that it costs the devices
 //! sharing its bus less.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use super::link::ModbusLink;
 use super::plan::{Block, Learned, plan_around};
 use super::publish::{PointResult, Publisher};
 use super::read::{Reader, describe, is_map_refusal, read};
-use super::value::Layout;
+use super::value::{Layout, RegisterKind};
 use crate::config::modbus::ModbusDevice;
 use crate::health::DeviceHealth;
 use crate::reading::{Delivery, Reading};
@@ -42,6 +43,10 @@ pub struct Poller {
     /// Polls in a row that got no answer at all.
     silent_polls: u32,
     learned: Learned,
+    /// Reads refused whole when split too: not split again (a device that
+    /// refuses everything would cost a bisection every poll) until one
+    /// reads, or the map is tried afresh.
+    refused_whole: BTreeSet<(RegisterKind, u16, u16)>,
     /// When `learned` started to fill.
     learned_at: Instant,
     pub next_due: Instant,
@@ -68,6 +73,7 @@ impl Poller {
             silent: false,
             silent_polls: 0,
             learned,
+            refused_whole: BTreeSet::new(),
             learned_at: Instant::now(),
             next_due: Instant::now(),
         }
@@ -108,16 +114,38 @@ impl Poller {
             let mut failure = match read(reader.link, unit, wait, block, attempts).await {
                 Ok(answer) => {
                     reader.fill(block, &answer, &mut outcomes);
+                    self.refused_whole.remove(&key(block));
                     continue;
                 }
                 Err(failure) => failure,
             };
-            if is_map_refusal(&failure) {
+            // Split a coalesced read the device refuses; learn from it only
+            // if part of it reads: a device that refuses everything is
+            // faulty (or the wrong unit), not a map with holes.
+            if is_map_refusal(&failure)
+                && block.points.len() > 1
+                && !self.refused_whole.contains(&key(block))
+            {
+                let mut probed = learned.clone();
                 match reader
-                    .probe(block.clone(), &mut outcomes, &mut learned)
+                    .probe(block.clone(), &mut outcomes, &mut probed)
                     .await
                 {
-                    Ok(_) => continue,
+                    Ok(_)
+                        if block
+                            .points
+                            .iter()
+                            .any(|&i| matches!(outcomes[i], Some(Ok(_)))) =>
+                    {
+                        learned = probed;
+                        continue;
+                    }
+                    Ok(_) => {
+                        self.refused_whole.insert(key(block));
+                        for &i in &block.points {
+                            outcomes[i] = Some(Err(String::new()));
+                        }
+                    }
                     Err(stopped) => failure = stopped,
                 }
             }
@@ -165,6 +193,7 @@ impl Poller {
 
     fn replan(&mut self, learned: Learned) {
         self.learned = learned;
+        self.refused_whole.clear();
         self.blocks = plan_around(&self.layouts, self.device.limits(), &self.learned);
     }
 
@@ -231,7 +260,7 @@ impl Poller {
             }
         };
         if self.silent_polls == SILENT_POLLS_BEFORE_BACKOFF {
-            tracing::warn!(
+            tracing::info!(
                 device = %self.device.name,
                 "no answer for {SILENT_POLLS_BEFORE_BACKOFF} polls: polled less often (up to every {}) until it answers",
                 crate::config::Duration(SILENT_POLL_MAX.max(poll))
@@ -239,6 +268,10 @@ impl Poller {
         }
         self.next_due = started + wait;
     }
+}
+
+fn key(block: &Block) -> (RegisterKind, u16, u16) {
+    (block.register, block.start, block.count)
 }
 
 /// Marks the points of `block` that have no value yet as failed.
