@@ -156,6 +156,21 @@ impl PointWriter {
     }
 }
 
+/// Hands a write to the task that owns the device's hardware without
+/// waiting: a full queue is `busy`, a gone task `stopped`.
+fn hand_over<T, E>(
+    queue: &tokio::sync::mpsc::Sender<T>,
+    write: T,
+    busy: E,
+    stopped: E,
+) -> Result<(), E> {
+    use tokio::sync::mpsc::error::TrySendError;
+    queue.try_send(write).map_err(|e| match e {
+        TrySendError::Full(_) => busy,
+        TrySendError::Closed(_) => stopped,
+    })
+}
+
 /// Starts the tasks of one group of devices.
 pub fn spawn_group(
     devices: &[DeviceConfig],

@@ -111,10 +111,12 @@ impl GattHandle {
             deadline,
             reply,
         };
-        self.requests.try_send(request).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => WriteError::Busy,
-            mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
-        })?;
+        crate::sources::hand_over(
+            &self.requests,
+            request,
+            WriteError::Busy,
+            WriteError::Stopped,
+        )?;
         match tokio::time::timeout(WRITE_TIMEOUT, answer).await {
             Ok(answer) => answer.map_err(|_| WriteError::Stopped)?,
             Err(_) => Err(WriteError::NotConnected(format!(

@@ -135,10 +135,12 @@ impl BusHandle {
             reply,
         };
         let stopped = || WriteError::Stopped(device.to_owned());
-        self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => WriteError::Busy(device.to_owned()),
-            mpsc::error::TrySendError::Closed(_) => stopped(),
-        })?;
+        crate::sources::hand_over(
+            &self.jobs,
+            job,
+            WriteError::Busy(device.to_owned()),
+            stopped(),
+        )?;
         answer.await.map_err(|_| stopped())?
     }
 }

@@ -113,10 +113,12 @@ impl SerialHandle {
             deadline,
             reply,
         };
-        self.requests.try_send(request).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => WriteError::Busy,
-            mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
-        })?;
+        super::hand_over(
+            &self.requests,
+            request,
+            WriteError::Busy,
+            WriteError::Stopped,
+        )?;
         answer.await.map_err(|_| WriteError::Stopped)?
     }
 }
