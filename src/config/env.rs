@@ -117,6 +117,11 @@ impl Overrides {
     }
 }
 
+/// Whether `node` of a layered tree was set by a variable.
+pub(super) fn from_variable(node: &Node) -> bool {
+    node.mark == FROM_ENV
+}
+
 /// The file's tree with the variables layered over it.
 #[derive(Debug)]
 pub(super) struct Layered {

@@ -15,6 +15,12 @@ use super::env::{self, Overrides};
 use super::yaml::{self, Diagnostic, Node, Value};
 use super::{Config, DEVICE_KINDS, DeviceConfig, Origin};
 
+mod credentials;
+mod files;
+mod words;
+
+use words::polish;
+
 /// One problem in a configuration: where, which key, what was expected.
 pub type Problem = Diagnostic;
 
@@ -79,42 +85,108 @@ pub fn load_str(text: &str, file: &str) -> Result<Config, ConfigError> {
 
 /// [`load_str`] with the given environment variables.
 fn load_with(text: &str, file: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
-    let invalid = |problems: Vec<Problem>| ConfigError::Invalid {
-        file: file.to_owned(),
-        problems,
-    };
-    let root = yaml::parse(text).map_err(|d| invalid(vec![d]))?;
-    if !matches!(root.value, Value::Map(_) | Value::Null) {
-        return Err(invalid(vec![not_a_config(&root)]));
-    }
-    let layered = env::layer(&root, overrides).map_err(|d| invalid(vec![d]))?;
-    let located = |mut problems: Vec<Problem>| {
-        layered.attribute(&mut problems);
-        sort(&mut problems);
-        invalid(problems)
-    };
-
-    let mut problems = overrides.problems().to_vec();
-    let checked = check_tree(&layered.root).map_err(|found| problems.extend(found));
-    let mut config = match checked {
-        Ok(config) if problems.is_empty() => config,
-        _ => return Err(located(problems)),
-    };
-    config.version = format!("local-{:016x}", fnv1a(text.as_bytes()));
-    whole_config_checks(config, &layered.root).map_err(located)
+    check_with(text, file, overrides).result
 }
 
-/// The checks that span keys, located in `root` by their paths.
-fn whole_config_checks(config: Config, root: &Node) -> Result<Config, Vec<Problem>> {
-    let mut problems = config.problems();
-    for p in &mut problems {
-        p.mark = Some(root.locate(&p.path).mark);
+/// What checking a configuration found: the configuration, or every problem
+/// in it; and the warnings, which do not make it invalid.
+#[derive(Debug)]
+pub struct Checked {
+    pub result: Result<Config, ConfigError>,
+    pub warnings: Warnings,
+}
+
+/// Findings that do not stop the gateway (a file that is not there yet, a
+/// serial adapter that is unplugged), as `file:line:column: path: warning:
+/// message` lines.
+#[derive(Debug, Default)]
+pub struct Warnings {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for Warnings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let warnings: Vec<Problem> = self
+            .problems
+            .iter()
+            .map(|p| Problem {
+                message: format!("warning: {}", p.message),
+                ..p.clone()
+            })
+            .collect();
+        Rendered(&self.file, &warnings).fmt(f)
     }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        sort(&mut problems);
-        Err(problems)
+}
+
+/// Reads and checks a configuration file, environment overrides included,
+/// as `fieldgate check` does: with the warnings.
+pub fn check(path: &Path) -> Result<Checked, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let file = path.display().to_string();
+    Ok(check_with(&text, &file, &Overrides::from_process()))
+}
+
+/// Checks `text` in one pass: type errors, and the checks that span keys on
+/// every part that could be typed.
+fn check_with(text: &str, file: &str, overrides: &Overrides) -> Checked {
+    let finish = |result: Result<Config, Vec<Problem>>, warnings: Vec<Problem>| Checked {
+        result: result.map_err(|mut problems| {
+            polish(&mut problems);
+            sort(&mut problems);
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                problems,
+            }
+        }),
+        warnings: Warnings {
+            file: file.to_owned(),
+            problems: warnings,
+        },
+    };
+    let root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(d) => return finish(Err(vec![d]), Vec::new()),
+    };
+    if !matches!(root.value, Value::Map(_) | Value::Null) {
+        return finish(Err(vec![not_a_config(&root)]), Vec::new());
+    }
+    let layered = match env::layer(&root, overrides) {
+        Ok(layered) => layered,
+        Err(d) => return finish(Err(vec![d]), Vec::new()),
+    };
+    if layered.root.value == Value::Null {
+        let empty = at(
+            &layered.root,
+            "",
+            "the file is empty: expected a mapping with gateway, mqtt and devices".into(),
+        );
+        return finish(Err(vec![empty]), Vec::new());
+    }
+    let mut problems = overrides.problems().to_vec();
+    let typed = check_tree(&layered.root);
+    problems.extend(typed.problems);
+    let mut warnings = typed.warnings;
+    layered.attribute(&mut warnings);
+    sort(&mut warnings);
+    layered.attribute(&mut problems);
+    let result = match typed.config {
+        Some(mut config) if problems.is_empty() => {
+            config.version = format!("local-{:016x}", fnv1a(text.as_bytes()));
+            Ok(config)
+        }
+        _ => Err(problems),
+    };
+    finish(result, warnings)
+}
+
+/// Places problems found on the typed configuration at their keys.
+fn locate(problems: &mut [Problem], root: &Node) {
+    for p in problems {
+        p.mark = Some(root.locate(&p.path).mark);
     }
 }
 
@@ -143,33 +215,171 @@ fn not_a_config(root: &Node) -> Problem {
     )
 }
 
+/// The typed configuration, if it could be typed at all, and its problems.
+/// When there are problems the configuration is partial (the sections and
+/// devices that failed to type are stand-ins or left out) and good only for
+/// finding more problems.
+struct Typed {
+    config: Option<Config>,
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+/// Values for required sections that failed to type, so that the checks
+/// that span keys still run on the other sections.
+const STAND_INS: &str = "gateway: { id: stand-in }\nmqtt: { url: \"mqtt://stand-in\" }\n";
+
 /// Types and checks the tree: the fixed sections through serde, then each
 /// device through the type its `kind` names, so that a problem deep inside
-/// a device keeps its own position.
-fn check_tree(root: &Node) -> Result<Config, Vec<Problem>> {
+/// a device keeps its own position. The checks that span keys run on every
+/// section and device that could be typed, so one pass finds everything.
+fn check_tree(root: &Node) -> Typed {
     if !matches!(root.value, Value::Map(_) | Value::Null) {
-        return Err(vec![not_a_config(root)]);
+        return Typed {
+            config: None,
+            problems: vec![not_a_config(root)],
+            warnings: Vec::new(),
+        };
     }
     let mut problems = Vec::new();
-    let config = yaml::from_node::<Config>(&root.without("devices"), "")
-        .map_err(|found| problems.extend(found))
-        .ok();
+    let sections = root.without("devices");
+    // Top-level keys whose value is not the file's own (their problems
+    // were reported already, or they are stand-ins).
+    let mut replaced: Vec<String> = Vec::new();
+    let config = match yaml::from_node::<Config>(&sections, "") {
+        Ok(config) => Some(config),
+        Err(found) => {
+            replaced = found.iter().map(|p| top_key(&p.path).to_owned()).collect();
+            problems.extend(found);
+            stand_in(&sections, &mut replaced, &mut problems)
+        }
+    };
     let devices = match root.get("devices") {
-        Some(devices) => check_devices(devices, &mut problems),
+        Some(devices) => typed_devices(devices, &mut problems),
         None => Vec::new(),
     };
-    match config {
-        Some(mut config) if problems.is_empty() => {
-            config.devices = devices;
-            Ok(config)
-        }
-        _ => Err(problems),
+    let Some(mut config) = config else {
+        return Typed {
+            config: None,
+            problems,
+            warnings: Vec::new(),
+        };
+    };
+    let (found, warnings) = semantic(&mut config, devices, root, &replaced);
+    problems.extend(found);
+    Typed {
+        config: Some(config),
+        problems,
+        warnings,
     }
 }
 
+/// `gateway` of `gateway.id`, `devices` of `devices[2].poll`.
+fn top_key(path: &str) -> &str {
+    let end = path.find(['.', '[']).unwrap_or(path.len());
+    &path[..end]
+}
+
+/// The sections without the keys in `replaced`, and with a stand-in for each
+/// required section that is then missing (added to `replaced`), typed. A
+/// required section the file lacks is a problem: serde names only the first
+/// missing field, and none after a type error.
+fn stand_in(
+    sections: &Node,
+    replaced: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<Config> {
+    let mut tree = sections.clone();
+    let Value::Map(pairs) = &mut tree.value else {
+        return None;
+    };
+    pairs.retain(|(k, _)| !replaced.iter().any(|r| r == key_text(k)));
+    let Ok(Node {
+        value: Value::Map(stand_ins),
+        ..
+    }) = yaml::parse(STAND_INS)
+    else {
+        return None;
+    };
+    for (key, value) in stand_ins {
+        let name = key_text(&key).to_owned();
+        if !pairs.iter().any(|(k, _)| key_text(k) == name) {
+            let message = format!("missing field `{name}`");
+            let absent = sections.get(&name).is_none();
+            if absent
+                && !problems
+                    .iter()
+                    .any(|p| p.path.is_empty() && p.message == message)
+            {
+                problems.push(at(sections, "", message));
+            }
+            pairs.push((key, value));
+            replaced.push(name);
+        }
+    }
+    yaml::from_node::<Config>(&tree, "").ok()
+}
+
+fn key_text(key: &Node) -> &str {
+    match &key.value {
+        Value::Scalar { text, .. } => text,
+        _ => "",
+    }
+}
+
+/// The checks that span keys, on `config` with `devices` (the ones that
+/// could be typed, with their index in the file), and the warnings, located
+/// in `root`. Findings in sections named in `replaced` are left out: those
+/// are not the file's values.
+fn semantic(
+    config: &mut Config,
+    devices: Vec<(usize, DeviceConfig)>,
+    root: &Node,
+    replaced: &[String],
+) -> (Vec<Problem>, Vec<Problem>) {
+    let (index, devices): (Vec<usize>, Vec<DeviceConfig>) = devices.into_iter().unzip();
+    config.devices = devices;
+    let mut problems = config.problems();
+    problems.extend(credentials::problems(&config.mqtt, root));
+    let mut warnings = files::missing(config);
+    for found in [&mut problems, &mut warnings] {
+        found.retain(|p| !replaced.iter().any(|r| r == top_key(&p.path)));
+        for p in found.iter_mut() {
+            p.path = renumber(&p.path, &index);
+            p.message = renumber(&p.message, &index);
+        }
+        locate(found, root);
+    }
+    (problems, warnings)
+}
+
+/// `devices[i]` in `text` as `devices[index[i]]`: the checks saw only the
+/// devices that could be typed, the user sees the file's numbering.
+fn renumber(text: &str, index: &[usize]) -> String {
+    const MARK: &str = "devices[";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(MARK) {
+        let (before, after) = rest.split_at(start + MARK.len());
+        out.push_str(before);
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        match after[..digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| index.get(i))
+        {
+            Some(i) => out.push_str(&i.to_string()),
+            None => out.push_str(&after[..digits]),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Type-checks a `devices:` list, each device by its `kind`; returns the
-/// devices that passed.
-fn check_devices(devices: &Node, problems: &mut Vec<Problem>) -> Vec<DeviceConfig> {
+/// devices that passed, with their index in the list.
+fn typed_devices(devices: &Node, problems: &mut Vec<Problem>) -> Vec<(usize, DeviceConfig)> {
     let items: &[Node] = match &devices.value {
         Value::Seq(items) => items,
         Value::Null => &[],
@@ -194,7 +404,7 @@ fn check_devices(devices: &Node, problems: &mut Vec<Problem>) -> Vec<DeviceConfi
             _ => "",
         };
         match DeviceConfig::from_node(kind_text, device, &path) {
-            Some(Ok(d)) => typed.push(d),
+            Some(Ok(d)) => typed.push((i, d)),
             Some(Err(found)) => problems.extend(found),
             None => problems.push(at(
                 kind,
@@ -267,21 +477,25 @@ pub fn load_remote(text: &str, local: &Config) -> Result<Config, ConfigError> {
         }
     };
     let devices = match root.get("devices") {
-        Some(node) => check_devices(node, &mut problems),
+        Some(node) => typed_devices(node, &mut problems),
         None => {
             problems.push(at(&root, "devices", "missing field `devices`".into()));
             Vec::new()
         }
     };
+    let mut config = local.clone();
+    config.version = version;
+    config.origin = Origin::Remote;
+    // The local sections passed their checks already: what is found now is
+    // the devices'.
+    let (found, _warnings) = semantic(&mut config, devices, &root, &[]);
+    problems.extend(found);
     if !problems.is_empty() {
+        polish(&mut problems);
         sort(&mut problems);
         return Err(invalid(problems));
     }
-    let mut config = local.clone();
-    config.devices = devices;
-    config.version = version;
-    config.origin = Origin::Remote;
-    whole_config_checks(config, &root).map_err(invalid)
+    Ok(config)
 }
 
 fn at(node: &Node, path: &str, message: String) -> Problem {
@@ -518,7 +732,7 @@ devices:
                 (
                     Some((6, 8)),
                     "mqtt.qos",
-                    "invalid type: string \"1\", expected u64"
+                    "invalid type: string \"1\", expected a whole number, 0 or more"
                 ),
                 (
                     Some((17, 61)),
@@ -534,7 +748,7 @@ devices:
         assert_eq!(config.gateway.id.as_str(), "0123");
         let text = MINIMAL.replace(
             "url: mqtt://127.0.0.1:1883",
-            "url: mqtt://127.0.0.1:1883\n  password: 1e3",
+            "url: mqtt://127.0.0.1:1883\n  username: u\n  password: 1e3",
         );
         let config = load_str(&text, "f.yaml").unwrap();
         assert_eq!(config.mqtt.password.as_deref(), Some("1e3"));
@@ -547,6 +761,7 @@ devices:
             &[
                 ("FIELDGATE__MQTT__QOS", "2"),
                 ("FIELDGATE__MQTT__PASSWORD", "0123"),
+                ("FIELDGATE__MQTT__USERNAME", "gw"),
                 ("FIELDGATE__GATEWAY__ID", "gw-env"),
                 ("FIELDGATE__STORE__MAX_ROWS", "1000"),
                 ("OTHER__MQTT__QOS", "7"),
@@ -596,6 +811,8 @@ devices:
                 (Some((9, 11)), None, "devices[0].poll"),
                 (None, Some("FIELDGATE__MQTT__COLOUR"), "mqtt.colour"),
                 (None, Some("FIELDGATE__MQTT__QOS"), "mqtt.qos"),
+                // Found in the same pass as the type errors.
+                (None, Some("FIELDGATE__STORE__MAX_BYTES"), "store.max_bytes"),
             ]
         );
 
@@ -609,6 +826,195 @@ devices:
         assert_eq!(
             err.to_string(),
             "FIELDGATE__MQTT__QOS: mqtt.qos: invalid value: integer `7`, expected 0, 1 or 2 (environment variable)"
+        );
+    }
+
+    #[test]
+    fn type_errors_and_the_checks_that_span_keys_come_in_one_pass() {
+        let text = "\
+gateway:
+  id: gw-1
+  status_interval: 10ms
+mqtt:
+  url: mqtt://h:1883
+  qos: high
+devices:
+  - name: a
+    kind: simulated
+    poll: fast
+    points: [{ name: x, signal: ramp }]
+  - name: st
+    kind: serial
+    port: /dev/ttyX
+    format: json
+    columns: [a, b]
+    fields: { t: temp, h: temp }
+  - name: st
+    kind: simulated
+    points: [{ name: y, signal: ramp }]
+";
+        let found: Vec<String> = problems(text)
+            .iter()
+            .map(|p| {
+                let m = p.mark.unwrap();
+                format!("{}:{} {}: {}", m.line, m.col, p.path, p.message)
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "3:20 gateway.status_interval: must be at least 1s",
+                "6:8 mqtt.qos: invalid type: string \"high\", expected a whole number, 0 or more",
+                "10:11 devices[0].poll: invalid duration `fast`, expected a duration such as 500ms, 5s, 2m, 1h or 7d",
+                "16:14 devices[1].columns: only used with `format: csv`",
+                "17:18 devices[1].fields.t: point `temp` is already the target of field `h`",
+                "18:11 devices[2].name: duplicate device name `st`, already used by devices[1]",
+            ],
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn a_required_section_that_fails_keeps_the_others_checked() {
+        // No mqtt at all, and a gateway that cannot be typed: the store's
+        // own check still runs, and nothing is said about the stand-ins.
+        let text = "gateway: { id: [x] }\nstore: { max_rows: 0 }\ndevices:\n";
+        let found: Vec<_> = problems(text)
+            .into_iter()
+            .map(|p| (p.path, p.message))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (String::new(), "missing field `mqtt`".into()),
+                (
+                    "gateway.id".into(),
+                    "invalid type: list, expected text".into()
+                ),
+                ("store.max_rows".into(), "must be at least 1".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_file_says_so() {
+        for text in ["", "# nothing yet\n", "~\n"] {
+            let found = problems(text);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(
+                found[0].message,
+                "the file is empty: expected a mapping with gateway, mqtt and devices"
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_password_from_a_variable_names_the_variable() {
+        let text = MINIMAL.replace(
+            "  url: mqtt://127.0.0.1:1883\n",
+            "  url: mqtt://127.0.0.1:1883\n  username: gw\n  password_file: /etc/fieldgate/mqtt.pass\n",
+        );
+        let err = with_env(&text, &[("FIELDGATE__MQTT__PASSWORD", "s3cret")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "FIELDGATE__MQTT__PASSWORD: mqtt.password: set only one of `password`, `password_file`, \
+             `token_file`, `token_command`; also set: `password_file` (line 7) (environment variable)"
+        );
+        // Both in the file: the one the gateway would not use is at fault.
+        let both = text.replace("  username: gw\n", "  username: gw\n  token_file: /t\n");
+        let found = problems(&both);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "mqtt.token_file");
+        assert_eq!(found[0].mark.map(|m| m.line), Some(7));
+        assert!(
+            found[0]
+                .message
+                .ends_with("also set: `password_file` (line 8)"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_password_without_a_username_is_refused() {
+        for (key, value) in [
+            ("password", "s3cret"),
+            ("password_file", "/p"),
+            ("token_file", "/t"),
+            ("token_command", "echo t"),
+        ] {
+            let text = MINIMAL.replace(
+                "  url: mqtt://127.0.0.1:1883\n",
+                &format!("  url: mqtt://127.0.0.1:1883\n  {key}: {value}\n"),
+            );
+            let found = problems(&text);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].path, format!("mqtt.{key}"));
+            assert_eq!(
+                found[0].mark.map(|m| (m.line, m.col)),
+                Some((6, key.len() + 5))
+            );
+            assert!(found[0].message.contains("needs `username`"), "{found:?}");
+            let with_user = text.replace("mqtt:\n", "mqtt:\n  username: gw\n");
+            assert!(load_str(&with_user, "f.yaml").is_ok(), "{with_user}");
+        }
+        // The variable that set the password is named.
+        let err = with_env(MINIMAL, &[("FIELDGATE__MQTT__PASSWORD", "x")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "FIELDGATE__MQTT__PASSWORD: mqtt.password: a password needs `username`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_files_and_ports_are_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("ca.pem");
+        std::fs::write(&there, "x").unwrap();
+        let gone = dir.path().join("gone");
+        let text = format!(
+            "\
+gateway: {{ id: gw }}
+mqtt:
+  url: mqtts://h
+  username: u
+  password_file: {gone}/pass
+  tls: {{ ca_file: {there}, cert_file: {gone}/c.pem, key_file: {gone}/k.pem }}
+  client_id: gw-{{machine_id}}
+  machine_id_file: {gone}/machine-id
+devices:
+  - {{ name: m, kind: modbus, rtu: {{ port: {gone}/ttyUSB0 }}, points: [{{ name: a, register: coil, address: 0 }}] }}
+  - {{ name: s, kind: serial, port: {there}, format: kv, fields: {{ t: t }} }}
+",
+            gone = gone.display(),
+            there = there.display()
+        );
+        let checked = check_with(&text, "f.yaml", &Overrides::default());
+        assert!(checked.result.is_ok(), "{:?}", checked.result);
+        let found: Vec<_> = checked
+            .warnings
+            .problems
+            .iter()
+            .map(|p| (p.mark.map(|m| m.line), p.path.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Some(5), "mqtt.password_file"),
+                (Some(6), "mqtt.tls.cert_file"),
+                (Some(6), "mqtt.tls.key_file"),
+                (Some(8), "mqtt.machine_id_file"),
+                (Some(10), "devices[0].rtu.port"),
+            ]
+        );
+        let shown = checked.warnings.to_string();
+        assert!(
+            shown.starts_with(&format!(
+                "f.yaml:5:18: mqtt.password_file: warning: {}/pass does not exist",
+                gone.display()
+            )),
+            "{shown}"
         );
     }
 
