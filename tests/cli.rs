@@ -84,7 +84,7 @@ fn check_names_file_line_column_and_key_of_every_problem() {
     );
     assert!(
         lines[2].starts_with(&format!(
-            "{f}:19:16: devices[1].points[0].value: invalid type: sequence"
+            "{f}:19:16: devices[1].points[0].value: invalid type: list, expected a number"
         )),
         "{stderr}"
     );
@@ -155,7 +155,9 @@ devices:
     assert_eq!(
         stderr.lines().collect::<Vec<_>>(),
         [
-            format!("{f}:5:8: mqtt.qos: invalid type: string \"1\", expected u64"),
+            format!(
+                "{f}:5:8: mqtt.qos: invalid type: string \"1\", expected a whole number, 0 or more"
+            ),
             format!(
                 "{f}:11:69: devices[0].points[0].writable: invalid type: string \"yes\", expected a boolean"
             ),
@@ -229,4 +231,118 @@ fn version_and_usage() {
     );
     let out = fieldgate(&["frobnicate"], &[]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Runs `check` on `text` written to a file; returns the file's name, the
+/// exit code, stdout and stderr.
+fn check_text(
+    yaml: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (String, Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("site.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let name = file.display().to_string();
+    let mut all = vec!["check", "--config", &name];
+    all.extend(args);
+    let out = fieldgate(&all, env);
+    (
+        name,
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// Type errors and the problems that span keys of the issue's example, in
+/// one run: a device that cannot be typed does not hide the others.
+const MIXED: &str = "\
+gateway:
+  id: gw-1
+mqtt:
+  url: mqtt://broker.example:1883
+  qos: \"1\"
+devices:
+  - name: station
+    kind: serial
+    port: /dev/fieldgate-absent-0
+    baud: fast
+    format: json
+    fields: { t: temperature }
+  - name: counter
+    kind: serial
+    port: /dev/fieldgate-absent-1
+    format: json
+    columns: [a, b]
+    fields: {}
+  - name: re
+    kind: serial
+    port: /dev/fieldgate-absent-2
+    format: regex
+    pattern: '^T(?<t>[0-9.]+)$'
+    fields: { t: temperature, h: humidity }
+  - name: meter
+    kind: modbus
+    tcp: { host: 10.0.0.5 }
+    points:
+      - { name: v, register: holdng, address: 0 }
+  - name: pump
+    kind: modbus
+    tcp: { host: 10.0.0.5 }
+    points:
+      - { name: a, register: input, address: 2, type: f32 }
+      - { name: a, register: input, address: 4, type: f32 }
+";
+
+#[test]
+fn check_reports_type_and_semantic_problems_in_one_pass() {
+    let (f, code, stdout, stderr) = check_text(MIXED, &[], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty());
+    // Problems come first, then the warnings; each has its position.
+    let (problems, warnings): (Vec<&str>, Vec<&str>) =
+        stderr.lines().partition(|l| !l.contains("warning:"));
+    let expected = [
+        format!(
+            "{f}:5:8: mqtt.qos: invalid type: string \"1\", expected a whole number, 0 or more"
+        ),
+        format!(
+            "{f}:10:11: devices[0].baud: invalid type: string \"fast\", expected a whole number, 0 or more"
+        ),
+        format!("{f}:17:14: devices[1].columns: only used with `format: csv`"),
+        format!("{f}:18:13: devices[1].fields: expected at least one field"),
+        format!("{f}:24:34: devices[2].fields.h: `h` is not a named capture of `pattern`"),
+        format!(
+            "{f}:29:30: devices[3].points[0].register: unknown value `holdng`, did you mean `holding`? Expected one of `coil`, `discrete`, `input`, `holding`"
+        ),
+        format!(
+            "{f}:35:17: devices[4].points[1].name: duplicate point name `a`, already used by points[0]"
+        ),
+    ];
+    for (i, want) in expected.iter().enumerate() {
+        assert!(
+            problems
+                .get(i)
+                .is_some_and(|l| l.starts_with(want.as_str())),
+            "line {i}: want {want}\n{stderr}"
+        );
+    }
+    assert_eq!(problems.len(), expected.len(), "{stderr}");
+    // Ports of the devices that could be typed; a USB adapter may be
+    // plugged in later, so these do not fail the check by themselves.
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "{f}:15:11: devices[1].port: warning: /dev/fieldgate-absent-1 does not exist"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("warning:")),
+        "{stderr}"
+    );
 }
