@@ -246,9 +246,13 @@ fn check_tree(root: &Node) -> Typed {
     // Top-level keys whose value is not the file's own (their problems
     // were reported already, or they are stand-ins).
     let mut replaced: Vec<String> = Vec::new();
-    let config = match yaml::from_node::<Config>(&sections, "") {
-        Ok(config) => Some(config),
-        Err(found) => {
+    let config = match yaml::from_node_lenient::<Config>(&sections, "") {
+        // Unknown keys, if any, are left out; the rest is the file's.
+        (Some(config), found) => {
+            problems.extend(found);
+            Some(config)
+        }
+        (None, found) => {
             replaced = found.iter().map(|p| top_key(&p.path).to_owned()).collect();
             problems.extend(found);
             stand_in(&sections, &mut replaced, &mut problems)
@@ -404,8 +408,10 @@ fn typed_devices(devices: &Node, problems: &mut Vec<Problem>) -> Vec<(usize, Dev
             _ => "",
         };
         match DeviceConfig::from_node(kind_text, device, &path) {
-            Some(Ok(d)) => typed.push((i, d)),
-            Some(Err(found)) => problems.extend(found),
+            Some((device, found)) => {
+                typed.extend(device.map(|d| (i, d)));
+                problems.extend(found);
+            }
             None => problems.push(at(
                 kind,
                 &format!("{path}.kind"),
@@ -871,6 +877,24 @@ devices:
                 "18:11 devices[2].name: duplicate device name `st`, already used by devices[1]",
             ],
             "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn a_part_with_only_unknown_keys_is_still_checked_as_a_whole() {
+        let text = MINIMAL.replace(
+            "  id: gw-1\n",
+            "  id: gw-1\n  colour: red\n  status_interval: 1ms\n",
+        ) + "  - { name: b, kind: simulated, colour: red, points: [] }\n";
+        let found: Vec<_> = problems(&text).into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            found,
+            [
+                "gateway.colour",
+                "gateway.status_interval",
+                "devices[1].colour",
+                "devices[1].points"
+            ]
         );
     }
 

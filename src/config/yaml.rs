@@ -806,6 +806,19 @@ impl<'de> de::VariantAccess<'de> for EnumDe<'de> {
 /// further errors in what is left. Even if a later attempt succeeds the document was invalid, so
 /// `Ok` only comes from a clean first attempt.
 pub fn from_node<T: DeserializeOwned>(node: &Node, base_path: &str) -> Result<T, Vec<Diagnostic>> {
+    match from_node_lenient(node, base_path) {
+        (Some(value), diags) if diags.is_empty() => Ok(value),
+        (_, diags) => Err(diags),
+    }
+}
+
+/// [`from_node`], and the value as well when the only problems are unknown
+/// keys: those are left out of the value and change nothing else in it, so
+/// the checks that span keys can still run on it.
+pub fn from_node_lenient<T: DeserializeOwned>(
+    node: &Node,
+    base_path: &str,
+) -> (Option<T>, Vec<Diagnostic>) {
     let root = addr(node);
     let mut pruned = HashSet::new();
     let mut diags = Vec::new();
@@ -818,7 +831,7 @@ pub fn from_node<T: DeserializeOwned>(node: &Node, base_path: &str) -> Result<T,
         let result = attributed((node, base_path.to_owned()), &pass, root, T::deserialize);
         diags.append(&mut pass.unknown.into_inner());
         let err = match result {
-            Ok(value) if attempt == 0 && diags.is_empty() => return Ok(value),
+            Ok(value) if attempt == 0 => return (Some(value), sorted(diags)),
             Ok(_) => break,
             Err(err) => err,
         };
@@ -830,12 +843,16 @@ pub fn from_node<T: DeserializeOwned>(node: &Node, base_path: &str) -> Result<T,
             break;
         }
     }
+    (None, sorted(diags))
+}
+
+fn sorted(mut diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
     diags.sort_by(|a, b| {
         let key = |d: &Diagnostic| (d.mark.map(|m| (m.line, m.col)), d.path.clone());
         key(a).cmp(&key(b)).then_with(|| a.message.cmp(&b.message))
     });
     diags.dedup();
-    Err(diags)
+    diags
 }
 
 #[cfg(test)]
