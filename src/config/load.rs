@@ -17,6 +17,8 @@ use super::{Config, DEVICE_KINDS, DeviceConfig, Origin};
 
 mod credentials;
 mod files;
+#[cfg(test)]
+mod reference;
 mod words;
 
 use words::polish;
