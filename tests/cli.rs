@@ -500,6 +500,17 @@ fn a_remote_document_is_checked_against_the_local_file() {
         "{stderr}"
     );
 
+    // A serial port that is not here is a warning, as in the local file.
+    let serial = "version: v10\ndevices:\n  - { name: s, kind: serial, port: /dev/fieldgate-absent, format: kv, fields: { t: t } }\n";
+    let (code, stdout, stderr) = check(serial);
+    assert_eq!((code, stdout.trim()), (Some(0), "OK"), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{doc_name}:3:36: devices[0].port: warning: /dev/fieldgate-absent does not exist"
+        )),
+        "{stderr}"
+    );
+
     // Without `gateway` it is not mistaken for a local file.
     let (code, _, stderr) = check(r#"{"version": "v9", "devices": []}"#);
     assert_eq!(code, Some(0), "{stderr}");

@@ -51,8 +51,13 @@ pub fn run(file: &Path, remote: Option<&Path>) -> ExitCode {
         };
         // The gateway's own check, so the remote document gets exactly the
         // rules it would meet on `P/config/set`.
-        if let Err(e) = config::load_remote(&text, &local) {
-            return failure(named(e, remote));
+        let merged = match config::load_remote(&text, &local) {
+            Ok(merged) => merged,
+            Err(e) => return failure(named(e, remote)),
+        };
+        let warnings = config::remote_warnings(&text, &merged, &remote.display().to_string());
+        if !warnings.problems.is_empty() {
+            eprintln!("{warnings}");
         }
     }
     println!("OK");

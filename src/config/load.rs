@@ -506,6 +506,23 @@ pub fn load_remote(text: &str, local: &Config) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// The warnings about the devices of a remote configuration that passed
+/// [`load_remote`] (`merged` is what it returned): serial ports not on this
+/// machine, located in `text`, under the name `file`.
+pub fn remote_warnings(text: &str, merged: &Config, file: &str) -> Warnings {
+    let mut problems = files::missing(merged);
+    // The local sections' files are the local file's warnings.
+    problems.retain(|p| top_key(&p.path) == "devices");
+    if let Ok(root) = yaml::parse(text) {
+        locate(&mut problems, &root);
+    }
+    sort(&mut problems);
+    Warnings {
+        file: file.to_owned(),
+        problems,
+    }
+}
+
 fn at(node: &Node, path: &str, message: String) -> Problem {
     Diagnostic {
         mark: Some(node.mark),
