@@ -99,7 +99,17 @@ fn scalar(text: &str) -> Node {
 /// and made to exist, when it is not).
 fn with_probe(doc: &Node, steps: &[Step]) -> Node {
     let mut doc = doc.clone();
-    let mut node = &mut doc;
+    let node = node_at(&mut doc, steps);
+    match &mut node.value {
+        Value::Map(pairs) => pairs.push((scalar(PROBE), scalar("1"))),
+        other => *other = Value::Map(vec![(scalar(PROBE), scalar("1"))]),
+    }
+    doc
+}
+
+/// The node at `steps`, made to exist.
+fn node_at<'a>(doc: &'a mut Node, steps: &[Step]) -> &'a mut Node {
+    let mut node = doc;
     for step in steps {
         node = match step {
             Step::Key(_) | Step::Any => {
@@ -133,11 +143,7 @@ fn with_probe(doc: &Node, steps: &[Step]) -> Node {
             }
         };
     }
-    match &mut node.value {
-        Value::Map(pairs) => pairs.push((scalar(PROBE), scalar("1"))),
-        other => *other = Value::Map(vec![(scalar(PROBE), scalar("1"))]),
-    }
-    doc
+    node
 }
 
 /// The keys the mapping at `steps` takes, if the checker says it is one.
@@ -162,6 +168,8 @@ fn keys_at(doc: &Node, steps: &[Step]) -> Option<Vec<String>> {
 struct Accepted {
     leaves: BTreeSet<String>,
     containers: BTreeSet<String>,
+    /// The path of each key, leaf or container.
+    steps: Vec<Vec<Step>>,
 }
 
 impl Accepted {
@@ -173,6 +181,7 @@ impl Accepted {
             let mut child = steps.to_vec();
             child.push(Step::Key(key));
             let name = render(&child[skip..]);
+            self.steps.push(child.clone());
             let inner = [None, Some(Step::First), Some(Step::Any)]
                 .into_iter()
                 .map(|step| {
@@ -353,5 +362,92 @@ fn the_readme_notation_is_read_as_key_paths() {
             "characteristics[].uuid",
             "fields.*.scale"
         ])
+    );
+}
+
+/// A message that names a Rust type (outside the backticks that quote the
+/// user's words and the valid values).
+fn rust_words(message: &str) -> Option<&'static str> {
+    let unquoted: String = message.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+    let words: Vec<&str> = unquoted
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .collect();
+    const RUST: &[&str] = &[
+        "struct", "enum", "variant", "tuple", "newtype", "Option", "Vec", "sequence", "map", "u8",
+        "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32",
+        "f64", "str", "String", "char",
+    ];
+    // `unit` alone is also a key (a point's unit).
+    let phrases = ["unit value", "unit variant"];
+    RUST.iter()
+        .copied()
+        .find(|rust| words.contains(rust))
+        .or_else(|| phrases.into_iter().find(|p| unquoted.contains(p)))
+}
+
+#[test]
+fn no_message_names_a_rust_type() {
+    assert_eq!(
+        rust_words("invalid type: map, expected struct X"),
+        Some("struct")
+    );
+    assert_eq!(rust_words("expected one of `u16`, `f32`"), None);
+    assert_eq!(rust_words("invalid type: unit value"), Some("unit value"));
+
+    let mut docs = vec![BASE.to_owned()];
+    docs.extend(
+        DEVICES
+            .iter()
+            .map(|(_, device)| format!("{BASE}devices:\n  - {device}\n")),
+    );
+    let wrong = [
+        Value::Map(vec![(scalar("a"), scalar("1"))]),
+        Value::Seq(vec![Node {
+            value: Value::Seq(Vec::new()),
+            mark: yaml::Mark { line: 1, col: 1 },
+        }]),
+        Value::Scalar {
+            text: "zz".into(),
+            plain: true,
+        },
+        Value::Scalar {
+            text: "-1".into(),
+            plain: true,
+        },
+        Value::Scalar {
+            text: "1e400".into(),
+            plain: true,
+        },
+        Value::Null,
+    ];
+    let mut leaks = BTreeSet::new();
+    let mut probed = 0;
+    for text in &docs {
+        let doc = yaml::parse(text).expect("a valid file");
+        let mut accepted = Accepted::default();
+        accepted.walk(&doc, &[], 0);
+        for steps in &accepted.steps {
+            for value in &wrong {
+                let mut bad = doc.clone();
+                node_at(&mut bad, steps).value = value.clone();
+                let mut problems = check_tree(&bad).problems;
+                super::polish(&mut problems);
+                probed += 1;
+                for p in problems {
+                    if let Some(rust) = rust_words(&p.message) {
+                        leaks.insert(format!("{} ({rust}): {}", p.path, p.message));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        probed > 500,
+        "only {probed} probes: the walk found too little"
+    );
+    assert!(
+        leaks.is_empty(),
+        "messages naming Rust types:{}",
+        list(&leaks)
     );
 }

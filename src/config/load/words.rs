@@ -14,7 +14,12 @@ pub(super) fn polish(problems: &mut [Problem]) {
 /// The message without Rust type names.
 fn plain(message: &str) -> String {
     let mut message = message.replacen("unknown variant `", "unknown value `", 1);
-    for (rust, yaml) in [("sequence", "list"), ("map", "mapping")] {
+    let kinds = [
+        ("sequence", "list"),
+        ("map", "mapping"),
+        ("unit value", "null"),
+    ];
+    for (rust, yaml) in kinds {
         let prefix = format!("invalid type: {rust},");
         if let Some(rest) = message.strip_prefix(&prefix) {
             message = format!("invalid type: {yaml},{rest}");
@@ -184,6 +189,10 @@ mod tests {
             (
                 "invalid type: string \"1\", expected u64",
                 "invalid type: string \"1\", expected a whole number, 0 or more",
+            ),
+            (
+                "invalid type: unit value, expected u16",
+                "invalid type: null, expected an integer from 0 to 65535",
             ),
             (
                 "invalid type: sequence, expected enum Parity",
