@@ -516,10 +516,12 @@ fn a_remote_document_is_checked_against_the_local_file() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("missing field"), "{stderr}");
 
-    // A missing document is a failure to read (1), not an invalid one.
+    // A missing document exits as a missing configuration file does.
     std::fs::remove_file(&doc).unwrap();
     let out = fieldgate(&["check", "--config", local, "--remote", doc_name], &[]);
-    assert_eq!(out.status.code(), Some(1));
+    let missing_file = fieldgate(&["check", "--config", doc_name], &[]);
+    assert!(!out.status.success());
+    assert_eq!(out.status.code(), missing_file.status.code());
     assert!(text(&out.stderr).contains("cannot read"));
 
     // An invalid local file is reported, and the document is not checked.

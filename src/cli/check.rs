@@ -7,11 +7,11 @@ use std::process::ExitCode;
 
 use fieldgate::config::{self, ConfigError};
 
-/// Exit code for an invalid configuration, as for usage errors.
-const INVALID: u8 = 2;
+// One mapping of configuration errors to exit codes, shared with `run`.
+use crate::config_failure as failure;
 
-/// Prints `OK` (warnings on stderr) or every problem; exit code 0, 2 when
-/// a configuration is invalid, 1 when a file cannot be read.
+/// Prints `OK` (warnings on stderr) or every problem, with the exit codes
+/// of `run`: 0, or 2 when a configuration is invalid.
 pub fn run(file: &Path, remote: Option<&Path>) -> ExitCode {
     let checked = match config::check(file) {
         Ok(checked) => checked,
@@ -72,13 +72,5 @@ fn named(e: ConfigError, file: &Path) -> ConfigError {
             problems,
         },
         other => other,
-    }
-}
-
-fn failure(e: ConfigError) -> ExitCode {
-    eprintln!("{e}");
-    match e {
-        ConfigError::Invalid { .. } => ExitCode::from(INVALID),
-        ConfigError::Read { .. } => ExitCode::FAILURE,
     }
 }
