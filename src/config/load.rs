@@ -175,6 +175,9 @@ fn check_with(text: &str, file: &str, overrides: &Overrides) -> Checked {
     let mut problems = overrides.problems().to_vec();
     let typed = check_tree(&layered.root);
     problems.extend(typed.problems);
+    let mut spanning = typed.spanning;
+    layered.mention_variables(&mut spanning);
+    problems.extend(spanning);
     let mut warnings = typed.warnings;
     layered.attribute(&mut warnings);
     sort(&mut warnings);
@@ -768,6 +771,39 @@ devices:
                 .message
                 .ends_with("also set: `password_file` (line 8)"),
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_check_that_spans_keys_names_the_variable_that_set_the_other_key() {
+        let text = MINIMAL.replace(
+            "  url: mqtt://127.0.0.1:1883\n",
+            "  urls: [mqtt://a, mqtt://b]\n  backoff_min: 10s\n",
+        );
+        let err = with_env(
+            &text,
+            &[
+                ("FIELDGATE__MQTT__URL", "mqtt://c"),
+                ("FIELDGATE__MQTT__BACKOFF_MAX", "5s"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "f.yaml:5:9: mqtt.urls: set either `url` or `urls`, not both \
+             (`mqtt.url` is set by FIELDGATE__MQTT__URL)\n\
+             f.yaml:6:16: mqtt.backoff_min: must not exceed mqtt.backoff_max (5s) \
+             (`mqtt.backoff_max` is set by FIELDGATE__MQTT__BACKOFF_MAX)"
+        );
+        // Without the variables, nothing is added.
+        let text = text.replace(
+            "  backoff_min: 10s\n",
+            "  backoff_min: 10s\n  backoff_max: 5s\n",
+        );
+        let err = load_str(&text, "f.yaml").unwrap_err().to_string();
+        assert!(
+            err.ends_with("must not exceed mqtt.backoff_max (5s)"),
+            "{err}"
         );
     }
 

@@ -430,7 +430,9 @@ fn no_message_names_a_rust_type() {
             for value in &wrong {
                 let mut bad = doc.clone();
                 node_at(&mut bad, steps).value = value.clone();
-                let mut problems = check_tree(&bad).problems;
+                let typed = check_tree(&bad);
+                let mut problems = typed.problems;
+                problems.extend(typed.spanning);
                 super::polish(&mut problems);
                 probed += 1;
                 for p in problems {

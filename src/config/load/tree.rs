@@ -12,7 +12,10 @@ use super::{Problem, at, credentials, files, locate, not_a_config, quoted};
 /// finding more problems.
 pub(super) struct Typed {
     pub(super) config: Option<Config>,
+    /// Type errors (unknown keys included).
     pub(super) problems: Vec<Problem>,
+    /// The problems of the checks that span keys.
+    pub(super) spanning: Vec<Problem>,
     pub(super) warnings: Vec<Problem>,
 }
 
@@ -29,6 +32,7 @@ pub(super) fn check_tree(root: &Node) -> Typed {
         return Typed {
             config: None,
             problems: vec![not_a_config(root)],
+            spanning: Vec::new(),
             warnings: Vec::new(),
         };
     }
@@ -57,14 +61,15 @@ pub(super) fn check_tree(root: &Node) -> Typed {
         return Typed {
             config: None,
             problems,
+            spanning: Vec::new(),
             warnings: Vec::new(),
         };
     };
-    let (found, warnings) = semantic(&mut config, devices, root, &replaced);
-    problems.extend(found);
+    let (spanning, warnings) = semantic(&mut config, devices, root, &replaced);
     Typed {
         config: Some(config),
         problems,
+        spanning,
         warnings,
     }
 }
