@@ -715,6 +715,66 @@ devices:
     }
 
     #[test]
+    fn a_device_with_a_bad_point_still_has_its_other_points_checked() {
+        // A device-level type error would leave it unchecked (see below);
+        // errors inside points leave out only those points.
+        let devices = r#"  - name: m
+    kind: modbus
+    colour: red
+    points:
+      - { name: a, register: holding, address: 0, min: 1 }
+      - { name: b, register: holdng, address: 1 }
+      - { name: a, register: input, address: 2, writable: true }
+      - { name: c, register: coil, address: x }
+      - { name: d, register: coil, address: 3, scale: 2 }
+  - name: m
+    kind: simulated
+    points: []
+"#;
+        let text = MINIMAL.to_owned() + devices;
+        let found: Vec<String> = problems(&text)
+            .iter()
+            .map(|p| format!("{}: {}", p.mark.unwrap().line, p))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "12: devices[1].rtu: expected `rtu: { port: … }` or `tcp: { host: … }`",
+                "14: devices[1].colour: unknown key `colour`, expected one of `name`, `rtu`, `tcp`, \
+                 `unit`, `poll`, `timeout`, `retries`, `address_base`, `max_gap`, `max_registers`, \
+                 `max_bits`, `heartbeat`, `qos`, `priority`, `batch`, `points`",
+                "16: devices[1].points[0].min: does not apply to points that are not writable",
+                "17: devices[1].points[1].register: unknown value `holdng`, did you mean `holding`? \
+                 Expected one of `coil`, `discrete`, `input`, `holding`",
+                // Numbered as in the file, although points[1] was left out.
+                "18: devices[1].points[2].name: duplicate point name `a`, already used by points[0]",
+                "18: devices[1].points[2].writable: input registers are read-only: only coils and \
+                 holding registers can be written",
+                "19: devices[1].points[3].address: invalid type: string \"x\", expected an integer \
+                 from 0 to 4294967295",
+                "20: devices[1].points[4].scale: does not apply to `bool` and `string` points",
+                "21: devices[2].name: duplicate device name `m`, already used by devices[1]",
+                "23: devices[2].points: expected at least one point",
+            ],
+            "{found:#?}"
+        );
+
+        // Leaving out a bad key of the device itself could make problems
+        // that are not there, so only its type errors are reported.
+        let text = MINIMAL.to_owned() + &devices.replace("    colour: red\n", "    unit: fast\n");
+        let found: Vec<String> = problems(&text).iter().map(|p| p.path.clone()).collect();
+        assert_eq!(
+            found,
+            [
+                "devices[1].unit",
+                "devices[1].points[1].register",
+                "devices[1].points[3].address",
+                "devices[2].points",
+            ]
+        );
+    }
+
+    #[test]
     fn a_required_section_that_fails_keeps_the_others_checked() {
         // No mqtt at all, and a gateway that cannot be typed: the store's
         // own check still runs, and nothing is said about the stand-ins.

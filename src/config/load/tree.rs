@@ -2,6 +2,8 @@
 //! problem: a section or device that cannot be typed is reported, and the
 //! checks that span keys still run on every part that could be.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::super::yaml::{self, Node, Value};
 use super::super::{Config, DEVICE_KINDS, DeviceConfig};
 use super::{Problem, at, credentials, files, locate, not_a_config, quoted};
@@ -127,49 +129,89 @@ fn key_text(key: &Node) -> &str {
     }
 }
 
+/// A device that could be typed: its index in the file and, when items of
+/// its lists could not be typed and were left out, the file's index of each
+/// item kept, by list.
+pub(super) struct TypedDevice {
+    index: usize,
+    device: DeviceConfig,
+    kept: Vec<(String, Vec<usize>)>,
+}
+
 /// The checks that span keys, on `config` with `devices` (the ones that
-/// could be typed, with their index in the file), and the warnings, located
-/// in `root`. Findings in sections named in `replaced` are left out: those
-/// are not the file's values.
+/// could be typed), and the warnings, located in `root`. Findings in
+/// sections named in `replaced` are left out: those are not the file's
+/// values.
 pub(super) fn semantic(
     config: &mut Config,
-    devices: Vec<(usize, DeviceConfig)>,
+    devices: Vec<TypedDevice>,
     root: &Node,
     replaced: &[String],
 ) -> (Vec<Problem>, Vec<Problem>) {
-    let (index, devices): (Vec<usize>, Vec<DeviceConfig>) = devices.into_iter().unzip();
-    config.devices = devices;
+    let mut index = Vec::new();
+    let mut kept = Vec::new();
+    config.devices = devices
+        .into_iter()
+        .map(|t| {
+            index.push(t.index);
+            kept.push(t.kept);
+            t.device
+        })
+        .collect();
     let mut problems = config.problems();
     problems.extend(credentials::problems(&config.mqtt, root));
     let mut warnings = files::missing(config);
     for found in [&mut problems, &mut warnings] {
         found.retain(|p| !replaced.iter().any(|r| r == top_key(&p.path)));
+        for (j, lists) in kept.iter().enumerate() {
+            let device = format!("devices[{j}]");
+            for (list, keep) in lists {
+                // "expected at least one point" after leaving out the bad ones.
+                let whole = format!("{device}.{list}");
+                found.retain(|p| p.path != whole);
+                let mine = found.iter_mut().filter(|p| {
+                    p.path
+                        .strip_prefix(&device)
+                        .is_some_and(|r| r.starts_with('.'))
+                });
+                for p in mine {
+                    p.path = renumber(&p.path, list, keep);
+                    p.message = renumber(&p.message, list, keep);
+                }
+            }
+        }
         for p in found.iter_mut() {
-            p.path = renumber(&p.path, &index);
-            p.message = renumber(&p.message, &index);
+            p.path = renumber(&p.path, "devices", &index);
+            p.message = renumber(&p.message, "devices", &index);
         }
         locate(found, root);
     }
     (problems, warnings)
 }
 
-/// `devices[i]` in `text` as `devices[index[i]]`: the checks saw only the
-/// devices that could be typed, the user sees the file's numbering.
-fn renumber(text: &str, index: &[usize]) -> String {
-    const MARK: &str = "devices[";
+/// `list[i]` in `text` as `list[index[i]]`: the checks saw only the items
+/// that could be typed, the user sees the file's numbering.
+fn renumber(text: &str, list: &str, index: &[usize]) -> String {
+    let mark = format!("{list}[");
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(start) = rest.find(MARK) {
-        let (before, after) = rest.split_at(start + MARK.len());
+    while let Some(start) = rest.find(&mark) {
+        let (before, after) = rest.split_at(start + mark.len());
         out.push_str(before);
         let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        // `setpoints[0]` is not an item of `points`.
+        let whole_word = !out[..out.len() - mark.len()]
+            .chars()
+            .next_back()
+            .is_some_and(word);
         match after[..digits]
             .parse::<usize>()
             .ok()
             .and_then(|i| index.get(i))
         {
-            Some(i) => out.push_str(&i.to_string()),
-            None => out.push_str(&after[..digits]),
+            Some(i) if whole_word => out.push_str(&i.to_string()),
+            _ => out.push_str(&after[..digits]),
         }
         rest = &after[digits..];
     }
@@ -177,12 +219,60 @@ fn renumber(text: &str, index: &[usize]) -> String {
     out
 }
 
+/// A device whose only type errors are inside items of its lists (a point
+/// with an unknown register kind, say), typed without those items, so that
+/// the rest of it is checked in the same pass; with the file's index of
+/// each item kept. Unknown keys of the device do not stand in the way (they
+/// are left out of the value anyway); other errors do: leaving out a key
+/// could make problems that are not there.
+fn without_bad_items(
+    kind: &str,
+    device: &Node,
+    path: &str,
+    found: &[Problem],
+) -> Option<TypedDevice> {
+    let mut bad: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+    for p in found {
+        let below = p.path.strip_prefix(path)?.strip_prefix('.')?;
+        let Some((list, rest)) = below.split_once('[') else {
+            if p.message.starts_with("unknown key `") && !below.contains('.') {
+                continue;
+            }
+            return None;
+        };
+        if list.contains('.') {
+            return None;
+        }
+        let (item, _) = rest.split_once(']')?;
+        bad.entry(list).or_default().insert(item.parse().ok()?);
+    }
+    let mut copy = device.clone();
+    let Value::Map(pairs) = &mut copy.value else {
+        return None;
+    };
+    let mut kept = Vec::new();
+    for (list, items) in &bad {
+        let (_, node) = pairs.iter_mut().find(|(k, _)| key_text(k) == *list)?;
+        let Value::Seq(all) = &mut node.value else {
+            return None;
+        };
+        let keep: Vec<usize> = (0..all.len()).filter(|i| !items.contains(i)).collect();
+        *all = keep.iter().filter_map(|&i| all.get(i).cloned()).collect();
+        kept.push(((*list).to_owned(), keep));
+    }
+    match DeviceConfig::from_node(kind, &copy, path)? {
+        (Some(device), _) if !kept.is_empty() => Some(TypedDevice {
+            index: 0,
+            device,
+            kept,
+        }),
+        _ => None,
+    }
+}
+
 /// Type-checks a `devices:` list, each device by its `kind`; returns the
 /// devices that passed, with their index in the list.
-pub(super) fn typed_devices(
-    devices: &Node,
-    problems: &mut Vec<Problem>,
-) -> Vec<(usize, DeviceConfig)> {
+pub(super) fn typed_devices(devices: &Node, problems: &mut Vec<Problem>) -> Vec<TypedDevice> {
     let items: &[Node] = match &devices.value {
         Value::Seq(items) => items,
         Value::Null => &[],
@@ -207,8 +297,18 @@ pub(super) fn typed_devices(
             _ => "",
         };
         match DeviceConfig::from_node(kind_text, device, &path) {
-            Some((device, found)) => {
-                typed.extend(device.map(|d| (i, d)));
+            Some((Some(device), found)) => {
+                let kept = Vec::new();
+                typed.push(TypedDevice {
+                    index: i,
+                    device,
+                    kept,
+                });
+                problems.extend(found);
+            }
+            Some((None, found)) => {
+                let salvaged = without_bad_items(kind_text, device, &path, &found);
+                typed.extend(salvaged.map(|t| TypedDevice { index: i, ..t }));
                 problems.extend(found);
             }
             None => problems.push(at(
