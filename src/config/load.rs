@@ -941,6 +941,28 @@ devices:
                 (Some(10), "devices[0].rtu.port"),
             ]
         );
+        // A file named by a variable: the warning names the variable.
+        let vars = Overrides::from_vars([(
+            "FIELDGATE__MQTT__TOKEN_FILE".into(),
+            format!("{}/token", gone.display()).into(),
+        )]);
+        let by_variable = check_with(&text.replace("  password_file", "  # "), "f.yaml", &vars);
+        assert!(by_variable.result.is_ok(), "{:?}", by_variable.result);
+        // The file's warnings first, then the variables'.
+        let last = by_variable.warnings.problems.last().unwrap();
+        assert_eq!(
+            (last.path.as_str(), last.variable.as_deref(), last.mark),
+            ("mqtt.token_file", Some("FIELDGATE__MQTT__TOKEN_FILE"), None)
+        );
+        let shown = by_variable.warnings.to_string();
+        assert!(
+            shown.lines().last().unwrap().starts_with(&format!(
+                "FIELDGATE__MQTT__TOKEN_FILE: mqtt.token_file: warning: {}/token does not exist",
+                gone.display()
+            )),
+            "{shown}"
+        );
+
         let shown = checked.warnings.to_string();
         assert!(
             shown.starts_with(&format!(
