@@ -889,6 +889,8 @@ devices:
             assert!(found[0].message.contains("needs `username`"), "{found:?}");
             let with_user = text.replace("mqtt:\n", "mqtt:\n  username: gw\n");
             assert!(load_str(&with_user, "f.yaml").is_ok(), "{with_user}");
+            let empty_user = text.replace("mqtt:\n", "mqtt:\n  username: \"\"\n");
+            assert_eq!(problems(&empty_user).len(), 1, "{empty_user}");
         }
         // The variable that set the password is named.
         let err = with_env(MINIMAL, &[("FIELDGATE__MQTT__PASSWORD", "x")]).unwrap_err();

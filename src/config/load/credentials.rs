@@ -52,7 +52,8 @@ pub(super) fn problems(mqtt: &MqttConfig, root: &Node) -> Vec<Problem> {
             ),
         ));
     }
-    if let (Some(first), None) = (set.first(), &mqtt.username) {
+    let no_username = mqtt.username.as_deref().is_none_or(str::is_empty);
+    if let (Some(first), true) = (set.first(), no_username) {
         found.push(unplaced(
             path(first),
             "a password needs `username` too: brokers refuse a login without a user name".into(),
