@@ -777,8 +777,9 @@ devices:
     #[test]
     fn a_required_section_that_fails_keeps_the_others_checked() {
         // No mqtt at all, and a gateway that cannot be typed: the store's
-        // own check still runs, and nothing is said about the stand-ins.
-        let text = "gateway: { id: [x] }\nstore: { max_rows: 0 }\ndevices:\n";
+        // own check still runs (an unknown key beside it changes nothing),
+        // and nothing is said about the stand-ins.
+        let text = "gateway: { id: [x] }\nstore: { max_rows: 0, colour: red }\ndevices:\n";
         let found: Vec<_> = problems(text)
             .into_iter()
             .map(|p| (p.path, p.message))
@@ -792,6 +793,12 @@ devices:
                     "invalid type: list, expected text".into()
                 ),
                 ("store.max_rows".into(), "must be at least 1".into()),
+                (
+                    "store.colour".into(),
+                    "unknown key `colour`, expected one of `flush_interval`, `flush_rows`, \
+                     `max_bytes`, `max_rows`, `max_age`, `memory_buffer`"
+                        .into()
+                ),
             ]
         );
     }

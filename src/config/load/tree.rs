@@ -50,7 +50,12 @@ pub(super) fn check_tree(root: &Node) -> Typed {
             Some(config)
         }
         (None, found) => {
-            replaced = found.iter().map(|p| top_key(&p.path).to_owned()).collect();
+            // An unknown key leaves its section's value as it is.
+            replaced = found
+                .iter()
+                .filter(|p| !p.message.starts_with("unknown key `") || !p.path.contains('.'))
+                .map(|p| top_key(&p.path).to_owned())
+                .collect();
             problems.extend(found);
             stand_in(&sections, &mut replaced, &mut problems)
         }
@@ -119,7 +124,7 @@ fn stand_in(
             replaced.push(name);
         }
     }
-    yaml::from_node::<Config>(&tree, "").ok()
+    yaml::from_node_lenient::<Config>(&tree, "").0
 }
 
 fn key_text(key: &Node) -> &str {
