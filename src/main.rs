@@ -32,10 +32,15 @@ enum Command {
         config: PathBuf,
     },
     /// Check a configuration file: prints OK, or every problem as
-    /// file:line:column: key.path: message (exit code 2).
+    /// file:line:column: key.path: message (exit code 2); warnings (files
+    /// and ports not found) are printed but do not fail.
     Check {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// A remote configuration (`version` and `devices`, YAML or JSON)
+        /// to check against the file before it is pushed.
+        #[arg(long)]
+        remote: Option<PathBuf>,
     },
     /// Inspect the store-and-forward queue (safe while the gateway runs).
     Queue {
@@ -75,13 +80,7 @@ fn main() -> ExitCode {
             println!("fieldgate {}", fieldgate::VERSION);
             ExitCode::SUCCESS
         }
-        Command::Check { config } => match config::load(&config) {
-            Ok(_) => {
-                println!("OK");
-                ExitCode::SUCCESS
-            }
-            Err(e) => config_failure(e),
-        },
+        Command::Check { config, remote } => cli::check::run(&config, remote.as_deref()),
         Command::Run { config: path } => {
             let config = match config::load(&path) {
                 Ok(c) => c,

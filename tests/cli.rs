@@ -84,7 +84,7 @@ fn check_names_file_line_column_and_key_of_every_problem() {
     );
     assert!(
         lines[2].starts_with(&format!(
-            "{f}:19:16: devices[1].points[0].value: invalid type: sequence"
+            "{f}:19:16: devices[1].points[0].value: invalid type: list, expected a number"
         )),
         "{stderr}"
     );
@@ -155,7 +155,9 @@ devices:
     assert_eq!(
         stderr.lines().collect::<Vec<_>>(),
         [
-            format!("{f}:5:8: mqtt.qos: invalid type: string \"1\", expected u64"),
+            format!(
+                "{f}:5:8: mqtt.qos: invalid type: string \"1\", expected a whole number, 0 or more"
+            ),
             format!(
                 "{f}:11:69: devices[0].points[0].writable: invalid type: string \"yes\", expected a boolean"
             ),
@@ -229,4 +231,358 @@ fn version_and_usage() {
     );
     let out = fieldgate(&["frobnicate"], &[]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Runs `check` on `text` written to a file; returns the file's name, the
+/// exit code, stdout and stderr.
+fn check_text(
+    yaml: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (String, Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("site.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let name = file.display().to_string();
+    let mut all = vec!["check", "--config", &name];
+    all.extend(args);
+    let out = fieldgate(&all, env);
+    (
+        name,
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// Type errors and the problems that span keys of the issue's example, in
+/// one run: a device that cannot be typed does not hide the others.
+const MIXED: &str = "\
+gateway:
+  id: gw-1
+mqtt:
+  url: mqtt://broker.example:1883
+  qos: \"1\"
+devices:
+  - name: station
+    kind: serial
+    port: /dev/fieldgate-absent-0
+    baud: fast
+    format: json
+    fields: { t: temperature }
+  - name: counter
+    kind: serial
+    port: /dev/fieldgate-absent-1
+    format: json
+    columns: [a, b]
+    fields: {}
+  - name: re
+    kind: serial
+    port: /dev/fieldgate-absent-2
+    format: regex
+    pattern: '^T(?<t>[0-9.]+)$'
+    fields: { t: temperature, h: humidity }
+  - name: meter
+    kind: modbus
+    tcp: { host: 10.0.0.5 }
+    points:
+      - { name: v, register: holdng, address: 0 }
+  - name: pump
+    kind: modbus
+    tcp: { host: 10.0.0.5 }
+    points:
+      - { name: a, register: input, address: 2, type: f32 }
+      - { name: a, register: input, address: 4, type: f32 }
+";
+
+#[test]
+fn check_reports_type_and_semantic_problems_in_one_pass() {
+    let (f, code, stdout, stderr) = check_text(MIXED, &[], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty());
+    // Problems come first, then the warnings; each has its position.
+    let (problems, warnings): (Vec<&str>, Vec<&str>) =
+        stderr.lines().partition(|l| !l.contains("warning:"));
+    let expected = [
+        format!(
+            "{f}:5:8: mqtt.qos: invalid type: string \"1\", expected a whole number, 0 or more"
+        ),
+        format!(
+            "{f}:10:11: devices[0].baud: invalid type: string \"fast\", expected a whole number, 0 or more"
+        ),
+        format!("{f}:17:14: devices[1].columns: only used with `format: csv`"),
+        format!("{f}:18:13: devices[1].fields: expected at least one field"),
+        format!("{f}:24:34: devices[2].fields.h: `h` is not a named capture of `pattern`"),
+        format!(
+            "{f}:29:30: devices[3].points[0].register: unknown value `holdng`, did you mean `holding`? Expected one of `coil`, `discrete`, `input`, `holding`"
+        ),
+        format!(
+            "{f}:35:17: devices[4].points[1].name: duplicate point name `a`, already used by points[0]"
+        ),
+    ];
+    for (i, want) in expected.iter().enumerate() {
+        assert!(
+            problems
+                .get(i)
+                .is_some_and(|l| l.starts_with(want.as_str())),
+            "line {i}: want {want}\n{stderr}"
+        );
+    }
+    assert_eq!(problems.len(), expected.len(), "{stderr}");
+    // Ports of the devices that could be typed; a USB adapter may be
+    // plugged in later, so these do not fail the check by themselves.
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "{f}:15:11: devices[1].port: warning: /dev/fieldgate-absent-1 does not exist"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("warning:")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_readme_password_variable_beside_the_example_file_is_named() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml");
+    let out = fieldgate(
+        &["check", "--config", example],
+        &[("FIELDGATE__MQTT__PASSWORD", "s3cret")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    let problems: Vec<&str> = stderr.lines().filter(|l| !l.contains("warning:")).collect();
+    assert_eq!(problems.len(), 1, "{stderr}");
+    assert!(
+        problems[0].starts_with(
+            "FIELDGATE__MQTT__PASSWORD: mqtt.password: set only one of `password`, `password_file`"
+        ),
+        "{stderr}"
+    );
+    assert!(problems[0].contains("`password_file` (line "), "{stderr}");
+    assert!(problems[0].ends_with("(environment variable)"), "{stderr}");
+}
+
+#[test]
+fn a_password_without_a_username_fails_check() {
+    let yaml = "\
+gateway: { id: gw-1 }
+mqtt:
+  url: mqtt://broker.example:1883
+  password: s3cret
+";
+    let (f, code, stdout, stderr) = check_text(yaml, &[], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.starts_with(&format!(
+            "{f}:4:13: mqtt.password: a password needs `username` too"
+        )),
+        "{stderr}"
+    );
+    let (_, code, stdout, stderr) = check_text(yaml, &[], &[("FIELDGATE__MQTT__USERNAME", "gw")]);
+    assert_eq!((code, stdout.trim()), (Some(0), "OK"), "{stderr}");
+}
+
+#[test]
+fn near_misses_get_a_suggestion() {
+    let yaml = "\
+gateway: { id: gw-1 }
+mqtt:
+  url: mqtt://broker.example:1883
+  protocol: \"3.11\"
+  keep_alve: 10s
+devices:
+  - name: m
+    kind: modbsu
+";
+    let (f, code, _, stderr) = check_text(yaml, &[], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{f}:4:13: mqtt.protocol: invalid value: string \"3.11\", did you mean `3.1.1`?"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{f}:5:3: mqtt.keep_alve: unknown key `keep_alve`, did you mean `keep_alive`? Expected one of"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "{f}:8:11: devices[0].kind: unknown kind `modbsu`, did you mean `modbus`?"
+        )),
+        "{stderr}"
+    );
+    // A variable's key too.
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.yaml");
+    let out = fieldgate(
+        &["check", "--config", demo],
+        &[("FIELDGATE__MQTT__USRNAME", "gw")],
+    );
+    assert!(
+        text(&out.stderr).starts_with(
+            "FIELDGATE__MQTT__USRNAME: mqtt.usrname: unknown key `usrname`, did you mean `username`?"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_empty_file_says_so_without_type_names() {
+    let (f, code, _, stderr) = check_text("# to be written\n", &[], &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        stderr.trim_end(),
+        format!("{f}:1:1: the file is empty: expected a mapping with gateway, mqtt and devices")
+    );
+    let (_, _, _, stderr) = check_text(
+        "gateway: { id: gw }\nmqtt: { url: mqtt://h }\ndevices:\n  - { name: m, kind: modbus, tcp: { host: h }, points: [x] }\n",
+        &[],
+        &[],
+    );
+    assert!(
+        stderr.contains("expected a mapping of modbus point settings"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("struct"), "{stderr}");
+}
+
+#[test]
+fn a_remote_document_is_checked_against_the_local_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // The demo file, trusting one more serial port for remote devices.
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.yaml");
+    let mut trusting = std::fs::read_to_string(demo).unwrap();
+    trusting.push_str("\nremote_config: { allow_endpoints: [/dev/fieldgate-absent] }\n");
+    let local = dir.path().join("local.yaml");
+    std::fs::write(&local, trusting).unwrap();
+    let local = local.to_str().unwrap();
+    let doc = dir.path().join("doc.json");
+    let doc_name = doc.to_str().unwrap();
+    let check = |json: &str| {
+        std::fs::write(&doc, json).unwrap();
+        let out = fieldgate(&["check", "--config", local, "--remote", doc_name], &[]);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+
+    let good = r#"{"version": "v7", "devices": [{"name": "tank", "kind": "simulated", "points": [{"name": "level", "signal": "ramp"}]}]}"#;
+    let (code, stdout, stderr) = check(good);
+    assert_eq!((code, stdout.trim()), (Some(0), "OK"), "{stderr}");
+
+    // Problems are located in the document, under its own name; the
+    // local-only sections are refused as the gateway would refuse them.
+    let bad = "{\"version\": \"v8\",\n \"mqtt\": {\"url\": \"mqtt://evil\"},\n \"devices\": [{\"name\": \"tank\", \"kind\": \"simulated\", \"pol\": \"1s\", \"points\": []}]}";
+    let (code, stdout, stderr) = check(bad);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty());
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("{doc_name}:2:2: mqtt: `mqtt` stays local")),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{doc_name}:3:52: devices[0].pol: unknown key `pol`, did you mean `poll`?"
+        )),
+        "{stderr}"
+    );
+    // A device with an unknown key is still checked as a whole.
+    assert_eq!(
+        lines[2],
+        format!("{doc_name}:3:75: devices[0].points: expected at least one point"),
+        "{stderr}"
+    );
+
+    // A serial port that is not here is a warning, as in the local file.
+    let serial = "version: v10\ndevices:\n  - { name: s, kind: serial, port: /dev/fieldgate-absent, format: kv, fields: { t: t } }\n";
+    let (code, stdout, stderr) = check(serial);
+    assert_eq!((code, stdout.trim()), (Some(0), "OK"), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{doc_name}:3:36: devices[0].port: warning: /dev/fieldgate-absent does not exist"
+        )),
+        "{stderr}"
+    );
+
+    // The trust rules of the running gateway apply: no new write permission.
+    let writes = "version: v11\ndevices:\n  - name: plc\n    kind: modbus\n    rtu: { port: /dev/fieldgate-absent }\n    points:\n      - { name: valve, register: coil, address: 0, writable: true }\n";
+    let (code, _, stderr) = check(writes);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("may not create or widen write permissions"),
+        "{stderr}"
+    );
+
+    // Without `gateway` it is not mistaken for a local file.
+    let (code, _, stderr) = check(r#"{"version": "v9", "devices": []}"#);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("missing field"), "{stderr}");
+
+    // A missing document exits as a missing configuration file does.
+    std::fs::remove_file(&doc).unwrap();
+    let out = fieldgate(&["check", "--config", local, "--remote", doc_name], &[]);
+    let missing_file = fieldgate(&["check", "--config", doc_name], &[]);
+    assert!(!out.status.success());
+    assert_eq!(out.status.code(), missing_file.status.code());
+    assert!(text(&out.stderr).contains("cannot read"));
+
+    // An invalid local file is reported, and the document is not checked.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, BROKEN).unwrap();
+    std::fs::write(&doc, good).unwrap();
+    let out = fieldgate(
+        &[
+            "check",
+            "--config",
+            broken.to_str().unwrap(),
+            "--remote",
+            doc_name,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "{doc_name} not checked: the local file is invalid"
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn warnings_alone_do_not_fail_check() {
+    let yaml = "\
+gateway: { id: gw-1 }
+mqtt:
+  url: mqtts://broker.example:8883
+  username: gw
+  password_file: /nonexistent/fieldgate/mqtt.pass
+  tls: { ca_file: /nonexistent/fieldgate/ca.pem }
+";
+    let (f, code, stdout, stderr) = check_text(yaml, &[], &[]);
+    assert_eq!((code, stdout.trim()), (Some(0), "OK"), "{stderr}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "{f}:5:18: mqtt.password_file: warning: /nonexistent/fieldgate/mqtt.pass does not exist: the gateway cannot log in to the broker until it does"
+            ),
+            format!(
+                "{f}:6:19: mqtt.tls.ca_file: warning: /nonexistent/fieldgate/ca.pem does not exist: the gateway cannot connect to the broker until it does"
+            ),
+        ]
+    );
 }

@@ -452,7 +452,7 @@ devices:
             (
                 "devices[0].characteristics[0].type",
                 9,
-                "unknown variant `u64`",
+                "unknown value `u64`",
             ),
         ];
         assert_eq!(found.len(), expected.len(), "{found:#?}");

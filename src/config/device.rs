@@ -130,15 +130,20 @@ macro_rules! device_kinds {
                 }
             }
 
-            /// Type-checks one device node by its `kind`, keeping positions.
+            /// Type-checks one device node by its `kind`, keeping positions:
+            /// the device (also when its only problems are unknown keys)
+            /// and the problems; `None` for an unknown kind.
             pub(super) fn from_node(
                 kind: &str,
                 node: &yaml::Node,
                 path: &str,
-            ) -> Option<Result<DeviceConfig, Vec<yaml::Diagnostic>>> {
+            ) -> Option<(Option<DeviceConfig>, Vec<yaml::Diagnostic>)> {
                 let body = node.without("kind");
                 match kind {
-                    $($kind => Some(yaml::from_node(&body, path).map(DeviceConfig::$variant)),)*
+                    $($kind => {
+                        let (device, found) = yaml::from_node_lenient(&body, path);
+                        Some((device.map(DeviceConfig::$variant), found))
+                    })*
                     _ => None,
                 }
             }

@@ -117,6 +117,11 @@ impl Overrides {
     }
 }
 
+/// Whether `node` of a layered tree was set by a variable.
+pub(super) fn from_variable(node: &Node) -> bool {
+    node.mark == FROM_ENV
+}
+
 /// The file's tree with the variables layered over it.
 #[derive(Debug)]
 pub(super) struct Layered {
@@ -137,6 +142,34 @@ impl Layered {
         }
     }
 
+    /// A problem in the file that spans keys may be caused by a key a
+    /// variable set beside it (or below it): when the message names such a
+    /// key, it says which variable set it.
+    pub(super) fn mention_variables(&self, problems: &mut [Diagnostic]) {
+        for p in problems.iter_mut().filter(|p| p.mark != Some(FROM_ENV)) {
+            let parent = p.path.rfind(['.', '[']).map_or("", |end| &p.path[..end]);
+            let mut named: Vec<(&String, &String)> = self
+                .from_env
+                .iter()
+                .filter(|(path, _)| *path != &p.path)
+                .filter_map(|(path, variable)| {
+                    let key = [parent, p.path.as_str()].into_iter().find_map(|above| {
+                        let rest = match above {
+                            "" => path.as_str(),
+                            _ => path.strip_prefix(above)?.strip_prefix('.')?,
+                        };
+                        (!rest.contains(['.', '['])).then_some(rest)
+                    })?;
+                    mentions(&p.message, key).then_some((path, variable))
+                })
+                .collect();
+            named.sort();
+            for (path, variable) in named {
+                p.message += &format!(" (`{path}` is set by {variable})");
+            }
+        }
+    }
+
     /// The variable of the node at `path` or, for a path beyond it (a
     /// problem in a part the node lacks), of its nearest ancestor.
     fn variable_at(&self, mut path: &str) -> String {
@@ -150,6 +183,14 @@ impl Layered {
             }
         }
     }
+}
+
+/// Whether `message` names `key` as a word of its own.
+fn mentions(message: &str, key: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    message.match_indices(key).any(|(at, _)| {
+        !word(message[..at].chars().next_back()) && !word(message[at + key.len()..].chars().next())
+    })
 }
 
 /// Layers `overrides` over `root` (a mapping or null) with the `config`

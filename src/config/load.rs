@@ -5,15 +5,27 @@
 //! tree ([`super::env`]), and the merged tree is typed and checked in one
 //! pass, so that every problem is reported with `file:line:column` (or the
 //! variable that set the value) and its key path. Whole-config checks
-//! (duplicate names, ranges that involve two keys) run on the typed result
-//! and are located in the tree by path.
+//! (duplicate names, ranges that involve two keys) run on every section and
+//! device that could be typed ([`tree`]), in the same pass, and are located
+//! in the tree by path. Messages are then put in the file's words
+//! ([`words`]); missing files are warnings ([`files`]).
 
 use std::fmt;
 use std::path::Path;
 
 use super::env::{self, Overrides};
 use super::yaml::{self, Diagnostic, Node, Value};
-use super::{Config, DEVICE_KINDS, DeviceConfig, Origin};
+use super::{Config, Origin};
+
+mod credentials;
+mod files;
+#[cfg(test)]
+mod reference;
+mod tree;
+mod words;
+
+use tree::{check_tree, semantic, top_key, typed_devices};
+use words::polish;
 
 /// One problem in a configuration: where, which key, what was expected.
 pub type Problem = Diagnostic;
@@ -79,42 +91,111 @@ pub fn load_str(text: &str, file: &str) -> Result<Config, ConfigError> {
 
 /// [`load_str`] with the given environment variables.
 fn load_with(text: &str, file: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
-    let invalid = |problems: Vec<Problem>| ConfigError::Invalid {
-        file: file.to_owned(),
-        problems,
-    };
-    let root = yaml::parse(text).map_err(|d| invalid(vec![d]))?;
-    if !matches!(root.value, Value::Map(_) | Value::Null) {
-        return Err(invalid(vec![not_a_config(&root)]));
-    }
-    let layered = env::layer(&root, overrides).map_err(|d| invalid(vec![d]))?;
-    let located = |mut problems: Vec<Problem>| {
-        layered.attribute(&mut problems);
-        sort(&mut problems);
-        invalid(problems)
-    };
-
-    let mut problems = overrides.problems().to_vec();
-    let checked = check_tree(&layered.root).map_err(|found| problems.extend(found));
-    let mut config = match checked {
-        Ok(config) if problems.is_empty() => config,
-        _ => return Err(located(problems)),
-    };
-    config.version = format!("local-{:016x}", fnv1a(text.as_bytes()));
-    whole_config_checks(config, &layered.root).map_err(located)
+    check_with(text, file, overrides).result
 }
 
-/// The checks that span keys, located in `root` by their paths.
-fn whole_config_checks(config: Config, root: &Node) -> Result<Config, Vec<Problem>> {
-    let mut problems = config.problems();
-    for p in &mut problems {
-        p.mark = Some(root.locate(&p.path).mark);
+/// What checking a configuration found: the configuration, or every problem
+/// in it; and the warnings, which do not make it invalid.
+#[derive(Debug)]
+pub struct Checked {
+    pub result: Result<Config, ConfigError>,
+    pub warnings: Warnings,
+}
+
+/// Findings that do not stop the gateway (a file that is not there yet, a
+/// serial adapter that is unplugged), as `file:line:column: path: warning:
+/// message` lines.
+#[derive(Debug, Default)]
+pub struct Warnings {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for Warnings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let warnings: Vec<Problem> = self
+            .problems
+            .iter()
+            .map(|p| Problem {
+                message: format!("warning: {}", p.message),
+                ..p.clone()
+            })
+            .collect();
+        Rendered(&self.file, &warnings).fmt(f)
     }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        sort(&mut problems);
-        Err(problems)
+}
+
+/// Reads and checks a configuration file, environment overrides included,
+/// as `fieldgate check` does: with the warnings.
+pub fn check(path: &Path) -> Result<Checked, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let file = path.display().to_string();
+    Ok(check_with(&text, &file, &Overrides::from_process()))
+}
+
+/// Checks `text` in one pass: type errors, and the checks that span keys on
+/// every part that could be typed.
+fn check_with(text: &str, file: &str, overrides: &Overrides) -> Checked {
+    let finish = |result: Result<Config, Vec<Problem>>, warnings: Vec<Problem>| Checked {
+        result: result.map_err(|mut problems| {
+            polish(&mut problems);
+            sort(&mut problems);
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                problems,
+            }
+        }),
+        warnings: Warnings {
+            file: file.to_owned(),
+            problems: warnings,
+        },
+    };
+    let root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(d) => return finish(Err(vec![d]), Vec::new()),
+    };
+    if !matches!(root.value, Value::Map(_) | Value::Null) {
+        return finish(Err(vec![not_a_config(&root)]), Vec::new());
+    }
+    let layered = match env::layer(&root, overrides) {
+        Ok(layered) => layered,
+        Err(d) => return finish(Err(vec![d]), Vec::new()),
+    };
+    if layered.root.value == Value::Null {
+        let empty = at(
+            &layered.root,
+            "",
+            "the file is empty: expected a mapping with gateway, mqtt and devices".into(),
+        );
+        return finish(Err(vec![empty]), Vec::new());
+    }
+    let mut problems = overrides.problems().to_vec();
+    let typed = check_tree(&layered.root);
+    problems.extend(typed.problems);
+    let mut spanning = typed.spanning;
+    layered.mention_variables(&mut spanning);
+    problems.extend(spanning);
+    let mut warnings = typed.warnings;
+    layered.attribute(&mut warnings);
+    sort(&mut warnings);
+    layered.attribute(&mut problems);
+    let result = match typed.config {
+        Some(mut config) if problems.is_empty() => {
+            config.version = format!("local-{:016x}", fnv1a(text.as_bytes()));
+            Ok(config)
+        }
+        _ => Err(problems),
+    };
+    finish(result, warnings)
+}
+
+/// Places problems found on the typed configuration at their keys.
+fn locate(problems: &mut [Problem], root: &Node) {
+    for p in problems {
+        p.mark = Some(root.locate(&p.path).mark);
     }
 }
 
@@ -141,72 +222,6 @@ fn not_a_config(root: &Node) -> Problem {
         "",
         "expected a mapping with gateway, mqtt and devices".into(),
     )
-}
-
-/// Types and checks the tree: the fixed sections through serde, then each
-/// device through the type its `kind` names, so that a problem deep inside
-/// a device keeps its own position.
-fn check_tree(root: &Node) -> Result<Config, Vec<Problem>> {
-    if !matches!(root.value, Value::Map(_) | Value::Null) {
-        return Err(vec![not_a_config(root)]);
-    }
-    let mut problems = Vec::new();
-    let config = yaml::from_node::<Config>(&root.without("devices"), "")
-        .map_err(|found| problems.extend(found))
-        .ok();
-    let devices = match root.get("devices") {
-        Some(devices) => check_devices(devices, &mut problems),
-        None => Vec::new(),
-    };
-    match config {
-        Some(mut config) if problems.is_empty() => {
-            config.devices = devices;
-            Ok(config)
-        }
-        _ => Err(problems),
-    }
-}
-
-/// Type-checks a `devices:` list, each device by its `kind`; returns the
-/// devices that passed.
-fn check_devices(devices: &Node, problems: &mut Vec<Problem>) -> Vec<DeviceConfig> {
-    let items: &[Node] = match &devices.value {
-        Value::Seq(items) => items,
-        Value::Null => &[],
-        _ => {
-            problems.push(at(devices, "devices", "expected a list of devices".into()));
-            return Vec::new();
-        }
-    };
-    let mut typed = Vec::new();
-    for (i, device) in items.iter().enumerate() {
-        let path = format!("devices[{i}]");
-        if !matches!(device.value, Value::Map(_)) {
-            problems.push(at(device, &path, "expected a device (a mapping)".into()));
-            continue;
-        }
-        let Some(kind) = device.get("kind") else {
-            problems.push(at(device, &path, "missing field `kind`".into()));
-            continue;
-        };
-        let kind_text = match &kind.value {
-            Value::Scalar { text, .. } => text.as_str(),
-            _ => "",
-        };
-        match DeviceConfig::from_node(kind_text, device, &path) {
-            Some(Ok(d)) => typed.push(d),
-            Some(Err(found)) => problems.extend(found),
-            None => problems.push(at(
-                kind,
-                &format!("{path}.kind"),
-                format!(
-                    "unknown kind `{kind_text}`, expected one of {}",
-                    quoted(DEVICE_KINDS)
-                ),
-            )),
-        }
-    }
-    typed
 }
 
 /// The sections a remote configuration may not touch.
@@ -277,30 +292,42 @@ pub fn load_remote(text: &str, local: &Config) -> Result<Config, ConfigError> {
         }
     };
     let devices = match root.get("devices") {
-        Some(node) => check_devices(node, &mut problems),
+        Some(node) => typed_devices(node, &mut problems),
         None => {
             problems.push(at(&root, "devices", "missing field `devices`".into()));
             Vec::new()
         }
     };
+    let mut config = local.clone();
+    config.version = version;
+    config.origin = Origin::Remote;
+    // The local sections passed their checks already: what is found now is
+    // the devices'.
+    let (found, _warnings) = semantic(&mut config, devices, &root, &[]);
+    problems.extend(found);
+    problems.extend(super::trust::check(local, &config.devices, &root));
     if !problems.is_empty() {
+        polish(&mut problems);
         sort(&mut problems);
         return Err(invalid(problems));
     }
-    let mut refused = super::trust::check(local, &devices, &root);
-    let mut config = local.clone();
-    config.devices = devices;
-    config.version = version;
-    config.origin = Origin::Remote;
-    match whole_config_checks(config, &root) {
-        Ok(config) if refused.is_empty() => Ok(config),
-        checked => {
-            if let Err(problems) = checked {
-                refused.extend(problems);
-            }
-            sort(&mut refused);
-            Err(invalid(refused))
-        }
+    Ok(config)
+}
+
+/// The warnings about the devices of a remote configuration that passed
+/// [`load_remote`] (`merged` is what it returned): serial ports not on this
+/// machine, located in `text`, under the name `file`.
+pub fn remote_warnings(text: &str, merged: &Config, file: &str) -> Warnings {
+    let mut problems = files::missing(merged);
+    // The local sections' files are the local file's warnings.
+    problems.retain(|p| top_key(&p.path) == "devices");
+    if let Ok(root) = yaml::parse(text) {
+        locate(&mut problems, &root);
+    }
+    sort(&mut problems);
+    Warnings {
+        file: file.to_owned(),
+        problems,
     }
 }
 
@@ -538,7 +565,7 @@ devices:
                 (
                     Some((6, 8)),
                     "mqtt.qos",
-                    "invalid type: string \"1\", expected u64"
+                    "invalid type: string \"1\", expected a whole number, 0 or more"
                 ),
                 (
                     Some((17, 61)),
@@ -554,7 +581,7 @@ devices:
         assert_eq!(config.gateway.id.as_str(), "0123");
         let text = MINIMAL.replace(
             "url: mqtt://127.0.0.1:1883",
-            "url: mqtt://127.0.0.1:1883\n  password: 1e3",
+            "url: mqtt://127.0.0.1:1883\n  username: u\n  password: 1e3",
         );
         let config = load_str(&text, "f.yaml").unwrap();
         assert_eq!(config.mqtt.password.as_deref(), Some("1e3"));
@@ -567,6 +594,7 @@ devices:
             &[
                 ("FIELDGATE__MQTT__QOS", "2"),
                 ("FIELDGATE__MQTT__PASSWORD", "0123"),
+                ("FIELDGATE__MQTT__USERNAME", "gw"),
                 ("FIELDGATE__GATEWAY__ID", "gw-env"),
                 ("FIELDGATE__STORE__MAX_ROWS", "1000"),
                 ("OTHER__MQTT__QOS", "7"),
@@ -616,6 +644,8 @@ devices:
                 (Some((9, 11)), None, "devices[0].poll"),
                 (None, Some("FIELDGATE__MQTT__COLOUR"), "mqtt.colour"),
                 (None, Some("FIELDGATE__MQTT__QOS"), "mqtt.qos"),
+                // Found in the same pass as the type errors.
+                (None, Some("FIELDGATE__STORE__MAX_BYTES"), "store.max_bytes"),
             ]
         );
 
@@ -629,6 +659,337 @@ devices:
         assert_eq!(
             err.to_string(),
             "FIELDGATE__MQTT__QOS: mqtt.qos: invalid value: integer `7`, expected 0, 1 or 2 (environment variable)"
+        );
+    }
+
+    #[test]
+    fn type_errors_and_the_checks_that_span_keys_come_in_one_pass() {
+        let text = "\
+gateway:
+  id: gw-1
+  status_interval: 10ms
+mqtt:
+  url: mqtt://h:1883
+  qos: high
+devices:
+  - name: a
+    kind: simulated
+    poll: fast
+    points: [{ name: x, signal: ramp }]
+  - name: st
+    kind: serial
+    port: /dev/ttyX
+    format: json
+    columns: [a, b]
+    fields: { t: temp, h: temp }
+  - name: st
+    kind: simulated
+    points: [{ name: y, signal: ramp }]
+";
+        let found: Vec<String> = problems(text)
+            .iter()
+            .map(|p| {
+                let m = p.mark.unwrap();
+                format!("{}:{} {}: {}", m.line, m.col, p.path, p.message)
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "3:20 gateway.status_interval: must be at least 1s",
+                "6:8 mqtt.qos: invalid type: string \"high\", expected a whole number, 0 or more",
+                "10:11 devices[0].poll: invalid duration `fast`, expected a duration such as 500ms, 5s, 2m, 1h or 7d",
+                "16:14 devices[1].columns: only used with `format: csv`",
+                "17:18 devices[1].fields.t: point `temp` is already the target of field `h`",
+                "18:11 devices[2].name: duplicate device name `st`, already used by devices[1]",
+            ],
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn a_part_with_only_unknown_keys_is_still_checked_as_a_whole() {
+        let text = MINIMAL.replace(
+            "  id: gw-1\n",
+            "  id: gw-1\n  colour: red\n  status_interval: 1ms\n",
+        ) + "  - { name: b, kind: simulated, colour: red, points: [] }\n";
+        let found: Vec<_> = problems(&text).into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            found,
+            [
+                "gateway.colour",
+                "gateway.status_interval",
+                "devices[1].colour",
+                "devices[1].points"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_device_with_a_bad_point_still_has_its_other_points_checked() {
+        // A device-level type error would leave it unchecked (see below);
+        // errors inside points leave out only those points.
+        let devices = r#"  - name: m
+    kind: modbus
+    colour: red
+    points:
+      - { name: a, register: holding, address: 0, min: 1 }
+      - { name: b, register: holdng, address: 1 }
+      - { name: a, register: input, address: 2, writable: true }
+      - { name: c, register: coil, address: x }
+      - { name: d, register: coil, address: 3, scale: 2 }
+  - name: m
+    kind: simulated
+    points: []
+"#;
+        let text = MINIMAL.to_owned() + devices;
+        let found: Vec<String> = problems(&text)
+            .iter()
+            .map(|p| format!("{}: {}", p.mark.unwrap().line, p))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "12: devices[1].rtu: expected `rtu: { port: … }` or `tcp: { host: … }`",
+                "14: devices[1].colour: unknown key `colour`, expected one of `name`, `rtu`, `tcp`, \
+                 `unit`, `poll`, `timeout`, `retries`, `address_base`, `max_gap`, `max_registers`, \
+                 `max_bits`, `heartbeat`, `qos`, `priority`, `batch`, `points`",
+                "16: devices[1].points[0].min: does not apply to points that are not writable",
+                "17: devices[1].points[1].register: unknown value `holdng`, did you mean `holding`? \
+                 Expected one of `coil`, `discrete`, `input`, `holding`",
+                // Numbered as in the file, although points[1] was left out.
+                "18: devices[1].points[2].name: duplicate point name `a`, already used by points[0]",
+                "18: devices[1].points[2].writable: input registers are read-only: only coils and \
+                 holding registers can be written",
+                "19: devices[1].points[3].address: invalid type: string \"x\", expected an integer \
+                 from 0 to 4294967295",
+                "20: devices[1].points[4].scale: does not apply to `bool` and `string` points",
+                "21: devices[2].name: duplicate device name `m`, already used by devices[1]",
+                "23: devices[2].points: expected at least one point",
+            ],
+            "{found:#?}"
+        );
+
+        // Leaving out a bad key of the device itself could make problems
+        // that are not there, so only its type errors are reported.
+        let text = MINIMAL.to_owned() + &devices.replace("    colour: red\n", "    unit: fast\n");
+        let found: Vec<String> = problems(&text).iter().map(|p| p.path.clone()).collect();
+        assert_eq!(
+            found,
+            [
+                "devices[1].unit",
+                "devices[1].points[1].register",
+                "devices[1].points[3].address",
+                "devices[2].points",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_required_section_that_fails_keeps_the_others_checked() {
+        // No mqtt at all, and a gateway that cannot be typed: the store's
+        // own check still runs (an unknown key beside it changes nothing),
+        // and nothing is said about the stand-ins.
+        let text = "gateway: { id: [x] }\nstore: { max_rows: 0, colour: red }\ndevices:\n";
+        let found: Vec<_> = problems(text)
+            .into_iter()
+            .map(|p| (p.path, p.message))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (String::new(), "missing field `mqtt`".into()),
+                (
+                    "gateway.id".into(),
+                    "invalid type: list, expected text".into()
+                ),
+                ("store.max_rows".into(), "must be at least 1".into()),
+                (
+                    "store.colour".into(),
+                    "unknown key `colour`, expected one of `flush_interval`, `flush_rows`, \
+                     `max_bytes`, `max_rows`, `max_age`, `memory_buffer`"
+                        .into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_file_says_so() {
+        for text in ["", "# nothing yet\n", "~\n"] {
+            let found = problems(text);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(
+                found[0].message,
+                "the file is empty: expected a mapping with gateway, mqtt and devices"
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_password_from_a_variable_names_the_variable() {
+        let text = MINIMAL.replace(
+            "  url: mqtt://127.0.0.1:1883\n",
+            "  url: mqtt://127.0.0.1:1883\n  username: gw\n  password_file: /etc/fieldgate/mqtt.pass\n",
+        );
+        let err = with_env(&text, &[("FIELDGATE__MQTT__PASSWORD", "s3cret")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "FIELDGATE__MQTT__PASSWORD: mqtt.password: set only one of `password`, `password_file`, \
+             `token_file`, `token_command`; also set: `password_file` (line 7) (environment variable)"
+        );
+        // Both in the file: the one the gateway would not use is at fault.
+        let both = text.replace("  username: gw\n", "  username: gw\n  token_file: /t\n");
+        let found = problems(&both);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "mqtt.token_file");
+        assert_eq!(found[0].mark.map(|m| m.line), Some(7));
+        assert!(
+            found[0]
+                .message
+                .ends_with("also set: `password_file` (line 8)"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_check_that_spans_keys_names_the_variable_that_set_the_other_key() {
+        let text = MINIMAL.replace(
+            "  url: mqtt://127.0.0.1:1883\n",
+            "  urls: [mqtt://a, mqtt://b]\n  backoff_min: 10s\n",
+        );
+        let err = with_env(
+            &text,
+            &[
+                ("FIELDGATE__MQTT__URL", "mqtt://c"),
+                ("FIELDGATE__MQTT__BACKOFF_MAX", "5s"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "f.yaml:5:9: mqtt.urls: set either `url` or `urls`, not both \
+             (`mqtt.url` is set by FIELDGATE__MQTT__URL)\n\
+             f.yaml:6:16: mqtt.backoff_min: must not exceed mqtt.backoff_max (5s) \
+             (`mqtt.backoff_max` is set by FIELDGATE__MQTT__BACKOFF_MAX)"
+        );
+        // Without the variables, nothing is added.
+        let text = text.replace(
+            "  backoff_min: 10s\n",
+            "  backoff_min: 10s\n  backoff_max: 5s\n",
+        );
+        let err = load_str(&text, "f.yaml").unwrap_err().to_string();
+        assert!(
+            err.ends_with("must not exceed mqtt.backoff_max (5s)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_password_without_a_username_is_refused() {
+        for (key, value) in [
+            ("password", "s3cret"),
+            ("password_file", "/p"),
+            ("token_file", "/t"),
+            ("token_command", "echo t"),
+        ] {
+            let text = MINIMAL.replace(
+                "  url: mqtt://127.0.0.1:1883\n",
+                &format!("  url: mqtt://127.0.0.1:1883\n  {key}: {value}\n"),
+            );
+            let found = problems(&text);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].path, format!("mqtt.{key}"));
+            assert_eq!(
+                found[0].mark.map(|m| (m.line, m.col)),
+                Some((6, key.len() + 5))
+            );
+            assert!(found[0].message.contains("needs `username`"), "{found:?}");
+            let with_user = text.replace("mqtt:\n", "mqtt:\n  username: gw\n");
+            assert!(load_str(&with_user, "f.yaml").is_ok(), "{with_user}");
+            let empty_user = text.replace("mqtt:\n", "mqtt:\n  username: \"\"\n");
+            assert_eq!(problems(&empty_user).len(), 1, "{empty_user}");
+        }
+        // The variable that set the password is named.
+        let err = with_env(MINIMAL, &[("FIELDGATE__MQTT__PASSWORD", "x")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "FIELDGATE__MQTT__PASSWORD: mqtt.password: a password needs `username`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_files_and_ports_are_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("ca.pem");
+        std::fs::write(&there, "x").unwrap();
+        let gone = dir.path().join("gone");
+        let text = format!(
+            "\
+gateway: {{ id: gw }}
+mqtt:
+  url: mqtts://h
+  username: u
+  password_file: {gone}/pass
+  tls: {{ ca_file: {there}, cert_file: {gone}/c.pem, key_file: {gone}/k.pem }}
+  client_id: gw-{{machine_id}}
+  machine_id_file: {gone}/machine-id
+devices:
+  - {{ name: m, kind: modbus, rtu: {{ port: {gone}/ttyUSB0 }}, points: [{{ name: a, register: coil, address: 0 }}] }}
+  - {{ name: s, kind: serial, port: {there}, format: kv, fields: {{ t: t }} }}
+",
+            gone = gone.display(),
+            there = there.display()
+        );
+        let checked = check_with(&text, "f.yaml", &Overrides::default());
+        assert!(checked.result.is_ok(), "{:?}", checked.result);
+        let found: Vec<_> = checked
+            .warnings
+            .problems
+            .iter()
+            .map(|p| (p.mark.map(|m| m.line), p.path.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Some(5), "mqtt.password_file"),
+                (Some(6), "mqtt.tls.cert_file"),
+                (Some(6), "mqtt.tls.key_file"),
+                (Some(8), "mqtt.machine_id_file"),
+                (Some(10), "devices[0].rtu.port"),
+            ]
+        );
+        // A file named by a variable: the warning names the variable.
+        let vars = Overrides::from_vars([(
+            "FIELDGATE__MQTT__TOKEN_FILE".into(),
+            format!("{}/token", gone.display()).into(),
+        )]);
+        let by_variable = check_with(&text.replace("  password_file", "  # "), "f.yaml", &vars);
+        assert!(by_variable.result.is_ok(), "{:?}", by_variable.result);
+        // The file's warnings first, then the variables'.
+        let last = by_variable.warnings.problems.last().unwrap();
+        assert_eq!(
+            (last.path.as_str(), last.variable.as_deref(), last.mark),
+            ("mqtt.token_file", Some("FIELDGATE__MQTT__TOKEN_FILE"), None)
+        );
+        let shown = by_variable.warnings.to_string();
+        assert!(
+            shown.lines().last().unwrap().starts_with(&format!(
+                "FIELDGATE__MQTT__TOKEN_FILE: mqtt.token_file: warning: {}/token does not exist",
+                gone.display()
+            )),
+            "{shown}"
+        );
+
+        let shown = checked.warnings.to_string();
+        assert!(
+            shown.starts_with(&format!(
+                "f.yaml:5:18: mqtt.password_file: warning: {}/pass does not exist",
+                gone.display()
+            )),
+            "{shown}"
         );
     }
 

@@ -29,6 +29,7 @@ pub use device::{
     BatchConfig, DEVICE_KINDS, DeviceConfig, DeviceSpec, PointSpec, duplicate_names,
     duplicate_point_names,
 };
+pub use load::{Checked, Warnings, check, remote_warnings};
 pub use load::{ConfigError, Problem, load, load_remote, load_str};
 pub use mqtt::{
     BrokerUrl, ClientIdError, Credentials, MACHINE_ID, MqttConfig, Protocol, Secret, TlsConfig,

@@ -558,15 +558,13 @@ mod tests {
             "  - name: m\n    kind: modbus\n    tcp: { host: h }\n    points:\n      - { name: a, register: inputs, address: 0, byte_order: middle }\n",
         );
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(
-            found[0]
-                .1
-                .ends_with("expected one of `coil`, `discrete`, `input`, `holding`")
-        );
+        assert!(found[0].1.ends_with(
+            "did you mean `input`? Expected one of `coil`, `discrete`, `input`, `holding`"
+        ));
         assert!(
             found[1]
                 .1
-                .ends_with("unknown variant `middle`, expected `big` or `little`")
+                .ends_with("unknown value `middle`, expected `big` or `little`")
         );
     }
 }

@@ -167,20 +167,8 @@ impl MqttConfig {
             (Some(_), false) => push("urls", "set either `url` or `urls`, not both".into()),
             _ => {}
         }
-        let secrets = [
-            ("password", self.password.is_some()),
-            ("password_file", self.password_file.is_some()),
-            ("token_file", self.token_file.is_some()),
-            ("token_command", self.token_command.is_some()),
-        ];
-        let set: Vec<&str> = secrets
-            .iter()
-            .filter(|(_, on)| *on)
-            .map(|(k, _)| *k)
-            .collect();
-        if set.len() > 1 {
-            push(set[1], format!("set only one of {}", set.join(", ")));
-        }
+        // The password keys are checked by the loader, which knows which
+        // of them a variable set.
         let brokers = self.brokers();
         if let Some(tls) = &self.tls {
             if brokers.iter().any(|b| !b.tls) {
