@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::adapter::{self, explain};
+use super::decode::bthome::Encryption;
 use super::decode::{self, DecodeError, Decoded};
 use super::device::DeviceState;
 use super::gatt::{self, Signal};
@@ -231,6 +232,16 @@ impl Scanner {
         outcome
     }
 
+    /// The key and address that open a BTHome device's encrypted
+    /// advertisements: the address BlueZ heard it from (devices found by
+    /// name), else the configured one.
+    fn encryption<'a>(&'a self, i: usize, id: &PeripheralId) -> Option<Encryption<'a>> {
+        let device = &self.adverts[i].0;
+        let key = device.bindkey.as_ref()?;
+        let mac = address_in_id(&id.to_string()).or(device.address.map(|a| a.0))?;
+        Some(Encryption { key, mac })
+    }
+
     /// Routes one event.
     async fn on_event(
         &mut self,
@@ -251,6 +262,7 @@ impl Scanner {
                             decoder,
                             &props.manufacturer_data,
                             &props.service_data,
+                            self.encryption(i, &id),
                         );
                         return self.deliver(i, decoded).await;
                     }
@@ -284,7 +296,12 @@ impl Scanner {
                     return Ok(());
                 };
                 let decoder = self.adverts[i].0.decoder;
-                let decoded = decode::decode_advert(decoder, &manufacturer_data, &service_data);
+                let decoded = decode::decode_advert(
+                    decoder,
+                    &manufacturer_data,
+                    &service_data,
+                    self.encryption(i, &id),
+                );
                 self.deliver(i, decoded).await
             }
             _ => Ok(()),
@@ -300,7 +317,18 @@ impl Scanner {
         i: usize,
         decoded: Option<Result<Decoded, DecodeError>>,
     ) -> Result<(), StoreClosed> {
-        let state = &mut self.adverts[i].1;
+        let (device, state) = &mut self.adverts[i];
+        // A device with a key takes encrypted advertisements only, even
+        // if its address could not be told (then none decrypts).
+        let decoded = match decoded {
+            Some(Ok(d)) if device.bindkey.is_some() && d.sealed.is_none() => {
+                Some(Err(DecodeError(
+                    "unencrypted BTHome advertisement from a device with a bindkey (refused)"
+                        .into(),
+                )))
+            }
+            other => other,
+        };
         match decoded {
             None => Ok(()),
             Some(Err(e)) => {
@@ -309,6 +337,11 @@ impl Scanner {
                 Ok(())
             }
             Some(Ok(decoded)) => {
+                if let Some(sealed) = decoded.sealed
+                    && !state.fresh(sealed)
+                {
+                    return Ok(());
+                }
                 state.decoded();
                 if decoded.values.is_empty() || !state.accept(Instant::now(), decoded.counter) {
                     return Ok(());
