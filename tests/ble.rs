@@ -552,6 +552,103 @@ fn encrypted_bthome_decodes_and_replays_and_wrong_keys_are_counted() {
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
 
+/// The mock's adverts stop after a few rounds; the scanner watchdog
+/// (`ble.watchdog: 1s`) restarts discovery, then, as that does not bring
+/// them back in `power` mode, power-cycles the adapter; the silence shows
+/// as the device's problem on `P/status` and ends when adverts return.
+fn stalled_scan(mode: &str) -> (MockBluez, Gateway, Rig, Subscriber) {
+    let bluez = MockBluez::start_with(&[("FIELDGATE_TEST_STALL", mode)]);
+    let devices = livingroom("    min_interval: 0s\n    stale_after: 1h\n");
+    let client = format!("check-stall-{mode}");
+    let (gw, rig) = start(&bluez.address, &client, &devices, "  watchdog: 1s\n");
+    let status = Subscriber::connect(
+        rig.broker.port,
+        &format!("{client}-status"),
+        "fieldgate/gw/status",
+    );
+    assert!(
+        bluez.wait_for_driver("stalled", WAIT),
+        "{}\n{}",
+        gw.log(),
+        bluez.logs()
+    );
+    (bluez, gw, rig, status)
+}
+
+/// After the driver resumed, new readings arrive and the problem is gone;
+/// with `noted`, `P/status` showed it while the radio was silent.
+fn expect_recovery(bluez: &MockBluez, gw: &Gateway, rig: &Rig, status: &Subscriber, noted: bool) {
+    let before = readings(&rig.sub.messages(), "livingroom").len();
+    expect_or_dump(rig, gw, bluez, |m| {
+        readings(m, "livingroom").len() >= before + 3
+    });
+    assert!(
+        gw.wait_for_log("BLE: advertisements arrive again", WAIT),
+        "{}",
+        gw.log()
+    );
+    let shown = |m: &[Message]| {
+        m.iter().filter(|m| m.topic.ends_with("/status")).any(|m| {
+            m.json()["devices"]["livingroom"]["problem"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("scanner: no advertisement for 1s"))
+        })
+    };
+    if noted {
+        assert!(
+            status.wait_until(WAIT, shown),
+            "{:?}",
+            latest_status(&status.messages())
+        );
+    }
+    let cleared =
+        |m: &[Message]| device_status(m, "livingroom").is_some_and(|d| d.get("problem").is_none());
+    status.clear();
+    assert!(
+        status.wait_until(WAIT, cleared),
+        "{:?}",
+        latest_status(&status.messages())
+    );
+}
+
+#[test]
+fn the_scanner_watchdog_restarts_a_stalled_scan() {
+    let (bluez, mut gw, rig, status) = stalled_scan("restart");
+    assert!(
+        bluez.wait_for_driver("resumed after a discovery restart", WAIT),
+        "{}\n{}",
+        gw.log(),
+        bluez.logs()
+    );
+    // Too short a silence for a status message to see it.
+    expect_recovery(&bluez, &gw, &rig, &status, false);
+    let log = gw.log();
+    assert_eq!(log.matches("; restarting discovery").count(), 1, "{log}");
+    assert!(!log.contains("power-cycled"), "{log}");
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn the_scanner_watchdog_power_cycles_the_adapter_when_a_restart_does_not_help() {
+    let (bluez, mut gw, rig, status) = stalled_scan("power");
+    assert!(
+        bluez.wait_for_driver("resumed after a power cycle", WAIT),
+        "{}\n{}",
+        gw.log(),
+        bluez.logs()
+    );
+    expect_recovery(&bluez, &gw, &rig, &status, true);
+    let log = gw.log();
+    assert_eq!(log.matches("; restarting discovery").count(), 1, "{log}");
+    assert_eq!(log.matches("power-cycled the adapter").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("advertisements arrive again").count(),
+        1,
+        "{log}"
+    );
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
 /// Runs `fieldgate ble scan` on `bus`: its status, stdout and stderr.
 fn ble_scan(bus: &MockBluez, seconds: u32) -> (std::process::Output, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))

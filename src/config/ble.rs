@@ -17,6 +17,11 @@ pub struct BleConfig {
     pub adapter: Option<String>,
     /// How often to try again while there is no adapter, no BlueZ or no D-Bus.
     pub retry_interval: Duration,
+    /// When no advertisement at all arrives for this long although devices
+    /// that advertise are configured, discovery is restarted, then the
+    /// adapter power-cycled (BlueZ scans are known to stop silently after
+    /// hours on a Raspberry Pi). `0s` turns the watchdog off.
+    pub watchdog: Duration,
 }
 
 impl Default for BleConfig {
@@ -24,6 +29,7 @@ impl Default for BleConfig {
         BleConfig {
             adapter: None,
             retry_interval: Duration::from_secs(10),
+            watchdog: Duration::from_secs(120),
         }
     }
 }
@@ -585,9 +591,10 @@ devices:
     #[test]
     fn a_bindkey_loads_and_never_shows() {
         let text = format!(
-            "{HEAD}devices:\n  - {{ name: t, kind: ble, address: 'A4:C1:38:00:00:01', decoder: bthome, bindkey: 231D39C1D7CC1AB1AEE224CD096DB932 }}\n"
+            "{HEAD}ble: {{ watchdog: 30s }}\ndevices:\n  - {{ name: t, kind: ble, address: 'A4:C1:38:00:00:01', decoder: bthome, bindkey: 231D39C1D7CC1AB1AEE224CD096DB932 }}\n"
         );
         let config = load_str(&text, "f.yaml").unwrap();
+        assert_eq!(config.ble.watchdog, Duration::from_secs(30));
         let DeviceConfig::Ble(d) = &config.devices[0] else {
             panic!("{:?}", config.devices[0]);
         };
@@ -603,6 +610,7 @@ devices:
         for secret in ["231d", "231D", "35, 29", "0x23", "[35"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
+        assert_eq!(BleConfig::default().watchdog, Duration::from_secs(120));
     }
 
     #[test]

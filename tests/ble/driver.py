@@ -17,7 +17,10 @@ adapter hci0 and three devices:
   a setpoint (0xFFF0 / 0xFFF1, read + write, i16 LE, 0xD2 0x00 = 210).
 
 Prints `ready` once the objects exist. Once a client discovers, it
-advertises a round every 0.3 s. Once the client subscribes to the heart
+advertises a round every 0.3 s. With FIELDGATE_TEST_STALL set, the
+adverts stop after six rounds, as a BlueZ scan that dies does, and come
+back, with `restart`, once the client calls StartDiscovery again, or with
+`power`, only once the client has turned the adapter off and on. Once the client subscribes to the heart
 rate, it notifies 60, 61, 62, then drops the connection (Connected false),
 and after the client has connected and subscribed again notifies 90, 91, …
 until it is killed.
@@ -203,6 +206,15 @@ while not discovering():
     time.sleep(0.05)
 log('discovering')
 
+STALL = os.environ.get('FIELDGATE_TEST_STALL')
+
+
+def start_calls():
+    calls = obj(adapter).GetCalls(dbus_interface=MOCK)
+    return sum(1 for c in calls if str(c[1]) == 'StartDiscovery')
+
+
+stall = None          # None → {'starts': n, 'off': bool} while stalled → 'over'
 round_no = 0
 phase = 'before'      # before → first (60, 61, 62) → dropped → second (90, 91, …)
 bpm = 60
@@ -210,7 +222,23 @@ last_advert = 0.0
 last_notify = 0.0
 while True:
     now = time.time()
-    if now - last_advert >= 0.3:
+    if STALL and stall is None and round_no >= 6:
+        stall = {'starts': start_calls(), 'off': False}
+        log('stalled')
+    if isinstance(stall, dict):
+        if STALL == 'restart' and start_calls() > stall['starts']:
+            stall = 'over'
+            log('resumed after a discovery restart')
+        elif STALL == 'power':
+            if not bool(getprop(adapter, ADP, 'Powered')):
+                stall['off'] = True
+            elif stall['off'] is True:
+                stall['off'] = now
+            elif stall['off'] and now - stall['off'] >= 2:
+                # Two seconds more silence: long enough for a P/status.
+                stall = 'over'
+                log('resumed after a power cycle')
+    if now - last_advert >= 0.3 and not isinstance(stall, dict):
         round_no += 1
         advertise(round_no)
         last_advert = now

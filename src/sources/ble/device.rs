@@ -31,6 +31,9 @@ pub struct DeviceState {
     /// In memory only, so a gateway restart accepts the next counter.
     last_sealed: Option<Sealed>,
     stale: bool,
+    /// What the scanner watchdog says while the radio is silent, shown as
+    /// this device's problem (with `stale` when it is stale too).
+    scanner_note: Option<String>,
 }
 
 /// The problem of a device whose encrypted advertisements are replayed.
@@ -50,6 +53,7 @@ impl DeviceState {
             last_counter: None,
             last_sealed: None,
             stale: false,
+            scanner_note: None,
         }
     }
 
@@ -137,8 +141,27 @@ impl DeviceState {
             return None;
         }
         self.stale = true;
-        let problem = format!("stale: nothing for {}", self.stale_after);
-        self.failed(problem)
+        self.failed(self.stale_problem())
+    }
+
+    fn stale_problem(&self) -> String {
+        let stale = format!("stale: nothing for {}", self.stale_after);
+        match &self.scanner_note {
+            Some(note) => format!("{stale}; {note}"),
+            None => stale,
+        }
+    }
+
+    /// The scanner watchdog's state (`None`: advertisements arrive again),
+    /// shown as the problem; the watchdog logs it, once for all devices.
+    pub fn set_scanner_note(&mut self, note: Option<&str>) {
+        self.scanner_note = note.map(str::to_owned);
+        let problem = if self.stale {
+            Some(self.stale_problem())
+        } else {
+            self.scanner_note.clone()
+        };
+        self.health.set_problem(problem);
     }
 
     /// A failure (no adapter, a lost connection, silence): counted, a
@@ -310,6 +333,31 @@ mod tests {
         assert!(!s.fresh(sealed(5, 1)), "refused after a newer one");
         assert!(s.fresh(sealed(u32::MAX, 0)));
         assert!(!s.fresh(sealed(0, 0)));
+    }
+
+    #[test]
+    fn the_scanner_note_shows_with_or_without_staleness() {
+        let (mut s, health, t0, _f) = state(", stale_after: 60s");
+        let problem = || health.snapshot().devices["t"].problem.clone();
+        s.set_scanner_note(Some("no advertisements; discovery restarted"));
+        assert_eq!(
+            problem().as_deref(),
+            Some("no advertisements; discovery restarted")
+        );
+        let bad = s.check_stale(t0 + Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            bad.error.as_deref(),
+            Some("stale: nothing for 1m; no advertisements; discovery restarted")
+        );
+        s.set_scanner_note(Some("adapter power-cycled"));
+        assert_eq!(
+            problem().as_deref(),
+            Some("stale: nothing for 1m; adapter power-cycled")
+        );
+        s.set_scanner_note(None);
+        assert_eq!(problem().as_deref(), Some("stale: nothing for 1m"));
+        s.heard(t0 + Duration::from_secs(61));
+        assert_eq!(problem(), None);
     }
 
     #[test]
