@@ -150,6 +150,11 @@ impl MockBluez {
         false
     }
 
+    /// Every call the mock received (python-dbusmock's `-l` log).
+    fn mock_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("mock.log")).unwrap_or_default()
+    }
+
     fn logs(&self) -> String {
         let mock = fs::read_to_string(self.dir.path().join("mock.stderr")).unwrap_or_default();
         format!("--- driver ---\n{}--- mock ---\n{mock}", self.driver_log())
@@ -283,6 +288,20 @@ fn bthome_and_ruuvi_advertisements_become_readings() {
         "{} bthome and {} ruuvi readings",
         fast.len(),
         slow.len()
+    );
+    // Every advert, not only changed ones: BlueZ filters repeats unless
+    // the discovery filter asks for DuplicateData (btleplug 0.13 does).
+    let mock_log = bluez.mock_log();
+    let filters: Vec<&str> = mock_log
+        .lines()
+        .filter(|l| l.contains("SetDiscoveryFilter"))
+        .collect();
+    assert!(
+        !filters.is_empty()
+            && filters
+                .iter()
+                .all(|l| l.contains(r#""DuplicateData": True"#)),
+        "{mock_log}"
     );
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }

@@ -244,6 +244,9 @@ impl Scanner {
         check_every: Duration,
     ) -> Result<(), String> {
         let mut events = adapter.events().await.map_err(|e| explain(&e))?;
+        // btleplug 0.13 sets DuplicateData: true in the discovery filter,
+        // so BlueZ reports every advert, also one that repeats the bytes of
+        // the last (tests/ble.rs checks the filter the mock received).
         adapter
             .start_scan(ScanFilter::default())
             .await
