@@ -306,7 +306,11 @@ impl Scanner {
                     if !self.adverts.is_empty()
                         && let Some(action) = self.watchdog.due(now)
                     {
-                        self.act(adapter, name, action).await;
+                        // A stop need not wait for BlueZ's slow answers.
+                        tokio::select! {
+                            _ = cancel.cancelled() => break Ok(()),
+                            () = self.act(adapter, name, action) => {}
+                        }
                     }
                 }
                 _ = check.tick() => {
@@ -366,10 +370,9 @@ impl Scanner {
             }
         };
         // A power cycle ends BlueZ's discovery sessions; either way, ask
-        // for a fresh one.
-        // A controller just powered on may answer NotReady for a moment:
-        // a few tries, 1 s then 2 s apart; after that the watchdog's next
-        // step (a later power cycle) tries again.
+        // for a fresh one. A controller just powered on may answer
+        // NotReady for a moment: a few tries, 1 s then 2 s apart; after
+        // that the watchdog's next step (a later power cycle) tries again.
         let _ = tokio::time::timeout(CALL_TIMEOUT, adapter.stop_scan()).await;
         let mut pause = Duration::from_secs(1);
         for attempt in 1..=3 {
