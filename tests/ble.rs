@@ -34,14 +34,24 @@ impl MockBluez {
     /// The bus, the `bluez5` mock and the driver, once it has added its
     /// adapter and devices.
     fn start() -> MockBluez {
+        MockBluez::start_with(&[])
+    }
+
+    /// As [`start`](Self::start), with environment variables for the driver
+    /// (`FIELDGATE_TEST_…`, see driver.py).
+    fn start_with(driver_env: &[(&str, &str)]) -> MockBluez {
         let mut bus = MockBluez::bus_only();
-        bus.add_bluez();
+        bus.add_bluez_with(driver_env);
         bus
     }
 
     /// Starts the `bluez5` mock and the driver on this bus and waits until
     /// the driver has added its adapter and devices.
     fn add_bluez(&mut self) {
+        self.add_bluez_with(&[]);
+    }
+
+    fn add_bluez_with(&mut self, driver_env: &[(&str, &str)]) {
         let bus = self;
         let mock_log = bus.dir.path().join("mock.log");
         let mock: [&std::ffi::OsStr; 7] = [
@@ -53,9 +63,9 @@ impl MockBluez {
             "-l".as_ref(),
             mock_log.as_os_str(),
         ];
-        bus.python(&mock, "mock.stderr");
+        bus.python(&mock, "mock.stderr", &[]);
         let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ble/driver.py");
-        bus.python(&[driver.as_os_str()], "driver.log");
+        bus.python(&[driver.as_os_str()], "driver.log", driver_env);
         assert!(
             bus.wait_for_driver("ready", Duration::from_secs(30)),
             "the mock BlueZ did not come up\n{}",
@@ -64,12 +74,13 @@ impl MockBluez {
     }
 
     /// Starts `/usr/bin/python3 args` on this bus, its output in `log`.
-    fn python(&mut self, args: &[&std::ffi::OsStr], log: &str) {
+    fn python(&mut self, args: &[&std::ffi::OsStr], log: &str, env: &[(&str, &str)]) {
         let log = File::create(self.dir.path().join(log)).expect("create a log file");
         let child = Command::new(PYTHON)
             .args(args)
             .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file"))
             .stderr(log)
@@ -137,6 +148,11 @@ impl MockBluez {
             thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+
+    /// Every call the mock received (python-dbusmock's `-l` log).
+    fn mock_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("mock.log")).unwrap_or_default()
     }
 
     fn logs(&self) -> String {
@@ -272,6 +288,20 @@ fn bthome_and_ruuvi_advertisements_become_readings() {
         "{} bthome and {} ruuvi readings",
         fast.len(),
         slow.len()
+    );
+    // Every advert, not only changed ones: BlueZ filters repeats unless
+    // the discovery filter asks for DuplicateData (btleplug 0.13 does).
+    let mock_log = bluez.mock_log();
+    let filters: Vec<&str> = mock_log
+        .lines()
+        .filter(|l| l.contains("SetDiscoveryFilter"))
+        .collect();
+    assert!(
+        !filters.is_empty()
+            && filters
+                .iter()
+                .all(|l| l.contains(r#""DuplicateData": True"#)),
+        "{mock_log}"
     );
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
@@ -445,6 +475,196 @@ fn a_bluez_that_starts_late_is_found_by_the_retries() {
     assert_eq!(log.matches("BlueZ is not running").count(), 1, "{log}");
     assert!(log.matches("BLE unavailable").count() <= 2, "{log}");
     assert!(log.contains("BLE: scanning"), "{log}");
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+/// BTHome service data encrypted as a device does (<https://bthome.io/encryption/>):
+/// device information 0x41, the objects sealed with AES-CCM, the counter,
+/// the MIC; as hex, for the driver.
+fn sealed(key: &[u8; 16], mac: [u8; 6], counter: u32, objects: &[u8]) -> String {
+    use ccm::aead::generic_array::GenericArray;
+    use ccm::aead::{AeadInPlace, KeyInit};
+    type Cipher = ccm::Ccm<aes::Aes128, ccm::consts::U4, ccm::consts::U13>;
+    let info = 0x41;
+    let nonce = [&mac[..], &[0xD2, 0xFC, info], &counter.to_le_bytes()].concat();
+    let mut data = objects.to_vec();
+    let mic = Cipher::new(GenericArray::from_slice(key))
+        .encrypt_in_place_detached(GenericArray::from_slice(&nonce), &[], &mut data)
+        .expect("encrypt");
+    [&[info][..], &data, &counter.to_le_bytes(), &mic]
+        .concat()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const VAULT_KEY: &str = "00112233445566778899aabbccddeeff";
+
+#[test]
+fn encrypted_bthome_decodes_and_replays_and_wrong_keys_are_counted() {
+    let key = [
+        0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE,
+        0xFF,
+    ];
+    let mut wrong = key;
+    wrong[15] ^= 1;
+    let mac = [0xA4, 0xC1, 0x38, 0x00, 0x00, 0x04];
+    // Packet id, then a temperature: 21.00, 21.50, 99.99, 77.77, 22.00 °C.
+    let t = |id: u8, centi: u16| {
+        let [lo, hi] = centi.to_le_bytes();
+        vec![0x00, id, 0x02, lo, hi]
+    };
+    let adverts = [
+        sealed(&key, mac, 10, &t(1, 2100)),
+        sealed(&key, mac, 11, &t(2, 2150)),
+        sealed(&key, mac, 9, &t(3, 9999)), // an older counter: a replay
+        sealed(&wrong, mac, 12, &t(4, 7777)), // another key: the MIC fails
+        sealed(&key, mac, 13, &t(5, 2200)), // then repeated until the end
+    ]
+    .join(",");
+    let bluez = MockBluez::start_with(&[("FIELDGATE_TEST_SEALED", &adverts)]);
+    let devices = format!(
+        "  - name: vault\n    kind: ble\n    address: \"A4:C1:38:00:00:04\"\n    decoder: bthome\n    bindkey: {VAULT_KEY}\n    min_interval: 0s\n"
+    );
+    let (mut gw, rig) = start(&bluez.address, "check-sealed", &devices, "");
+    let status = Subscriber::connect(
+        rig.broker.port,
+        "check-sealed-status",
+        "fieldgate/gw/status",
+    );
+
+    let last = |m: &[Message]| good_with(m, "vault", |v| v["temperature"] == 22.0);
+    expect_or_dump(&rig, &gw, &bluez, last);
+    // The repeats of the last advert are the same advert, not replays.
+    thread::sleep(Duration::from_secs(2));
+    let temperatures: Vec<Value> = readings(&rig.sub.messages(), "vault")
+        .iter()
+        .map(|r| {
+            assert_eq!(r["quality"], "good", "{r}");
+            r["values"]["temperature"].clone()
+        })
+        .collect();
+    assert_eq!(
+        temperatures,
+        [Value::from(21.0), Value::from(21.5), Value::from(22.0)],
+        "{}",
+        gw.log()
+    );
+    let counted = |m: &[Message]| device_status(m, "vault").is_some_and(|d| d["bad_input"] == 2);
+    assert!(
+        status.wait_until(WAIT, counted),
+        "{:?}\n{}",
+        latest_status(&status.messages()),
+        gw.log()
+    );
+    let log = gw.log();
+    assert_eq!(
+        log.matches("replayed advertisement refused").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("MIC check failed").count(), 1, "{log}");
+    assert!(
+        !log.to_lowercase().contains("8899aabb"),
+        "the key is logged: {log}"
+    );
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+/// The mock's adverts stop after a few rounds; the scanner watchdog
+/// (`ble.watchdog: 1s`) restarts discovery, then, as that does not bring
+/// them back in `power` mode, power-cycles the adapter; the silence shows
+/// as the device's problem on `P/status` and ends when adverts return.
+fn stalled_scan(mode: &str) -> (MockBluez, Gateway, Rig, Subscriber) {
+    let bluez = MockBluez::start_with(&[("FIELDGATE_TEST_STALL", mode)]);
+    let devices = livingroom("    min_interval: 0s\n    stale_after: 1h\n");
+    let client = format!("check-stall-{mode}");
+    let (gw, rig) = start(&bluez.address, &client, &devices, "  watchdog: 1s\n");
+    let status = Subscriber::connect(
+        rig.broker.port,
+        &format!("{client}-status"),
+        "fieldgate/gw/status",
+    );
+    assert!(
+        bluez.wait_for_driver("stalled", WAIT),
+        "{}\n{}",
+        gw.log(),
+        bluez.logs()
+    );
+    (bluez, gw, rig, status)
+}
+
+/// After the driver resumed, new readings arrive and the problem is gone;
+/// with `noted`, `P/status` showed it while the radio was silent.
+fn expect_recovery(bluez: &MockBluez, gw: &Gateway, rig: &Rig, status: &Subscriber, noted: bool) {
+    let before = readings(&rig.sub.messages(), "livingroom").len();
+    expect_or_dump(rig, gw, bluez, |m| {
+        readings(m, "livingroom").len() >= before + 3
+    });
+    assert!(
+        gw.wait_for_log("BLE: advertisements arrive again", WAIT),
+        "{}",
+        gw.log()
+    );
+    let shown = |m: &[Message]| {
+        m.iter().filter(|m| m.topic.ends_with("/status")).any(|m| {
+            m.json()["devices"]["livingroom"]["problem"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("scanner: no advertisement for 1s"))
+        })
+    };
+    if noted {
+        assert!(
+            status.wait_until(WAIT, shown),
+            "{:?}",
+            latest_status(&status.messages())
+        );
+    }
+    let cleared =
+        |m: &[Message]| device_status(m, "livingroom").is_some_and(|d| d.get("problem").is_none());
+    status.clear();
+    assert!(
+        status.wait_until(WAIT, cleared),
+        "{:?}",
+        latest_status(&status.messages())
+    );
+}
+
+#[test]
+fn the_scanner_watchdog_restarts_a_stalled_scan() {
+    let (bluez, mut gw, rig, status) = stalled_scan("restart");
+    assert!(
+        bluez.wait_for_driver("resumed after a discovery restart", WAIT),
+        "{}\n{}",
+        gw.log(),
+        bluez.logs()
+    );
+    // Too short a silence for a status message to see it.
+    expect_recovery(&bluez, &gw, &rig, &status, false);
+    let log = gw.log();
+    assert_eq!(log.matches("; restarting discovery").count(), 1, "{log}");
+    assert!(!log.contains("power-cycled"), "{log}");
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn the_scanner_watchdog_power_cycles_the_adapter_when_a_restart_does_not_help() {
+    let (bluez, mut gw, rig, status) = stalled_scan("power");
+    assert!(
+        bluez.wait_for_driver("resumed after a power cycle", WAIT),
+        "{}\n{}",
+        gw.log(),
+        bluez.logs()
+    );
+    expect_recovery(&bluez, &gw, &rig, &status, true);
+    let log = gw.log();
+    assert_eq!(log.matches("; restarting discovery").count(), 1, "{log}");
+    assert_eq!(log.matches("power-cycled the adapter").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("advertisements arrive again").count(),
+        1,
+        "{log}"
+    );
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
 

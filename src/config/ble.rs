@@ -17,6 +17,11 @@ pub struct BleConfig {
     pub adapter: Option<String>,
     /// How often to try again while there is no adapter, no BlueZ or no D-Bus.
     pub retry_interval: Duration,
+    /// When no advertisement at all arrives for this long although devices
+    /// that advertise are configured, discovery is restarted, then the
+    /// adapter power-cycled (BlueZ scans are known to stop silently after
+    /// hours on a Raspberry Pi). `0s` turns the watchdog off.
+    pub watchdog: Duration,
 }
 
 impl Default for BleConfig {
@@ -24,6 +29,7 @@ impl Default for BleConfig {
         BleConfig {
             adapter: None,
             retry_interval: Duration::from_secs(10),
+            watchdog: Duration::from_secs(120),
         }
     }
 }
@@ -44,6 +50,10 @@ pub struct BleDevice {
     /// How to read it: `bthome`, `ruuvi`, `atc`, `pvvx` (advertisements) or
     /// `gatt` (a connection).
     pub decoder: Decoder,
+    /// `bthome` only: the device's 16-byte encryption key, as 32 hex digits.
+    /// With a key, only encrypted advertisements are accepted.
+    #[serde(default)]
+    pub bindkey: Option<BindKey>,
     /// At most one reading per interval (advertisements repeat every second
     /// or faster); `0s` keeps every new measurement.
     #[serde(default = "BleDevice::default_min_interval")]
@@ -130,6 +140,15 @@ impl DeviceSpec for BleDevice {
         if self.local_name.as_deref() == Some("") {
             found.push(("local_name".into(), "must not be empty".into()));
         }
+        if self.bindkey.is_some() && self.decoder != Decoder::Bthome {
+            found.push((
+                "bindkey".into(),
+                format!(
+                    "only decoder bthome reads encrypted advertisements; {} has no bindkey",
+                    self.decoder
+                ),
+            ));
+        }
         if self.stale_after.get().is_zero() {
             found.push(("stale_after".into(), "must be at least 1ms".into()));
         }
@@ -179,7 +198,7 @@ impl DeviceSpec for BleDevice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decoder {
-    /// BTHome v2 service data (UUID 0xFCD2), unencrypted.
+    /// BTHome v2 service data (UUID 0xFCD2); encrypted with `bindkey`.
     Bthome,
     /// RuuviTag manufacturer data (id 0x0499), data format 5 (RAWv2) and the
     /// other formats the Ruuvi protocol crate reads.
@@ -280,6 +299,78 @@ pub enum Endian {
     #[default]
     Little,
     Big,
+}
+
+/// A BTHome encryption key (16 bytes). A secret: its `Debug` shows no
+/// byte of it, and errors about it never repeat the text they were given,
+/// so it cannot reach a log or an answer on MQTT.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BindKey([u8; 16]);
+
+impl BindKey {
+    pub fn new(bytes: [u8; 16]) -> BindKey {
+        BindKey(bytes)
+    }
+
+    /// 32 hex digits (blanks and dashes between them are allowed, as some
+    /// tools print keys in groups).
+    pub fn parse(text: &str) -> Option<BindKey> {
+        let digits: Vec<u8> = text
+            .bytes()
+            .filter(|b| !matches!(b, b' ' | b'-' | b':'))
+            .collect();
+        if digits.len() != 32 {
+            return None;
+        }
+        let mut key = [0u8; 16];
+        for (byte, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(BindKey(key))
+    }
+
+    pub fn bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BindKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BindKey(<redacted>)")
+    }
+}
+
+const BINDKEY_EXPECTED: &str = "invalid bindkey, expected 32 hex digits (16 bytes) such as the one the device's firmware shows";
+
+impl<'de> Deserialize<'de> for BindKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// Takes any scalar, so that a key YAML reads as a number is not
+        /// echoed by serde's "invalid type" message.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = BindKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("32 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BindKey, E> {
+                BindKey::parse(v).ok_or_else(|| E::custom(BINDKEY_EXPECTED))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<BindKey, E> {
+                Err(E::custom(BINDKEY_EXPECTED))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<BindKey, E> {
+                Err(E::custom(BINDKEY_EXPECTED))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<BindKey, E> {
+                Err(E::custom(BINDKEY_EXPECTED))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<BindKey, E> {
+                Err(E::custom(BINDKEY_EXPECTED))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A Bluetooth device address, written `A4:C1:38:12:34:56`.
@@ -495,6 +586,76 @@ devices:
         assert!(found[0].2.contains("not both"));
         assert!(found[1].2.contains("address"));
         assert!(found[2].2.contains("at least one characteristic"));
+    }
+
+    #[test]
+    fn a_bindkey_loads_and_never_shows() {
+        let text = format!(
+            "{HEAD}ble: {{ watchdog: 30s }}\ndevices:\n  - {{ name: t, kind: ble, address: 'A4:C1:38:00:00:01', decoder: bthome, bindkey: 231D39C1D7CC1AB1AEE224CD096DB932 }}\n"
+        );
+        let config = load_str(&text, "f.yaml").unwrap();
+        assert_eq!(config.ble.watchdog, Duration::from_secs(30));
+        let DeviceConfig::Ble(d) = &config.devices[0] else {
+            panic!("{:?}", config.devices[0]);
+        };
+        let key = d.bindkey.as_ref().expect("a key");
+        assert_eq!(key.bytes()[..3], [0x23, 0x1D, 0x39]);
+        assert_eq!(key.bytes()[15], 0x32);
+        assert_eq!(
+            BindKey::parse("231d39c1-d7cc1ab1-aee224cd-096db932"),
+            Some(key.clone())
+        );
+        let shown = format!("{d:?}");
+        assert!(shown.contains("BindKey(<redacted>)"), "{shown}");
+        for secret in ["231d", "231D", "35, 29", "0x23", "[35"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert_eq!(BleConfig::default().watchdog, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_bad_bindkey_is_refused_without_being_repeated() {
+        let found = problems(
+            "devices:
+  - { name: a, kind: ble, address: 'A4:C1:38:00:00:01', decoder: bthome, bindkey: 231d39c1d7cc1ab1aee224cd096db9 }
+  - { name: b, kind: ble, address: 'A4:C1:38:00:00:02', decoder: bthome, bindkey: 231d39c1d7cc1ab1aee224cd096db9zz }
+  - { name: c, kind: ble, address: 'A4:C1:38:00:00:03', decoder: bthome, bindkey: 12345678901234567890 }
+",
+        );
+        let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "devices[0].bindkey",
+                "devices[1].bindkey",
+                "devices[2].bindkey",
+            ],
+            "{found:#?}"
+        );
+        for p in &found {
+            for secret in ["231d39", "1234567890"] {
+                assert!(!p.message.contains(secret), "{}", p.message);
+            }
+        }
+        assert!(
+            found[0].message.contains("32 hex digits"),
+            "{}",
+            found[0].message
+        );
+        // Checked once the file reads: the key belongs to bthome.
+        let found = problems(
+            "devices:
+  - { name: d, kind: ble, address: 'A4:C1:38:00:00:04', decoder: atc, bindkey: 231d39c1d7cc1ab1aee224cd096db932 }
+",
+        );
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].path, "devices[0].bindkey");
+        assert!(
+            found[0].message.contains("only decoder bthome"),
+            "{}",
+            found[0].message
+        );
+        assert!(!found[0].message.contains("231d39"), "{}", found[0].message);
     }
 
     #[test]

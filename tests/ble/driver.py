@@ -8,12 +8,19 @@ adapter hci0 and three devices:
   50.55 %, the packet id going up by one each round;
 - C4:00:00:00:00:02 "Ruuvi 0002": Ruuvi data format 5 (the specification's
   valid-data vector), the measurement sequence going up each round;
+- A4:C1:38:00:00:04 "BTH-vault": encrypted BTHome v2, when the test
+  passes the service data in FIELDGATE_TEST_SEALED (hex payloads, comma
+  separated): the first at start, then one more each round, the last one
+  repeated once they run out;
 - AA:BB:CC:DD:EE:03 "HR-strap": GATT, a heart rate measurement (0x180D /
   0x2A37, read + notify), a battery level (0x180F / 0x2A19, read, 87) and
   a setpoint (0xFFF0 / 0xFFF1, read + write, i16 LE, 0xD2 0x00 = 210).
 
 Prints `ready` once the objects exist. Once a client discovers, it
-advertises a round every 0.3 s. Once the client subscribes to the heart
+advertises a round every 0.3 s. With FIELDGATE_TEST_STALL set, the
+adverts stop after six rounds, as a BlueZ scan that dies does, and come
+back, with `restart`, once the client calls StartDiscovery again, or with
+`power`, only once the client has turned the adapter off and on. Once the client subscribes to the heart
 rate, it notifies 60, 61, 62, then drops the connection (Connected false),
 and after the client has connected and subscribed again notifies 90, 91, …
 until it is killed.
@@ -86,6 +93,10 @@ adapter = root.AddAdapter('hci0', 'fieldgate-test', dbus_interface=BLUEZ_MOCK)
 bthome = root.AddDevice('hci0', 'A4:C1:38:00:00:01', 'BTH-thermo', dbus_interface=BLUEZ_MOCK)
 ruuvi = root.AddDevice('hci0', 'C4:00:00:00:00:02', 'Ruuvi 0002', dbus_interface=BLUEZ_MOCK)
 strap = root.AddDevice('hci0', 'AA:BB:CC:DD:EE:03', 'HR-strap', dbus_interface=BLUEZ_MOCK)
+SEALED = [bytes.fromhex(h) for h in os.environ.get('FIELDGATE_TEST_SEALED', '').split(',') if h]
+vault = None
+if SEALED:
+    vault = root.AddDevice('hci0', 'A4:C1:38:00:00:04', 'BTH-vault', dbus_interface=BLUEZ_MOCK)
 
 RUUVI_V5 = bytes.fromhex('0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F')
 
@@ -106,6 +117,9 @@ def advertise(round_no):
     setprop(bthome, DEV, 'RSSI', dbus.Int16(-50 - round_no % 5, **V))
     setprop(ruuvi, DEV, 'ManufacturerData', mfr(0x0499, ruuvi_payload(205 + round_no)))
     setprop(ruuvi, DEV, 'RSSI', dbus.Int16(-60 - round_no % 5, **V))
+    if vault:
+        payload = SEALED[min(round_no, len(SEALED) - 1)]
+        setprop(vault, DEV, 'ServiceData', svcdata(uuid16(0xFCD2), list(payload)))
 
 
 # The template declares these one array level too deep: set them right.
@@ -192,6 +206,15 @@ while not discovering():
     time.sleep(0.05)
 log('discovering')
 
+STALL = os.environ.get('FIELDGATE_TEST_STALL')
+
+
+def start_calls():
+    calls = obj(adapter).GetCalls(dbus_interface=MOCK)
+    return sum(1 for c in calls if str(c[1]) == 'StartDiscovery')
+
+
+stall = None          # None → {'starts': n, 'off': bool} while stalled → 'over'
 round_no = 0
 phase = 'before'      # before → first (60, 61, 62) → dropped → second (90, 91, …)
 bpm = 60
@@ -199,7 +222,23 @@ last_advert = 0.0
 last_notify = 0.0
 while True:
     now = time.time()
-    if now - last_advert >= 0.3:
+    if STALL and stall is None and round_no >= 6:
+        stall = {'starts': start_calls(), 'off': False}
+        log('stalled')
+    if isinstance(stall, dict):
+        if STALL == 'restart' and start_calls() > stall['starts']:
+            stall = 'over'
+            log('resumed after a discovery restart')
+        elif STALL == 'power':
+            if not bool(getprop(adapter, ADP, 'Powered')):
+                stall['off'] = True
+            elif stall['off'] is True:
+                stall['off'] = now
+            elif stall['off'] and now - stall['off'] >= 2:
+                # Two seconds more silence: long enough for a P/status.
+                stall = 'over'
+                log('resumed after a power cycle')
+    if now - last_advert >= 0.3 and not isinstance(stall, dict):
         round_no += 1
         advertise(round_no)
         last_advert = now

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use super::decode::DecodeError;
+use super::decode::{DecodeError, Sealed};
 use crate::config::Duration as ConfigDuration;
 use crate::config::ble::BleDevice;
 use crate::health::DeviceHealth;
@@ -27,8 +27,17 @@ pub struct DeviceState {
     last_heard: Instant,
     last_emitted: Option<Instant>,
     last_counter: Option<u32>,
+    /// The last accepted encrypted advertisement: its counter must go up.
+    /// In memory only, so a gateway restart accepts the next counter.
+    last_sealed: Option<Sealed>,
     stale: bool,
+    /// What the scanner watchdog says while the radio is silent, shown as
+    /// this device's problem (with `stale` when it is stale too).
+    scanner_note: Option<String>,
 }
+
+/// The problem of a device whose encrypted advertisements are replayed.
+const REPLAYED: &str = "replayed advertisement refused (encryption counter not above the last)";
 
 impl DeviceState {
     pub fn new(device: &BleDevice, delivery: Delivery, ingest: &Ingest, now: Instant) -> Self {
@@ -42,7 +51,9 @@ impl DeviceState {
             last_heard: now,
             last_emitted: None,
             last_counter: None,
+            last_sealed: None,
             stale: false,
+            scanner_note: None,
         }
     }
 
@@ -75,6 +86,34 @@ impl DeviceState {
         true
     }
 
+    /// Whether an encrypted advertisement is new: its counter above the
+    /// last accepted one. The same counter and MIC again is the same
+    /// advertisement heard twice (BlueZ reports every copy it receives):
+    /// dropped, not counted. Anything else not above the last counter is a
+    /// replay: refused, counted as bad input, and a problem (logged once
+    /// per change).
+    pub fn fresh(&mut self, sealed: Sealed) -> bool {
+        match self.last_sealed {
+            Some(last) if last == sealed => false,
+            Some(last) if sealed.counter <= last.counter => {
+                self.health.bad_input.fetch_add(1, Relaxed);
+                if self.health.set_problem(Some(REPLAYED.into())) {
+                    tracing::warn!(
+                        device = %self.name,
+                        counter = sealed.counter,
+                        last = last.counter,
+                        "{REPLAYED}"
+                    );
+                }
+                false
+            }
+            _ => {
+                self.last_sealed = Some(sealed);
+                true
+            }
+        }
+    }
+
     /// An advertisement that the decoder refused: counted, and a problem
     /// (logged once per change).
     pub fn undecodable(&self, e: &DecodeError) {
@@ -85,12 +124,12 @@ impl DeviceState {
         }
     }
 
-    /// Good data again after an undecodable advertisement.
+    /// Good data again after an undecodable or replayed advertisement.
     pub fn decoded(&self) {
         let undecodable = self
             .health
             .problem()
-            .is_some_and(|p| p.starts_with("undecodable"));
+            .is_some_and(|p| p.starts_with("undecodable") || p == REPLAYED);
         if undecodable && self.health.set_problem(None) {
             tracing::info!(device = %self.name, "advertisements decode again");
         }
@@ -102,8 +141,27 @@ impl DeviceState {
             return None;
         }
         self.stale = true;
-        let problem = format!("stale: nothing for {}", self.stale_after);
-        self.failed(problem)
+        self.failed(self.stale_problem())
+    }
+
+    fn stale_problem(&self) -> String {
+        let stale = format!("stale: nothing for {}", self.stale_after);
+        match &self.scanner_note {
+            Some(note) => format!("{stale}; {note}"),
+            None => stale,
+        }
+    }
+
+    /// The scanner watchdog's state (`None`: advertisements arrive again),
+    /// shown as the problem; the watchdog logs it, once for all devices.
+    pub fn set_scanner_note(&mut self, note: Option<&str>) {
+        self.scanner_note = note.map(str::to_owned);
+        let problem = if self.stale {
+            Some(self.stale_problem())
+        } else {
+            self.scanner_note.clone()
+        };
+        self.health.set_problem(problem);
     }
 
     /// A failure (no adapter, a lost connection, silence): counted, a
@@ -246,6 +304,60 @@ mod tests {
         s.heard(t0 + Duration::from_secs(95));
         assert_eq!(health.snapshot().devices["t"].problem, None);
         assert!(s.check_stale(t0 + Duration::from_secs(100)).is_none());
+    }
+
+    fn sealed(counter: u32, mic: u8) -> Sealed {
+        Sealed {
+            counter,
+            mic: [mic; 4],
+        }
+    }
+
+    #[test]
+    fn encrypted_counters_must_go_up() {
+        let (mut s, health, _, _f) = state("");
+        assert!(s.fresh(sealed(5, 1)));
+        assert!(!s.fresh(sealed(5, 1)), "the same advertisement again");
+        assert_eq!(health.snapshot().devices["t"].bad_input, 0);
+        assert_eq!(health.snapshot().devices["t"].problem, None);
+        assert!(!s.fresh(sealed(4, 2)), "an older one");
+        assert!(!s.fresh(sealed(5, 3)), "the same counter, another payload");
+        assert_eq!(health.snapshot().devices["t"].bad_input, 2);
+        assert_eq!(
+            health.snapshot().devices["t"].problem.as_deref(),
+            Some(REPLAYED)
+        );
+        assert!(s.fresh(sealed(6, 4)));
+        s.decoded();
+        assert_eq!(health.snapshot().devices["t"].problem, None);
+        assert!(!s.fresh(sealed(5, 1)), "refused after a newer one");
+        assert!(s.fresh(sealed(u32::MAX, 0)));
+        assert!(!s.fresh(sealed(0, 0)));
+    }
+
+    #[test]
+    fn the_scanner_note_shows_with_or_without_staleness() {
+        let (mut s, health, t0, _f) = state(", stale_after: 60s");
+        let problem = || health.snapshot().devices["t"].problem.clone();
+        s.set_scanner_note(Some("no advertisements; discovery restarted"));
+        assert_eq!(
+            problem().as_deref(),
+            Some("no advertisements; discovery restarted")
+        );
+        let bad = s.check_stale(t0 + Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            bad.error.as_deref(),
+            Some("stale: nothing for 1m; no advertisements; discovery restarted")
+        );
+        s.set_scanner_note(Some("adapter power-cycled"));
+        assert_eq!(
+            problem().as_deref(),
+            Some("stale: nothing for 1m; adapter power-cycled")
+        );
+        s.set_scanner_note(None);
+        assert_eq!(problem().as_deref(), Some("stale: nothing for 1m"));
+        s.heard(t0 + Duration::from_secs(61));
+        assert_eq!(problem(), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod adapter;
 pub mod decode;
 mod device;
 mod gatt;
+mod power;
 pub mod scan;
 mod scanner;
 mod write;

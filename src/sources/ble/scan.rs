@@ -84,6 +84,14 @@ pub fn describe(
             .collect();
     }
     let mut lines = Vec::new();
+    // Encrypted BTHome reads nothing without the key, but is worth naming.
+    if service_data
+        .get(&decode::BTHOME_UUID.0)
+        .and_then(|d| d.first())
+        .is_some_and(|info| info >> 5 == 2 && info & 0x01 != 0)
+    {
+        lines.push("decoder: bthome, encrypted (set the device's bindkey)".to_owned());
+    }
     let mut ids: Vec<_> = manufacturer_data.iter().collect();
     ids.sort();
     for (id, data) in ids {
@@ -142,6 +150,15 @@ mod tests {
                 details: describe(&HashMap::new(), &bthome),
             },
             Seen {
+                address: MacAddress([0xA4, 0xC1, 0x38, 0, 0, 2]),
+                local_name: None,
+                rssi: Some(-70),
+                details: describe(
+                    &HashMap::new(),
+                    &HashMap::from([(decode::BTHOME_UUID.0, vec![0x41, 0xA4, 0x72])]),
+                ),
+            },
+            Seen {
                 address: MacAddress([1, 2, 3, 4, 5, 6]),
                 local_name: None,
                 rssi: None,
@@ -154,6 +171,8 @@ mod tests {
         assert_eq!(
             render(&seen),
             "A4:C1:38:00:00:01   -61 dBm  DIY-sensor\n    decoder: bthome humidity=50.55 temperature=25.0\n\
+             A4:C1:38:00:00:02   -70 dBm  -\n    decoder: bthome, encrypted (set the device's bindkey)\n    \
+             service data 0000fcd2-0000-1000-8000-00805f9b34fb: 41a472\n\
              01:02:03:04:05:06     ? dBm  -\n    manufacturer 0x004c: 0215\n"
         );
     }

@@ -13,9 +13,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::adapter::{self, explain};
+use super::decode::bthome::Encryption;
 use super::decode::{self, DecodeError, Decoded};
 use super::device::DeviceState;
 use super::gatt::{self, Signal};
+use super::power;
 use super::write::Requests;
 use crate::config::ble::{BleConfig, BleDevice};
 use crate::reading::Delivery;
@@ -26,6 +28,8 @@ use crate::sources::Ingest;
 const RECHECK_UNMATCHED: Duration = Duration::from_secs(5);
 /// A D-Bus call that takes longer than this means BlueZ is gone.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait between two power cycles of a silent adapter.
+const MAX_CYCLE_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
 /// Which configured device a peripheral is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,7 @@ pub async fn run(
         gatts: Vec::new(),
         routes: HashMap::new(),
         ingest,
+        watchdog: Watchdog::new(settings.watchdog.get(), now),
     };
     for (device, delivery, requests) in devices {
         if let Some(requests) = requests {
@@ -126,6 +131,85 @@ struct Scanner {
     gatts: Vec<Gatt>,
     routes: HashMap<PeripheralId, Routing>,
     ingest: Ingest,
+    watchdog: Watchdog,
+}
+
+/// What the scanner watchdog has done about a silent radio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Advertisements arrive (or not for long).
+    Listening,
+    /// Discovery was restarted at this time.
+    Restarted(Instant),
+    /// The adapter was power-cycled `times` times, the last at this time.
+    PowerCycled(Instant, u32),
+}
+
+/// What to do about a silent radio now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    RestartDiscovery,
+    PowerCycle { times: u32 },
+}
+
+/// Notices that no advertisement at all arrived for `after` (BlueZ scans
+/// are known to stop silently after hours on a Raspberry Pi): restarts
+/// discovery once, then power-cycles the adapter, waiting twice as long
+/// after each cycle (up to 30 min) so a dead controller is not hammered.
+struct Watchdog {
+    after: Duration,
+    last_advert: Instant,
+    stage: Stage,
+}
+
+impl Watchdog {
+    fn new(after: Duration, now: Instant) -> Watchdog {
+        Watchdog {
+            after,
+            last_advert: now,
+            stage: Stage::Listening,
+        }
+    }
+
+    /// An advertisement arrived; true when that ends a silence the
+    /// watchdog acted on.
+    fn advert(&mut self, now: Instant) -> bool {
+        self.last_advert = now;
+        std::mem::replace(&mut self.stage, Stage::Listening) != Stage::Listening
+    }
+
+    /// Discovery (re)started: the silence is measured from now.
+    fn restarted_scan(&mut self, now: Instant) {
+        self.last_advert = now;
+    }
+
+    /// What is due at `now`, if anything; the stage moves on with it.
+    fn due(&mut self, now: Instant) -> Option<Action> {
+        if self.after.is_zero() || now.duration_since(self.last_advert) < self.after {
+            return None;
+        }
+        let (since, wait, times) = match self.stage {
+            Stage::Listening => {
+                self.stage = Stage::Restarted(now);
+                return Some(Action::RestartDiscovery);
+            }
+            Stage::Restarted(at) => (at, self.after, 0),
+            Stage::PowerCycled(at, times) => {
+                let factor = 2u32.saturating_pow(times.min(16));
+                let wait = self
+                    .after
+                    .saturating_mul(factor)
+                    .min(MAX_CYCLE_INTERVAL.max(self.after));
+                (at, wait, times)
+            }
+        };
+        if now.duration_since(since) < wait {
+            return None;
+        }
+        let times = times.saturating_add(1);
+        self.stage = Stage::PowerCycled(now, times);
+        Some(Action::PowerCycle { times })
+    }
 }
 
 impl Scanner {
@@ -160,11 +244,15 @@ impl Scanner {
         check_every: Duration,
     ) -> Result<(), String> {
         let mut events = adapter.events().await.map_err(|e| explain(&e))?;
+        // btleplug 0.13 sets DuplicateData: true in the discovery filter,
+        // so BlueZ reports every advert, also one that repeats the bytes of
+        // the last (tests/ble.rs checks the filter the mock received).
         adapter
             .start_scan(ScanFilter::default())
             .await
             .map_err(|e| explain(&e))?;
         tracing::info!(adapter = %name, devices = self.all.len(), "BLE: scanning");
+        self.watchdog.restarted_scan(Instant::now());
         if down.take().is_some() {
             self.recovered();
         }
@@ -213,6 +301,17 @@ impl Scanner {
                             return Ok(()); // the store is shutting down
                         }
                     }
+                    // Only devices that advertise say anything about the
+                    // scan: a connected gatt device stops advertising.
+                    if !self.adverts.is_empty()
+                        && let Some(action) = self.watchdog.due(now)
+                    {
+                        // A stop need not wait for BlueZ's slow answers.
+                        tokio::select! {
+                            _ = cancel.cancelled() => break Ok(()),
+                            () = self.act(adapter, name, action) => {}
+                        }
+                    }
                 }
                 _ = check.tick() => {
                     match tokio::time::timeout(CALL_TIMEOUT, adapter.adapter_info()).await {
@@ -231,12 +330,107 @@ impl Scanner {
         outcome
     }
 
+    /// Restarts discovery or power-cycles the adapter, says so in the log
+    /// (once per stage: repeated cycles are at debug level) and as every
+    /// advertising device's problem.
+    async fn act(&mut self, adapter: &Adapter, name: &str, action: Action) {
+        let silent = crate::config::Duration::from_millis(
+            u64::try_from(self.watchdog.after.as_millis()).unwrap_or(u64::MAX),
+        );
+        let note = match action {
+            Action::RestartDiscovery => {
+                tracing::warn!(
+                    adapter = %name,
+                    "BLE: no advertisement for {silent} although devices are configured; restarting discovery"
+                );
+                format!("scanner: no advertisement for {silent}, discovery restarted")
+            }
+            Action::PowerCycle { times } => {
+                let outcome = power::cycle(name).await;
+                match (&outcome, times) {
+                    (Ok(()), 1) => tracing::warn!(
+                        adapter = %name,
+                        "BLE: still no advertisement after restarting discovery; power-cycled the adapter"
+                    ),
+                    (Err(e), 1) => tracing::warn!(
+                        adapter = %name,
+                        "BLE: still no advertisement after restarting discovery; {e}"
+                    ),
+                    (Ok(()), _) => {
+                        tracing::debug!(adapter = %name, times, "BLE: power-cycled again")
+                    }
+                    (Err(e), _) => tracing::debug!(adapter = %name, times, "BLE: {e}"),
+                }
+                match outcome {
+                    Ok(()) => format!(
+                        "scanner: no advertisement for {silent}, adapter power-cycled ({times}×)"
+                    ),
+                    Err(e) => format!("scanner: no advertisement for {silent}; {e}"),
+                }
+            }
+        };
+        // A power cycle ends BlueZ's discovery sessions; either way, ask
+        // for a fresh one. A controller just powered on may answer
+        // NotReady for a moment: a few tries, 1 s then 2 s apart; after
+        // that the watchdog's next step (a later power cycle) tries again.
+        let _ = tokio::time::timeout(CALL_TIMEOUT, adapter.stop_scan()).await;
+        let mut pause = Duration::from_secs(1);
+        for attempt in 1..=3 {
+            let cause =
+                match tokio::time::timeout(CALL_TIMEOUT, adapter.start_scan(ScanFilter::default()))
+                    .await
+                {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => explain(&e),
+                    Err(_) => "BlueZ does not answer".to_owned(),
+                };
+            tracing::debug!(adapter = %name, attempt, "BLE: restarting discovery: {cause}");
+            if attempt < 3 {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+        for (_, state) in &mut self.adverts {
+            state.set_scanner_note(Some(&note));
+        }
+    }
+
+    /// An advertisement of any device: the radio works.
+    fn advertised(&mut self) {
+        if self.watchdog.advert(Instant::now()) {
+            tracing::info!("BLE: advertisements arrive again");
+            for (_, state) in &mut self.adverts {
+                state.set_scanner_note(None);
+            }
+        }
+    }
+
+    /// The key and address that open a BTHome device's encrypted
+    /// advertisements: the address BlueZ heard it from (devices found by
+    /// name), else the configured one.
+    fn encryption<'a>(&'a self, i: usize, id: &PeripheralId) -> Option<Encryption<'a>> {
+        let device = &self.adverts[i].0;
+        let key = device.bindkey.as_ref()?;
+        let mac = address_in_id(&id.to_string()).or(device.address.map(|a| a.0))?;
+        Some(Encryption { key, mac })
+    }
+
     /// Routes one event.
     async fn on_event(
         &mut self,
         adapter: &Adapter,
         event: CentralEvent,
     ) -> Result<(), StoreClosed> {
+        if matches!(
+            event,
+            CentralEvent::DeviceDiscovered(_)
+                | CentralEvent::ManufacturerDataAdvertisement { .. }
+                | CentralEvent::ServiceDataAdvertisement { .. }
+                | CentralEvent::ServicesAdvertisement { .. }
+                | CentralEvent::RssiUpdate { .. }
+        ) {
+            self.advertised();
+        }
         let (id, data) = match event {
             CentralEvent::DeviceDiscovered(id) => {
                 let target = self.route(adapter, &id, true).await;
@@ -251,6 +445,7 @@ impl Scanner {
                             decoder,
                             &props.manufacturer_data,
                             &props.service_data,
+                            self.encryption(i, &id),
                         );
                         return self.deliver(i, decoded).await;
                     }
@@ -284,7 +479,12 @@ impl Scanner {
                     return Ok(());
                 };
                 let decoder = self.adverts[i].0.decoder;
-                let decoded = decode::decode_advert(decoder, &manufacturer_data, &service_data);
+                let decoded = decode::decode_advert(
+                    decoder,
+                    &manufacturer_data,
+                    &service_data,
+                    self.encryption(i, &id),
+                );
                 self.deliver(i, decoded).await
             }
             _ => Ok(()),
@@ -300,7 +500,18 @@ impl Scanner {
         i: usize,
         decoded: Option<Result<Decoded, DecodeError>>,
     ) -> Result<(), StoreClosed> {
-        let state = &mut self.adverts[i].1;
+        let (device, state) = &mut self.adverts[i];
+        // A device with a key takes encrypted advertisements only, even
+        // if its address could not be told (then none decrypts).
+        let decoded = match decoded {
+            Some(Ok(d)) if device.bindkey.is_some() && d.sealed.is_none() => {
+                Some(Err(DecodeError(
+                    "unencrypted BTHome advertisement from a device with a bindkey (refused)"
+                        .into(),
+                )))
+            }
+            other => other,
+        };
         match decoded {
             None => Ok(()),
             Some(Err(e)) => {
@@ -309,6 +520,11 @@ impl Scanner {
                 Ok(())
             }
             Some(Ok(decoded)) => {
+                if let Some(sealed) = decoded.sealed
+                    && !state.fresh(sealed)
+                {
+                    return Ok(());
+                }
                 state.decoded();
                 if decoded.values.is_empty() || !state.accept(Instant::now(), decoded.counter) {
                     return Ok(());
@@ -417,6 +633,49 @@ fn address_in_id(id: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_restarts_then_power_cycles_with_backoff() {
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let mut w = Watchdog::new(Duration::from_secs(120), t0);
+        assert_eq!(w.due(at(119)), None);
+        assert_eq!(w.due(at(120)), Some(Action::RestartDiscovery));
+        assert_eq!(w.due(at(121)), None, "once");
+        assert_eq!(w.due(at(239)), None);
+        assert_eq!(w.due(at(240)), Some(Action::PowerCycle { times: 1 }));
+        // Then 4 min, 8 min, … between cycles, at most 30 min.
+        assert_eq!(w.due(at(240 + 239)), None);
+        assert_eq!(w.due(at(480)), Some(Action::PowerCycle { times: 2 }));
+        assert_eq!(w.due(at(480 + 479)), None);
+        assert_eq!(w.due(at(960)), Some(Action::PowerCycle { times: 3 }));
+        let mut t = 960;
+        for times in 4..30 {
+            let wait = (120u64 << (times - 1)).min(1800);
+            assert_eq!(w.due(at(t + wait - 1)), None, "{times}");
+            t += wait;
+            assert_eq!(w.due(at(t)), Some(Action::PowerCycle { times }), "{times}");
+        }
+        // An advertisement ends it; the next silence starts from scratch.
+        assert!(w.advert(at(t + 1)));
+        assert!(!w.advert(at(t + 2)), "said once");
+        assert_eq!(w.due(at(t + 121)), None);
+        assert_eq!(w.due(at(t + 122)), Some(Action::RestartDiscovery));
+    }
+
+    #[test]
+    fn a_watchdog_of_zero_is_off_and_a_new_scan_resets_the_clock() {
+        let t0 = Instant::now();
+        let mut off = Watchdog::new(Duration::ZERO, t0);
+        assert_eq!(off.due(t0 + Duration::from_secs(86_400)), None);
+        let mut w = Watchdog::new(Duration::from_secs(60), t0);
+        w.restarted_scan(t0 + Duration::from_secs(50));
+        assert_eq!(w.due(t0 + Duration::from_secs(100)), None);
+        assert_eq!(
+            w.due(t0 + Duration::from_secs(110)),
+            Some(Action::RestartDiscovery)
+        );
+    }
 
     #[test]
     fn addresses_are_read_from_bluez_ids() {

@@ -29,6 +29,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded, DecodeError> {
     Ok(Decoded {
         values,
         counter: Some(d[12].into()),
+        ..Decoded::default()
     })
 }
 

@@ -5,11 +5,34 @@
 //! object id and a little-endian value whose size the id implies. An
 //! object id that appears more than once is a second sensor of the same
 //! kind: `temperature`, `temperature_2`, … Packet id 0x00 is the repeat
-//! counter. Encrypted advertisements are refused (no bind keys here).
+//! counter.
+//!
+//! Encrypted advertisements (<https://bthome.io/encryption/>) carry the
+//! objects AES-CCM encrypted, then a 4-byte counter and a 4-byte MIC; the
+//! nonce is the device's address, the UUID (`D2 FC`), the device
+//! information byte and the counter. Whether the counter goes up is the
+//! receiver's business: the device state checks it.
 
+use aes::Aes128;
+use ccm::Ccm;
+use ccm::aead::generic_array::GenericArray;
+use ccm::aead::{AeadInPlace, KeyInit};
+use ccm::consts::{U4, U13};
 use serde_json::{Map, Value};
 
-use super::{DecodeError, Decoded, error, scaled};
+use super::{DecodeError, Decoded, Sealed, error, scaled};
+use crate::config::ble::BindKey;
+
+/// AES-128-CCM with the 4-byte MIC and 13-byte nonce of BTHome.
+type Cipher = Ccm<Aes128, U4, U13>;
+
+/// What an encrypted advertisement is opened with: the device's key and
+/// the address it advertises from (part of the nonce).
+#[derive(Clone, Copy)]
+pub struct Encryption<'a> {
+    pub key: &'a BindKey,
+    pub mac: [u8; 6],
+}
 
 /// How an object's value is stored.
 #[derive(Clone, Copy)]
@@ -157,19 +180,87 @@ const BUTTON_EVENTS: &[&str] = &[
     "long_triple_press",
 ];
 
-/// Decodes BTHome v2 service data (the bytes after the UUID).
+/// Decodes unencrypted BTHome v2 service data (the bytes after the UUID).
 pub fn decode(data: &[u8]) -> Result<Decoded, DecodeError> {
-    let Some((&info, mut rest)) = data.split_first() else {
+    decode_with(data, None)
+}
+
+/// Decodes BTHome v2 service data; with `encryption`, of a device that has
+/// a bindkey, which must send encrypted advertisements only (anyone in
+/// range could send an unencrypted one in its name).
+pub fn decode_with(
+    data: &[u8],
+    encryption: Option<Encryption<'_>>,
+) -> Result<Decoded, DecodeError> {
+    let Some((&info, rest)) = data.split_first() else {
         return error("empty BTHome service data");
     };
     let version = info >> 5;
     if version != 2 {
         return error(format!("BTHome version {version}, only version 2 is read"));
     }
-    if info & 0x01 != 0 {
-        return error("encrypted BTHome advertisement (bind keys are not supported)");
+    let encrypted = info & 0x01 != 0;
+    match (encrypted, encryption) {
+        (false, None) => objects(rest, Decoded::default()),
+        (false, Some(_)) => {
+            error("unencrypted BTHome advertisement from a device with a bindkey (refused)")
+        }
+        (true, None) => error("encrypted BTHome advertisement: set the device's bindkey"),
+        (true, Some(encryption)) => {
+            let (plain, sealed) = open(info, rest, encryption)?;
+            let decoded = Decoded {
+                sealed: Some(sealed),
+                ..Decoded::default()
+            };
+            objects(&plain, decoded)
+        }
     }
-    let mut decoded = Decoded::default();
+}
+
+/// Decrypts and authenticates the bytes after the device information
+/// byte: the objects, then the counter and the MIC.
+fn open(
+    info: u8,
+    data: &[u8],
+    encryption: Encryption<'_>,
+) -> Result<(Vec<u8>, Sealed), DecodeError> {
+    let Some(split) = data.len().checked_sub(8) else {
+        return error(format!(
+            "encrypted BTHome data has {} bytes after the device information, at least 8 (counter and MIC) expected",
+            data.len()
+        ));
+    };
+    let (ciphertext, trailer) = data.split_at(split);
+    let (counter, mic) = trailer.split_at(4);
+    let mut nonce = [0u8; 13];
+    nonce[..6].copy_from_slice(&encryption.mac);
+    nonce[6..8].copy_from_slice(&[0xD2, 0xFC]);
+    nonce[8] = info;
+    nonce[9..].copy_from_slice(counter);
+    let cipher = Cipher::new(GenericArray::from_slice(encryption.key.bytes()));
+    let mut plain = ciphertext.to_vec();
+    cipher
+        .decrypt_in_place_detached(
+            GenericArray::from_slice(&nonce),
+            &[],
+            &mut plain,
+            GenericArray::from_slice(mic),
+        )
+        // The key is never part of the message.
+        .map_err(|_| {
+            DecodeError(
+                "BTHome MIC check failed: wrong bindkey, or an altered advertisement".into(),
+            )
+        })?;
+    let sealed = Sealed {
+        counter: u32::from_le_bytes([counter[0], counter[1], counter[2], counter[3]]),
+        mic: [mic[0], mic[1], mic[2], mic[3]],
+    };
+    Ok((plain, sealed))
+}
+
+/// The objects of an advertisement, added to `decoded`.
+fn objects(mut rest: &[u8], mut decoded: Decoded) -> Result<Decoded, DecodeError> {
     while let Some((&id, after_id)) = rest.split_first() {
         let Some(&(_, name, kind)) = OBJECTS.iter().find(|(oid, _, _)| *oid == id) else {
             // Sizes are implied by ids: after an unknown id nothing can be read.
@@ -394,6 +485,122 @@ mod tests {
         );
     }
 
+    /// The example of <https://bthome.io/encryption/>: key
+    /// 231d39c1d7cc1ab1aee224cd096db932, address 54:48:E6:8F:80:A5,
+    /// counter bytes 00 11 22 33, 25.06 °C and 50.55 %.
+    const SPEC_KEY: [u8; 16] = [
+        0x23, 0x1D, 0x39, 0xC1, 0xD7, 0xCC, 0x1A, 0xB1, 0xAE, 0xE2, 0x24, 0xCD, 0x09, 0x6D, 0xB9,
+        0x32,
+    ];
+    const SPEC_MAC: [u8; 6] = [0x54, 0x48, 0xE6, 0x8F, 0x80, 0xA5];
+    const SPEC_ADVERT: [u8; 15] = [
+        0x41, 0xA4, 0x72, 0x66, 0xC9, 0x5F, 0x73, 0x00, 0x11, 0x22, 0x33, 0x78, 0x23, 0x72, 0x14,
+    ];
+
+    fn with<'a>(key: &'a BindKey, mac: [u8; 6]) -> Option<Encryption<'a>> {
+        Some(Encryption { key, mac })
+    }
+
+    /// Encrypts `objects` as a device would, for adverts of our own.
+    fn seal(key: &BindKey, mac: [u8; 6], info: u8, counter: u32, objects: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; 13];
+        nonce[..6].copy_from_slice(&mac);
+        nonce[6..8].copy_from_slice(&[0xD2, 0xFC]);
+        nonce[8] = info;
+        nonce[9..].copy_from_slice(&counter.to_le_bytes());
+        let mut data = objects.to_vec();
+        let mic = Cipher::new(GenericArray::from_slice(key.bytes()))
+            .encrypt_in_place_detached(GenericArray::from_slice(&nonce), &[], &mut data)
+            .unwrap();
+        [&[info][..], &data, &counter.to_le_bytes(), &mic].concat()
+    }
+
+    #[test]
+    fn the_encryption_pages_example_decrypts() {
+        let key = BindKey::new(SPEC_KEY);
+        let decoded = decode_with(&SPEC_ADVERT, with(&key, SPEC_MAC)).unwrap();
+        assert_eq!(
+            Value::Object(decoded.values),
+            json!({"temperature": 25.06, "humidity": 50.55})
+        );
+        assert_eq!(
+            decoded.sealed,
+            Some(Sealed {
+                counter: 0x3322_1100,
+                mic: [0x78, 0x23, 0x72, 0x14]
+            })
+        );
+        // Our own encryption gives the page's bytes.
+        let objects = [0x02, 0xCA, 0x09, 0x03, 0xBF, 0x13];
+        assert_eq!(
+            seal(&key, SPEC_MAC, 0x41, 0x3322_1100, &objects),
+            SPEC_ADVERT
+        );
+    }
+
+    #[test]
+    fn a_wrong_key_address_or_altered_byte_fails_the_mic() {
+        let key = BindKey::new(SPEC_KEY);
+        let mut other = SPEC_KEY;
+        other[0] ^= 1;
+        let wrong = BindKey::new(other);
+        let mic_failed = |r: Result<Decoded, DecodeError>| {
+            let e = r.unwrap_err().0;
+            assert!(e.contains("MIC check failed"), "{e}");
+            assert!(!e.to_lowercase().contains("231d"), "{e}");
+        };
+        mic_failed(decode_with(&SPEC_ADVERT, with(&wrong, SPEC_MAC)));
+        mic_failed(decode_with(
+            &SPEC_ADVERT,
+            with(&key, [0x54, 0x48, 0xE6, 0x8F, 0x80, 0xA6]),
+        ));
+        for i in 1..SPEC_ADVERT.len() {
+            let mut altered = SPEC_ADVERT;
+            altered[i] ^= 0x80;
+            mic_failed(decode_with(&altered, with(&key, SPEC_MAC)));
+        }
+        // The device information byte is part of the nonce too.
+        let mut trigger = SPEC_ADVERT;
+        trigger[0] = 0x45;
+        mic_failed(decode_with(&trigger, with(&key, SPEC_MAC)));
+    }
+
+    #[test]
+    fn adverts_we_encrypt_decode_with_their_counter_and_packet_id() {
+        let key = BindKey::new([7; 16]);
+        let mac = [0xA4, 0xC1, 0x38, 0, 0, 1];
+        for counter in [0, 1, 0x0102_0304, u32::MAX] {
+            let objects = [0x00, counter as u8, 0x01, 0x64, 0x02, 0xCA, 0x09];
+            let data = seal(&key, mac, 0x45, counter, &objects);
+            let decoded = decode_with(&data, with(&key, mac)).unwrap();
+            assert_eq!(decoded.counter, Some(u32::from(counter as u8)));
+            assert_eq!(decoded.sealed.map(|s| s.counter), Some(counter));
+            assert_eq!(
+                Value::Object(decoded.values),
+                json!({"battery": 100, "temperature": 25.06})
+            );
+        }
+        // No objects at all is still authentic.
+        let empty = seal(&key, mac, 0x41, 9, &[]);
+        assert!(
+            decode_with(&empty, with(&key, mac))
+                .unwrap()
+                .values
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn encryption_refusals() {
+        let key = BindKey::new(SPEC_KEY);
+        let e = decode_with(&[0x40, 0x02, 0xCA, 0x09], with(&key, SPEC_MAC)).unwrap_err();
+        assert!(e.0.contains("unencrypted"), "{e}");
+        for short in 1..9 {
+            let e = decode_with(&SPEC_ADVERT[..short], with(&key, SPEC_MAC)).unwrap_err();
+            assert!(e.0.contains("at least 8"), "{short}: {e}");
+        }
+    }
+
     #[test]
     fn refusals() {
         assert!(decode(&[]).is_err());
@@ -401,7 +608,7 @@ mod tests {
             decode(&[0x41, 0x02, 0xCA, 0x09])
                 .unwrap_err()
                 .0
-                .contains("encrypted")
+                .contains("set the device's bindkey")
         );
         assert!(
             decode(&[0x20, 0x02, 0xCA, 0x09])

@@ -30,6 +30,17 @@ pub struct Decoded {
     /// The format's packet id or measurement counter: the same counter again
     /// is a repeat of the same measurement.
     pub counter: Option<u32>,
+    /// An encrypted advertisement's counter and MIC, for the replay check.
+    pub sealed: Option<Sealed>,
+}
+
+/// What identifies one encrypted advertisement: its counter (which must
+/// go up) and its MIC (the same counter and MIC again is the same
+/// advertisement received twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    pub counter: u32,
+    pub mic: [u8; 4],
 }
 
 /// Why an advertisement could not be read.
@@ -71,14 +82,16 @@ pub(crate) fn exact<'a, const N: usize>(
 
 /// Decodes the part of an advertisement that `decoder` reads: `None` when
 /// the advertisement does not carry it (other service data, say).
+/// `encryption` is the key of a BTHome device that has one.
 pub fn decode_advert(
     decoder: Decoder,
     manufacturer_data: &HashMap<u16, Vec<u8>>,
     service_data: &HashMap<Uuid, Vec<u8>>,
+    encryption: Option<bthome::Encryption<'_>>,
 ) -> Option<Result<Decoded, DecodeError>> {
     let service = |uuid: BleUuid| service_data.get(&uuid.0);
     match decoder {
-        Decoder::Bthome => service(BTHOME_UUID).map(|d| bthome::decode(d)),
+        Decoder::Bthome => service(BTHOME_UUID).map(|d| bthome::decode_with(d, encryption)),
         Decoder::Ruuvi => manufacturer_data
             .get(&RUUVI_MANUFACTURER_ID)
             .map(|d| ruuvi::decode(d)),
@@ -97,7 +110,7 @@ pub fn decode_any(
     [Decoder::Bthome, Decoder::Ruuvi, Decoder::Atc, Decoder::Pvvx]
         .into_iter()
         .filter_map(
-            |d| match decode_advert(d, manufacturer_data, service_data) {
+            |d| match decode_advert(d, manufacturer_data, service_data, None) {
                 Some(Ok(decoded)) => Some((d, decoded)),
                 _ => None,
             },
@@ -136,8 +149,8 @@ mod tests {
     fn an_advert_without_the_decoders_data_is_not_an_error() {
         let none = HashMap::new();
         let other = HashMap::from([(BleUuid::from_u16(0xFE95).0, vec![1, 2, 3])]);
-        assert_eq!(decode_advert(Decoder::Bthome, &none, &other), None);
-        assert_eq!(decode_advert(Decoder::Ruuvi, &none, &other), None);
+        assert_eq!(decode_advert(Decoder::Bthome, &none, &other, None), None);
+        assert_eq!(decode_advert(Decoder::Ruuvi, &none, &other, None), None);
         assert!(decode_any(&none, &other).is_empty());
         let bthome = HashMap::from([(BTHOME_UUID.0, vec![0x40, 0x02, 0xC4, 0x09])]);
         let found = decode_any(&none, &bthome);
@@ -155,6 +168,15 @@ mod tests {
             #[test]
             fn bthome(data in proptest::collection::vec(any::<u8>(), 0..64)) {
                 let _ = bthome::decode(&data);
+            }
+
+            /// Encrypted, with a key: the MIC check and the trailer split.
+            #[test]
+            fn bthome_encrypted(data in proptest::collection::vec(any::<u8>(), 0..64), info in prop_oneof![Just(0x41u8), Just(0x45u8)]) {
+                let key = crate::config::ble::BindKey::new([1; 16]);
+                let encryption = bthome::Encryption { key: &key, mac: [1, 2, 3, 4, 5, 6] };
+                let data = [&[info], data.as_slice()].concat();
+                prop_assert!(bthome::decode_with(&data, Some(encryption)).is_err());
             }
 
             /// With a valid header, so that the object table is exercised.

@@ -36,6 +36,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded, DecodeError> {
     Ok(Decoded {
         values,
         counter: Some(d[13].into()),
+        ..Decoded::default()
     })
 }
 

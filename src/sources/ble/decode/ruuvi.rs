@@ -87,6 +87,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded, DecodeError> {
     Ok(Decoded {
         values,
         counter: v.measurement_sequence_number(),
+        ..Decoded::default()
     })
 }
 
