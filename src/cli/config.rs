@@ -31,45 +31,45 @@ pub fn run(local: &Config, file: &Path, action: Action) -> anyhow::Result<()> {
         Action::Show => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            println!(
+            outln!(
                 "# gateway, store, mqtt, log: the local file {}",
                 file.display()
-            );
+            )?;
             match &cached {
                 Some(remote) => match config::load_remote(&remote.text, local) {
-                    Ok(_) => println!(
+                    Ok(_) => outln!(
                         "# devices: the remote configuration {:?}, applied {} (cached in {}); the local devices are not in use",
                         remote.version,
                         timestamp(remote.at_ms),
                         path.display()
-                    ),
-                    Err(e) => println!(
+                    )?,
+                    Err(e) => outln!(
                         "# devices: the local file, because the cached remote configuration {:?} no longer passes the checks:\n# {}",
                         remote.version,
                         e.to_string().replace('\n', "\n# ")
-                    ),
+                    )?,
                 },
-                None => println!("# devices: the local file (no remote configuration cached)"),
+                None => outln!("# devices: the local file (no remote configuration cached)")?,
             }
-            println!("--- {}", file.display());
-            print!("{text}");
+            outln!("--- {}", file.display())?;
+            out!("{text}")?;
             if let Some(remote) = &cached {
-                println!("--- remote configuration {}", remote.version);
-                println!("{}", remote.text.trim_end());
+                outln!("--- remote configuration {}", remote.version)?;
+                outln!("{}", remote.text.trim_end())?;
             }
         }
         Action::ClearRemote => {
             let Some(remote) = cached else {
-                println!("no remote configuration is cached");
+                outln!("no remote configuration is cached")?;
                 return Ok(());
             };
             let mut outbox = Outbox::open_for_changes(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
             outbox.clear_remote_config()?;
-            println!(
+            outln!(
                 "dropped the remote configuration {}; a running gateway keeps its devices until it restarts or gets SIGHUP",
                 remote.version
-            );
+            )?;
         }
     }
     Ok(())
