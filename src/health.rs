@@ -38,7 +38,7 @@ pub struct DeviceHealth {
     pub errors: AtomicU64,
     /// What is wrong now, if anything (cleared when it works again).
     problem: Mutex<Option<String>>,
-    /// The last good value of each point, and when it was read.
+    /// The last value read of each point, and when it was read.
     latest: Mutex<BTreeMap<String, (i64, serde_json::Value)>>,
 }
 
@@ -52,7 +52,7 @@ impl DeviceHealth {
         changed
     }
 
-    /// Keeps the values of a good reading, for commands that read.
+    /// Keeps the values read, for commands that read.
     pub fn remember(&self, ts_ms: i64, values: &serde_json::Map<String, serde_json::Value>) {
         let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
         for (point, value) in values {
@@ -60,7 +60,7 @@ impl DeviceHealth {
         }
     }
 
-    /// The last good value of `point` and its time.
+    /// The last value read of `point` and its time.
     pub fn latest(&self, point: &str) -> Option<(i64, serde_json::Value)> {
         let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
         latest.get(point).cloned()
