@@ -15,6 +15,9 @@ pub struct Health {
     pub readings_in: AtomicU64,
     /// Readings the broker acknowledged (or that left at QoS 0).
     pub published: AtomicU64,
+    /// Answers to commands the broker acknowledged (they travel through
+    /// the store as readings do, but are not readings).
+    pub answers_published: AtomicU64,
     /// Connections after the first.
     pub reconnects: AtomicU64,
     /// Commands left unacknowledged because the command queue was full.
@@ -79,6 +82,7 @@ pub struct Snapshot {
     pub uptime_s: u64,
     pub readings_in: u64,
     pub published: u64,
+    pub answers_published: u64,
     pub reconnects: u64,
     pub commands_dropped: u64,
     pub commands_unanswered: u64,
@@ -102,6 +106,7 @@ impl Health {
             started: Instant::now(),
             readings_in: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            answers_published: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             commands_dropped: AtomicU64::new(0),
             commands_unanswered: AtomicU64::new(0),
@@ -130,6 +135,7 @@ impl Health {
             uptime_s: self.started.elapsed().as_secs(),
             readings_in: self.readings_in.load(Relaxed),
             published: self.published.load(Relaxed),
+            answers_published: self.answers_published.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
             commands_dropped: self.commands_dropped.load(Relaxed),
             commands_unanswered: self.commands_unanswered.load(Relaxed),

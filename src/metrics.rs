@@ -116,6 +116,12 @@ pub fn render(health: &Snapshot, queue: &QueueStatus) -> String {
     );
     counter(
         &mut r,
+        "answers_published",
+        "Answers to commands the broker acknowledged",
+        health.answers_published,
+    );
+    counter(
+        &mut r,
         "reconnects",
         "MQTT connections after the first",
         health.reconnects,

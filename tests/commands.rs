@@ -577,5 +577,20 @@ fn a_read_answers_a_point_of_a_partly_failing_device_with_its_last_poll() {
     );
     let never = answer(&sub, "r-2", &gw);
     assert_eq!(never["status"], "failed", "{never}");
+
+    // The two answers are counted apart from the readings.
+    let counted = |m: &[Message]| {
+        m.iter().any(|m| {
+            m.topic == "fieldgate/gw/status" && m.json()["counters"]["answers_published"] == 2
+        })
+    };
+    assert!(sub.wait_until(LONG, counted), "{}", gw.log());
+    let messages = sub.messages();
+    let status = latest_status(&messages).unwrap();
+    assert_eq!(
+        status["counters"]["published"],
+        distinct_seqs(&messages).len(),
+        "{status}"
+    );
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
