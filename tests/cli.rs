@@ -305,3 +305,26 @@ fn an_error_names_each_cause_once() {
     );
     assert_eq!(stderr.matches("(os error").count(), 1, "{stderr}");
 }
+
+/// What the package and `scripts/install.sh` put at
+/// /etc/fieldgate/fieldgate.yaml: refused until the broker is set, so an
+/// unedited install reads and queues nothing (exit 2: systemd does not
+/// restart it).
+#[test]
+fn the_installed_configuration_is_refused_until_the_broker_is_set() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/installed/fieldgate.yaml");
+    let file = file.to_str().unwrap();
+    for command in ["check", "run"] {
+        let out = fieldgate(&[command, "--config", file], &[]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{command}: {stderr}");
+        assert!(
+            stderr.contains(": mqtt.url: missing"),
+            "{command}: {stderr}"
+        );
+    }
+    let set = [("FIELDGATE__MQTT__URL", "mqtt://127.0.0.1:1883")];
+    let out = fieldgate(&["check", "--config", file], &set);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
