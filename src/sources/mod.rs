@@ -38,7 +38,9 @@ impl Ingest {
     }
 
     /// Queues a reading; fails only when the store is shutting down.
-    pub async fn append(&self, reading: Reading) -> Result<(), StoreError> {
+    pub async fn append(&self, mut reading: Reading) -> Result<(), StoreError> {
+        // One rule for every kind: `65`, never `65.0` from one and `65` from another.
+        crate::reading::whole_numbers_as_integers(&mut reading.values);
         self.health.readings_in.fetch_add(1, Relaxed);
         let device = self.health.device(reading.device.as_str());
         device.readings.fetch_add(1, Relaxed);
@@ -207,11 +209,17 @@ mod tests {
         runtime.block_on(async {
             let good = reading(1_000, json!({"l3-voltage": 230.5}), Quality::Good);
             ingest.append(good).await.unwrap();
-            let bad = reading(2_000, json!({"l3-voltage": 231.0}), Quality::Bad);
+            let bad = reading(
+                2_000,
+                json!({"l3-voltage": 231.5, "energy": 12.0}),
+                Quality::Bad,
+            );
             ingest.append(bad).await.unwrap();
         });
         let meter = health.device("meter");
-        assert_eq!(meter.latest("l3-voltage"), Some((2_000, json!(231.0))));
+        assert_eq!(meter.latest("l3-voltage"), Some((2_000, json!(231.5))));
         assert_eq!(meter.latest("l1-current"), None);
+        // Whole numbers as integers, from here on (the store, the payloads).
+        assert_eq!(meter.latest("energy"), Some((2_000, json!(12))));
     }
 }
