@@ -755,10 +755,10 @@ impl<'a> Session<'a> {
     async fn report(&mut self) -> Result<(), UplinkError> {
         self.store.ack(std::mem::take(&mut self.delivered)).await?;
         for (rows, reason) in std::mem::take(&mut self.refused) {
-            tracing::warn!(
-                "the broker refused {} reading(s) ({reason}): moved to the dead letters",
-                rows.len()
-            );
+            let now = std::time::Instant::now();
+            if let Some(line) = self.poison.refusals.refused(rows.len(), &reason, now) {
+                tracing::warn!("{line}");
+            }
             self.store.refused(rows, reason).await?;
         }
         Ok(())
