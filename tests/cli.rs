@@ -328,3 +328,48 @@ fn the_installed_configuration_is_refused_until_the_broker_is_set() {
     let out = fieldgate(&["check", "--config", file], &set);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn config_show_says_what_the_environment_changes_and_hides_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt:\n  url: mqtt://127.0.0.1:1883\n  username: gw\n  password: \"s3cret\"\ndevices: []\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("FIELDGATE__GATEWAY__ID", "pi-07"),
+        ("FIELDGATE__MQTT__PASSWORD", "0th3r"),
+    ];
+    let out = fieldgate(
+        &["config", "--config", file.to_str().unwrap(), "show"],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let show = text(&out.stdout);
+    assert!(
+        show.starts_with("# gateway, store, mqtt, log, commands, metrics, ble: the local file"),
+        "{show}"
+    );
+    assert!(
+        show.contains("#   FIELDGATE__GATEWAY__ID=pi-07\n"),
+        "{show}"
+    );
+    assert!(
+        show.contains("#   FIELDGATE__MQTT__PASSWORD=(hidden)\n"),
+        "{show}"
+    );
+    assert!(
+        show.contains("# in effect: gateway.id pi-07, client id pi-07, broker mqtt://127.0.0.1:1883, topics fieldgate/pi-07/…"),
+        "{show}"
+    );
+    assert!(show.contains("  password: (hidden)\n"), "{show}");
+    assert!(
+        !show.contains("s3cret") && !show.contains("0th3r"),
+        "{show}"
+    );
+}
