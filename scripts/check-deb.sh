@@ -26,7 +26,10 @@ ctrl() { dpkg-deb --ctrl-tarfile "$deb" | tar -xO "./$1"; }
 has "$(ctrl postinst)" "adduser --system" postinst
 has "$(ctrl postinst)" "dpkg-statoverride --update --add root fieldgate 0640" postinst
 has "$(ctrl postinst)" "deb-systemd-helper enable fieldgate.service" postinst
-has "$(ctrl postinst)" "deb-systemd-invoke \$_dh_action fieldgate.service" postinst
+has "$(ctrl postinst)" "deb-systemd-invoke try-restart fieldgate.service" postinst
+# A first install does not start the service: its configuration has no broker.
+! grep -q 'deb-systemd-invoke.*start fieldgate' <<<"$(ctrl postinst | grep -v try-restart)" ||
+  fail "postinst starts the service on a first install"
 has "$(ctrl prerm)" "deb-systemd-invoke stop fieldgate.service" prerm
 has "$(ctrl postrm)" "rm -rf /var/lib/fieldgate" postrm
 has "$(ctrl postrm)" "deb-systemd-helper purge fieldgate.service" postrm
@@ -36,9 +39,10 @@ has "$files" "-rwxr-xr-x 0/0 ./usr/bin/fieldgate" files
 has "$files" "-rw-r--r-- 0/0 ./usr/lib/systemd/system/fieldgate.service" files
 has "$files" "-rw-r--r-- 0/0 ./usr/share/dbus-1/system.d/fieldgate-bluez.conf" files
 has "$files" "-rw-r----- 0/0 ./etc/fieldgate/fieldgate.yaml" files
+has "$files" "-rw-r--r-- 0/0 ./usr/share/doc/fieldgate/examples/example.yaml" files
 data() { dpkg-deb --fsys-tarfile "$deb" | tar -xO "./$1"; }
 cmp -s <(data usr/lib/systemd/system/fieldgate.service) systemd/fieldgate.service || fail "packaged unit differs"
-cmp -s <(data etc/fieldgate/fieldgate.yaml) config/example.yaml || fail "packaged config differs"
+cmp -s <(data etc/fieldgate/fieldgate.yaml) config/installed/fieldgate.yaml || fail "packaged config differs"
 echo "contents: ok (binary, unit, D-Bus policy, conffile 0640, maintainer scripts)"
 
 [ "${1:-}" = --install ] || exit 0
@@ -48,6 +52,14 @@ dpkg -i "$deb" >/dev/null
 id -nG fieldgate | grep -qw dialout || fail "the fieldgate user is not in dialout"
 [ "$(stat -c '%U:%G %a' /etc/fieldgate/fieldgate.yaml)" = "root:fieldgate 640" ] ||
   fail "config is $(stat -c '%U:%G %a' /etc/fieldgate/fieldgate.yaml)"
+# Refused until the broker is set (so an unedited install reads and queues
+# nothing); readable by the fieldgate user (a read error would not name the key).
+set +e; out=$(runuser -u fieldgate -- fieldgate check --config /etc/fieldgate/fieldgate.yaml 2>&1); code=$?; set -e
+{ [ "$code" = 2 ] && grep -q 'mqtt.url: missing' <<<"$out"; } || fail "unedited config: exit $code: $out"
+if [ -d /run/systemd/system ]; then
+  ! systemctl is-active --quiet fieldgate || fail "a first install started the service"
+fi
+sed -i 's|^  # url: .*|  url: mqtt://127.0.0.1:1883|' /etc/fieldgate/fieldgate.yaml
 runuser -u fieldgate -- fieldgate check --config /etc/fieldgate/fieldgate.yaml >/dev/null ||
   fail "the fieldgate user cannot check its configuration"
 echo "# edited" >>/etc/fieldgate/fieldgate.yaml

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs fieldgate as a systemd service (run as root on the Pi):
 #
-#   scripts/install.sh [--bin PATH]        install or upgrade; enable and start
+#   scripts/install.sh [--bin PATH]        install or upgrade; enable, restart if running
 #   scripts/install.sh --uninstall         remove binary and unit; keep config and data
 #   scripts/install.sh --uninstall --purge ... and remove /etc/fieldgate and /var/lib/fieldgate
 #
 # --bin defaults to target/release/fieldgate. An existing
-# /etc/fieldgate/fieldgate.yaml is never overwritten. With DESTDIR set
+# /etc/fieldgate/fieldgate.yaml is never overwritten; a new one has no
+# broker, which `fieldgate run` refuses, so a first install is not started
+# (as with the .deb): nothing is read or queued before it is edited. With DESTDIR set
 # (packaging, tests) files go under it and no user is created and systemctl
 # is not called. PREFIX (default /usr/local) is where the binary goes.
 set -euo pipefail
@@ -60,11 +62,11 @@ install_files() {
     say "kept the existing $conf"
   else
     # 0640: the file may hold the broker password.
-    sed "s|^\(  state_dir:\) *[^ ]*|\1 /var/lib/fieldgate|" "$REPO/config/example.yaml" >"$conf.new"
+    sed "s|^\(  state_dir:\) *[^ ]*|\1 /var/lib/fieldgate|" "$REPO/config/installed/fieldgate.yaml" >"$conf.new"
     chmod 0640 "$conf.new"
     if live; then chown "root:$USER_NAME" "$conf.new"; fi
     mv "$conf.new" "$conf"
-    say "wrote an example configuration to $conf: edit it, then: systemctl restart fieldgate"
+    say "wrote $conf: set the broker and your devices in it, then: systemctl restart fieldgate"
   fi
 }
 
@@ -89,8 +91,13 @@ case $action in
       systemctl reload dbus.service 2>/dev/null || true
       systemctl daemon-reload
       systemctl enable fieldgate.service
-      systemctl restart fieldgate.service
-      say "fieldgate is running: systemctl status fieldgate; journalctl -u fieldgate -f"
+      # An upgrade restarts a running gateway; a stopped one stays stopped.
+      systemctl try-restart fieldgate.service || say "fieldgate did not restart: systemctl status fieldgate"
+      if systemctl is-active --quiet fieldgate.service; then
+        say "fieldgate is running: systemctl status fieldgate; journalctl -u fieldgate -f"
+      else
+        say "fieldgate is enabled, not started: edit $CONF_DIR/fieldgate.yaml, then: systemctl restart fieldgate"
+      fi
     elif live; then
       say "systemd is not running here: enable fieldgate.service yourself"
     fi

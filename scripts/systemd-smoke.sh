@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Boots a Debian bookworm container under systemd-nspawn, installs the amd64
-# .deb there and checks the unit under a real systemd: READY (Type=notify)
+# .deb there and checks the unit under a real systemd: not started by the
+# install, its unedited configuration refused and not restarted, READY (Type=notify)
 # with all the hardening on, readings delivered to a local mosquitto, the
 # watchdog kept fed, a hung (SIGSTOPped) gateway restarted by the watchdog,
 # plain journal lines, a clean stop, and purge. Needs root. The root file
@@ -51,6 +52,14 @@ verdict() { echo "$*" >>/smoke/result; systemctl --no-block poweroff; exit 0; }
 show() { systemctl show fieldgate -p "$1" --value; }
 dpkg -i /smoke/fieldgate.deb || verdict "dpkg -i"
 id -nG fieldgate | grep -qw dialout || verdict "user not in dialout"
+# A first install is enabled, not started; its configuration has no broker,
+# which `run` refuses (exit 2), and systemd does not restart that.
+[ "$(show UnitFileState)" = enabled ] || verdict "not enabled after install"
+[ "$(show ActiveState)" = inactive ] || verdict "a first install started the service"
+systemctl start fieldgate && verdict "the unedited configuration started"
+sleep 7
+[ "$(show NRestarts)" = 0 ] || verdict "the unedited configuration was restarted"
+journalctl -u fieldgate -o cat | grep -q 'mqtt.url: missing' || verdict "no mqtt.url message in the journal"
 printf 'listener 18830 127.0.0.1\nallow_anonymous true\n' >/etc/mosquitto/conf.d/smoke.conf
 systemctl restart mosquitto
 cat >/etc/fieldgate/fieldgate.yaml <<'Y'

@@ -34,7 +34,13 @@ cmp -s "$bin" "$B" || fail "the installed binary differs from $bin"
 grep -qx 'ExecStart=/usr/local/bin/fieldgate run --config /etc/fieldgate/fieldgate.yaml' "$U" ||
   fail "ExecStart does not point at the installed binary"
 grep -q '^  state_dir: /var/lib/fieldgate' "$C" || fail "state_dir is not /var/lib/fieldgate"
-"$B" check --config "$C" >/dev/null || fail "the installed example configuration does not check"
+# No broker yet: `run` (and `check`) refuse it, so nothing is read or queued
+# before the operator has edited it.
+set +e; out=$("$B" check --config "$C" 2>&1); code=$?; set -e
+[ "$code" = 2 ] || fail "check of the installed configuration exited $code, want 2: $out"
+grep -q 'mqtt.url: missing' <<<"$out" || fail "the refusal does not name mqtt.url: $out"
+FIELDGATE__MQTT__URL=mqtt://127.0.0.1:1883 "$B" check --config "$C" >/dev/null ||
+  fail "the installed configuration does not check once the broker is set"
 [ -z "$(find "$DESTDIR" -name '.*.new')" ] || fail "temporary files left behind"
 
 echo "# edited by the operator" >>"$C"

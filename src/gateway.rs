@@ -67,7 +67,9 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     let health = Health::new();
     let (info, info_rx) = watch::channel(info_of(&running));
     let (batches, batches_rx) = watch::channel(batches_of(&running));
-    let (state, state_rx) = watch::channel(None);
+    // Retained from an earlier run, `P/config/state` may name a remote
+    // configuration dropped since (`config clear-remote`): say what runs.
+    let (state, state_rx) = watch::channel(Some(state_of(&running, store.clock().now_ms())));
     let (received_tx, mut received) = mpsc::channel(8);
     let mut gateway = Gateway {
         local,
@@ -237,6 +239,10 @@ impl Gateway {
         let running = effective(&self.local, &self.store).await;
         tracing::info!("SIGHUP: {} reloaded", self.file.display());
         self.switch(running, sources).await;
+        // The cached remote configuration may be gone (`config clear-remote`):
+        // the retained state must not go on naming it.
+        let state = state_of(&self.running, self.store.clock().now_ms());
+        self.state.send_replace(Some(state));
     }
 
     async fn switch(&mut self, new: Config, sources: &mut Sources) {
@@ -286,6 +292,12 @@ fn info_of(config: &Config) -> ConfigInfo {
         version: config.version.clone(),
         origin: config.origin,
     }
+}
+
+/// `P/config/state` for the configuration that runs, applied.
+fn state_of(running: &Config, now_ms: i64) -> String {
+    let info = info_of(running);
+    payload::config_state(&info.version, Ok(()), &info, now_ms)
 }
 
 fn batches_of(config: &Config) -> HashMap<String, BatchConfig> {

@@ -15,6 +15,9 @@ pub struct Health {
     pub readings_in: AtomicU64,
     /// Readings the broker acknowledged (or that left at QoS 0).
     pub published: AtomicU64,
+    /// Answers to commands the broker acknowledged (they travel through
+    /// the store as readings do, but are not readings).
+    pub answers_published: AtomicU64,
     /// Connections after the first.
     pub reconnects: AtomicU64,
     /// Commands left unacknowledged because the command queue was full.
@@ -41,7 +44,7 @@ pub struct DeviceHealth {
     pub errors: AtomicU64,
     /// What is wrong now, if anything (cleared when it works again).
     problem: Mutex<Option<String>>,
-    /// The last good value of each point, and when it was read.
+    /// The last value read of each point, and when it was read.
     latest: Mutex<BTreeMap<String, (i64, serde_json::Value)>>,
 }
 
@@ -55,7 +58,7 @@ impl DeviceHealth {
         changed
     }
 
-    /// Keeps the values of a good reading, for commands that read.
+    /// Keeps the values read, for commands that read.
     pub fn remember(&self, ts_ms: i64, values: &serde_json::Map<String, serde_json::Value>) {
         let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
         for (point, value) in values {
@@ -63,7 +66,7 @@ impl DeviceHealth {
         }
     }
 
-    /// The last good value of `point` and its time.
+    /// The last value read of `point` and its time.
     pub fn latest(&self, point: &str) -> Option<(i64, serde_json::Value)> {
         let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
         latest.get(point).cloned()
@@ -82,6 +85,7 @@ pub struct Snapshot {
     pub uptime_s: u64,
     pub readings_in: u64,
     pub published: u64,
+    pub answers_published: u64,
     pub reconnects: u64,
     pub commands_dropped: u64,
     pub commands_unanswered: u64,
@@ -106,6 +110,7 @@ impl Health {
             started: Instant::now(),
             readings_in: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            answers_published: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             commands_dropped: AtomicU64::new(0),
             commands_unanswered: AtomicU64::new(0),
@@ -135,6 +140,7 @@ impl Health {
             uptime_s: self.started.elapsed().as_secs(),
             readings_in: self.readings_in.load(Relaxed),
             published: self.published.load(Relaxed),
+            answers_published: self.answers_published.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
             commands_dropped: self.commands_dropped.load(Relaxed),
             commands_unanswered: self.commands_unanswered.load(Relaxed),

@@ -77,8 +77,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {
-            println!("fieldgate {}", fieldgate::VERSION);
-            ExitCode::SUCCESS
+            outcome(cli::outln!("fieldgate {}", fieldgate::VERSION).map_err(anyhow::Error::from))
         }
         Command::Check { config, remote } => cli::check::run(&config, remote.as_deref()),
         Command::Run { config: path } => {
@@ -121,22 +120,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit code 2 for a file that cannot be read too: a missing or unreadable
+/// configuration does not fix itself, and the systemd unit does not restart
+/// on 2 (`RestartPreventExitStatus=2`).
 fn config_failure(e: ConfigError) -> ExitCode {
     eprintln!("{e}");
     match e {
-        ConfigError::Invalid { .. } => ExitCode::from(INVALID),
-        ConfigError::Read { .. } => ExitCode::FAILURE,
+        ConfigError::Invalid { .. } | ConfigError::Read { .. } => ExitCode::from(INVALID),
     }
 }
 
 fn outcome(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): what it wanted, it has.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The error and its causes, each said once. Library errors name their
+/// source in their own message and also return it as `source()`, so
+/// `{:#}` would repeat every cause after the message that already has it.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn init_logging(level: Option<&str>) {
@@ -163,4 +189,36 @@ fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(fieldgate::gateway::run(config, path))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot create the state directory /x: {source}")]
+    struct StateDir {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::from(StateDir { source: io }).context("cannot open the store");
+        assert_eq!(
+            chain(&e),
+            "cannot open the store: cannot create the state directory /x: entity not found"
+        );
+        let plain = anyhow::anyhow!("no broker").context("cannot start");
+        assert_eq!(chain(&plain), "cannot start: no broker");
+    }
+
+    #[test]
+    fn a_closed_pipe_is_recognised_under_context() {
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(is_broken_pipe(&anyhow::Error::from(io).context("printing")));
+        let other = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(!is_broken_pipe(&anyhow::Error::from(other)));
+    }
 }

@@ -18,6 +18,10 @@ use crate::store::{QueueStatus, Store};
 
 type Labels = Vec<(String, String)>;
 
+/// What `render` writes (it ends in `# EOF`); a scraper told
+/// `text/plain; version=0.0.4` would parse it as the older format.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Serves `GET /metrics` on `listen` until the task is aborted.
 pub async fn serve(listen: SocketAddr, store: Store, health: Arc<Health>) {
     let listener = match TcpListener::bind(listen).await {
@@ -48,14 +52,19 @@ async fn answer(mut stream: TcpStream, store: &Store, health: &Health) -> std::i
         .await
         .map_err(|_| std::io::Error::other("no request within 5 s"))??;
     let line = String::from_utf8_lossy(&request[..n]);
-    let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
-        let queue = store.status().await.unwrap_or_default();
-        ("200 OK", render(&health.snapshot(), &queue))
-    } else {
-        ("404 Not Found", "try /metrics\n".to_owned())
-    };
+    let (status, content_type, body) =
+        if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
+            let queue = store.status().await.unwrap_or_default();
+            ("200 OK", OPENMETRICS, render(&health.snapshot(), &queue))
+        } else {
+            (
+                "404 Not Found",
+                "text/plain; charset=utf-8",
+                "try /metrics\n".to_owned(),
+            )
+        };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -104,6 +113,12 @@ pub fn render(health: &Snapshot, queue: &QueueStatus) -> String {
         "published",
         "Readings the broker acknowledged",
         health.published,
+    );
+    counter(
+        &mut r,
+        "answers_published",
+        "Answers to commands the broker acknowledged",
+        health.answers_published,
     );
     counter(
         &mut r,

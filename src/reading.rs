@@ -22,6 +22,25 @@ pub struct Reading {
     pub delivery: Delivery,
 }
 
+/// Writes whole numbers as integers (`65`, not `65.0`), so that a value
+/// reads the same from every kind of source: serial lines give integers
+/// for `65`, while scaled Modbus registers, BLE factors and simulated
+/// signals compute floats. JSON does not tell the two apart, but consumers
+/// that compare payloads or infer a column type from the first one do.
+/// Beyond 2^53 a float is not exact, and stays a float.
+pub fn whole_numbers_as_integers(values: &mut Map<String, Value>) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    for value in values.values_mut() {
+        let Value::Number(n) = value else { continue };
+        if !n.is_f64() {
+            continue;
+        }
+        if let Some(x) = n.as_f64().filter(|x| x.fract() == 0.0 && x.abs() < EXACT) {
+            *value = Value::from(x as i64);
+        }
+    }
+}
+
 /// Whether the values can be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quality {
@@ -148,6 +167,20 @@ impl<'de> Deserialize<'de> for Name {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_floats_become_integers_and_the_rest_stays() {
+        let mut values = serde_json::json!({
+            "scaled": 65.0, "negative": -3.0, "zero": -0.0, "fraction": 230.5,
+            "int": 12, "big": 1e300, "u64": u64::MAX, "on": true, "model": "X1"
+        });
+        let map = values.as_object_mut().unwrap();
+        whole_numbers_as_integers(map);
+        assert_eq!(
+            serde_json::to_string(map).unwrap(),
+            r#"{"big":1e+300,"fraction":230.5,"int":12,"model":"X1","negative":-3,"on":true,"scaled":65,"u64":18446744073709551615,"zero":0}"#
+        );
+    }
 
     #[test]
     fn names_are_topic_safe() {

@@ -1,7 +1,7 @@
 //! The command line as users meet it: `check`, `version`, exit codes.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 fn fieldgate(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fieldgate"));
@@ -207,7 +207,7 @@ fn an_invalid_override_names_its_variable_for_check_and_run_alike() {
 }
 
 #[test]
-fn run_refuses_an_invalid_config_with_exit_2_and_a_missing_one_with_1() {
+fn run_refuses_an_invalid_or_missing_config_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("broken.yaml");
     std::fs::write(&file, BROKEN).unwrap();
@@ -215,10 +215,19 @@ fn run_refuses_an_invalid_config_with_exit_2_and_a_missing_one_with_1() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("devices[1].poll"));
 
+    // systemd does not restart on 2 (RestartPreventExitStatus=2): a
+    // missing file does not appear by itself.
     let missing = dir.path().join("nope.yaml");
-    let out = fieldgate(&["check", "--config", missing.to_str().unwrap()], &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("cannot read"));
+    for command in ["check", "run"] {
+        let out = fieldgate(&[command, "--config", missing.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        assert!(text(&out.stderr).contains("cannot read"), "{command}");
+    }
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/fieldgate.service"),
+    )
+    .unwrap();
+    assert!(unit.lines().any(|l| l == "RestartPreventExitStatus=2"));
 }
 
 #[test]
@@ -584,5 +593,139 @@ mqtt:
                 "{f}:6:19: mqtt.tls.ca_file: warning: /nonexistent/fieldgate/ca.pem does not exist: the gateway cannot connect to the broker until it does"
             ),
         ]
+    );
+}
+
+/// What `fieldgate … | head -1` does to us: the reader is gone before or
+/// while we print.
+fn into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run fieldgate")
+}
+
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt: {{ url: mqtt://127.0.0.1:1883 }}\ndevices: []\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    let commands: [&[&str]; 5] = [
+        &["queue", "--config", config, "stats"],
+        &["queue", "--config", config, "peek"],
+        &["config", "--config", config, "show"],
+        &["check", "--config", config],
+        &["version"],
+    ];
+    for args in commands {
+        let out = into_closed_pipe(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stderr), "", "{args:?}");
+    }
+}
+
+#[test]
+fn an_error_names_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A state directory that cannot be created, even by root.
+    let file = dir.path().join("gw.yaml");
+    std::fs::write(
+        &file,
+        "gateway: { id: gw-1, state_dir: /proc/fieldgate-test/state }\nmqtt: { url: mqtt://127.0.0.1:1 }\ndevices: []\n",
+    )
+    .unwrap();
+    let out = fieldgate(&["run", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.matches("cannot create the state directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("(os error").count(), 1, "{stderr}");
+}
+
+/// What the package and `scripts/install.sh` put at
+/// /etc/fieldgate/fieldgate.yaml: refused until the broker is set, so an
+/// unedited install reads and queues nothing (exit 2: systemd does not
+/// restart it).
+#[test]
+fn the_installed_configuration_is_refused_until_the_broker_is_set() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/installed/fieldgate.yaml");
+    let file = file.to_str().unwrap();
+    for command in ["check", "run"] {
+        let out = fieldgate(&[command, "--config", file], &[]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{command}: {stderr}");
+        assert!(
+            stderr.contains(": mqtt.url: missing"),
+            "{command}: {stderr}"
+        );
+    }
+    let set = [("FIELDGATE__MQTT__URL", "mqtt://127.0.0.1:1883")];
+    let out = fieldgate(&["check", "--config", file], &set);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn config_show_says_what_the_environment_changes_and_hides_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt:\n  url: mqtt://127.0.0.1:1883\n  username: gw\n  password: \"s3cret\"\ndevices: []\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("FIELDGATE__GATEWAY__ID", "pi-07"),
+        ("FIELDGATE__MQTT__PASSWORD", "0th3r"),
+    ];
+    let out = fieldgate(
+        &["config", "--config", file.to_str().unwrap(), "show"],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let show = text(&out.stdout);
+    assert!(
+        show.starts_with("# gateway, store, mqtt, log, commands, metrics, ble: the local file"),
+        "{show}"
+    );
+    assert!(
+        show.contains("#   FIELDGATE__GATEWAY__ID=pi-07\n"),
+        "{show}"
+    );
+    assert!(
+        show.contains("#   FIELDGATE__MQTT__PASSWORD=(hidden)\n"),
+        "{show}"
+    );
+    assert!(
+        show.contains("# in effect: gateway.id pi-07, client id pi-07, broker mqtt://127.0.0.1:1883, topics fieldgate/pi-07/…"),
+        "{show}"
+    );
+    assert!(show.contains("  password: (hidden)\n"), "{show}");
+    assert!(
+        !show.contains("s3cret") && !show.contains("0th3r"),
+        "{show}"
     );
 }

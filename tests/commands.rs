@@ -625,3 +625,86 @@ fn a_command_cut_off_by_a_crash_is_answered_failed_and_not_run_again() {
     assert_eq!(writes(&slave), 1, "{}", gw.log());
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
+
+/// A meter whose `l1-current` raises exception 2 on every poll: its
+/// `l3-voltage` still reads, in readings marked bad, and a `read` answers
+/// it with the time of the last poll even while its deadband holds it back.
+#[test]
+fn a_read_answers_a_point_of_a_partly_failing_device_with_its_last_poll() {
+    let broker = Broker::start();
+    let mut tables = Tables::default();
+    tables.input.insert(0, 2305);
+    // No holding register 500: the slave answers exception 2 for it.
+    let mut slave = Slave::new([(1, tables)]);
+    let port = slave.serve_tcp(0);
+    let sub = Subscriber::connect(broker.port, "check-read-partly", "fieldgate/gw/#");
+    let dir = tempfile::tempdir().unwrap();
+    let meter = format!(
+        "  - name: meter\n    kind: modbus\n    tcp: {{ host: 127.0.0.1, port: {port} }}\n    poll: 200ms\n    timeout: 1500ms\n    points:\n      - {{ name: l3-voltage, register: input, address: 0, type: u16, scale: 0.1, deadband: 5 }}\n      - {{ name: l1-current, register: holding, address: 500, type: u16 }}\n"
+    );
+    let config = write_config(dir.path(), broker.port, "", &meter);
+    let mut gw = Gateway::start(&config, dir.path());
+
+    let first = |m: &[Message]| {
+        m.iter().any(|m| {
+            m.topic.ends_with("/telemetry/meter") && m.json()["values"]["l3-voltage"].is_number()
+        })
+    };
+    assert!(sub.wait_until(LONG, first), "{}", gw.log());
+    let published = sub
+        .messages()
+        .into_iter()
+        .find(|m| m.topic.ends_with("/telemetry/meter"))
+        .unwrap()
+        .json();
+    assert_eq!(published["quality"], "bad", "{published}");
+    assert!(
+        published["error"].as_str().unwrap().contains("l1-current"),
+        "{published}"
+    );
+
+    // Ten more polls, all held back by the deadband.
+    std::thread::sleep(Duration::from_secs(2));
+    publish(
+        broker.port,
+        COMMANDS,
+        r#"{"id":"r-1","device":"meter","point":"l3-voltage","action":"read"}"#,
+    );
+    let read = answer(&sub, "r-1", &gw);
+    assert_eq!(read["status"], "ok", "{read}");
+    assert_eq!(read["value"].as_f64(), Some(230.5), "{read}");
+    let at = |v: &Value| {
+        v.as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .unwrap_or_else(|| panic!("not a timestamp: {v}"))
+    };
+    let polled_after = at(&read["value_ts"]).duration_since(at(&published["ts"]));
+    assert!(
+        polled_after >= jiff::SignedDuration::from_millis(1_500),
+        "value_ts is the first publish, not the last poll: {read} {published}"
+    );
+
+    publish(
+        broker.port,
+        COMMANDS,
+        r#"{"id":"r-2","device":"meter","point":"l1-current","action":"read"}"#,
+    );
+    let never = answer(&sub, "r-2", &gw);
+    assert_eq!(never["status"], "failed", "{never}");
+
+    // The two answers are counted apart from the readings.
+    let counted = |m: &[Message]| {
+        m.iter().any(|m| {
+            m.topic == "fieldgate/gw/status" && m.json()["counters"]["answers_published"] == 2
+        })
+    };
+    assert!(sub.wait_until(LONG, counted), "{}", gw.log());
+    let messages = sub.messages();
+    let status = latest_status(&messages).unwrap();
+    assert_eq!(
+        status["counters"]["published"],
+        distinct_seqs(&messages).len(),
+        "{status}"
+    );
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}

@@ -61,6 +61,13 @@ fn status_counters_and_the_metrics_endpoint_agree() {
 
     let response = scrape(metrics_port);
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.contains(
+            "\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+        ),
+        "{response}"
+    );
+    assert!(response.ends_with("# EOF\n"), "{response}");
     assert_eq!(
         metric(&response, "fieldgate_published_total"),
         Some(40.0),

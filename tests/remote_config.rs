@@ -587,3 +587,62 @@ fn under_the_readme_acl_the_gateway_works_and_only_the_cloud_commands_it() {
     );
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
+
+/// The retained `P/config/state` names what runs: at start, and after
+/// `config clear-remote` and SIGHUP, when the local devices run again.
+#[test]
+fn the_retained_config_state_follows_clear_remote_and_sighup() {
+    let rig = Rig::new("check-state", "fieldgate/gw/#", GONE);
+    let mut gw = rig.gateway();
+    let origin = |m: &Message| m.json()["running_origin"].as_str().map(str::to_owned);
+    let local_state = |m: &[Message]| {
+        m.iter().any(|m| {
+            m.topic == "fieldgate/gw/config/state" && origin(m).as_deref() == Some("local")
+        })
+    };
+    rig.expect(&gw, LONG, local_state);
+
+    publish(
+        rig.broker.port,
+        SET,
+        &format!("version: v2\ndevices:\n{FRESH}"),
+    );
+    let state = wait_state(&rig.sub, "v2", "applied", &gw);
+    assert_eq!(state["running_origin"], "remote");
+    rig.expect(&gw, LONG, |m| readings_of(m, "fresh") >= 5);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["config", "clear-remote", "--config"])
+        .arg(&rig.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rig.sub.clear();
+    gw.sighup();
+    rig.expect(&gw, LONG, local_state);
+    rig.expect(&gw, LONG, |m| readings_of(m, "gone") >= 5);
+
+    // What a dashboard connecting now is told.
+    let late = Subscriber::connect(rig.broker.port, "check-state-late", "fieldgate/gw/#");
+    let retained = |topic: &'static str| move |m: &[Message]| m.iter().any(|m| m.topic == topic);
+    assert!(late.wait_until(LONG, retained("fieldgate/gw/config/state")));
+    assert!(late.wait_until(LONG, retained("fieldgate/gw/status")));
+    let messages = late.messages();
+    let state = messages
+        .iter()
+        .rfind(|m| m.topic == "fieldgate/gw/config/state")
+        .unwrap()
+        .json();
+    let status = latest_status(&messages).unwrap();
+    assert_eq!(state["running_origin"], "local", "{state}");
+    assert_eq!(
+        state["running_version"], status["config_version"],
+        "{state} {status}"
+    );
+    assert_eq!(status["config_origin"], "local", "{status}");
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}

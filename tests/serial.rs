@@ -232,6 +232,12 @@ fn garbage_long_lines_and_invalid_utf8_are_skipped_and_counted_exactly() {
     // Logged, but not every one of them.
     let logged = rig.gw.log().matches("bad line skipped").count();
     assert!((1..=5).contains(&logged), "{logged} bad lines logged");
+    // The first one, quoted and escaped once.
+    assert!(
+        rig.gw.log().contains(r#"line="{\"n\": 1""#),
+        "{}",
+        rig.gw.log()
+    );
 }
 
 #[test]

@@ -231,6 +231,16 @@ fn mqtt5_refusals_go_to_the_dead_letters_while_other_devices_flow() {
         "{}",
         gw.log()
     );
+    // 50 refusals for one reason within seconds: one line, not fifty.
+    assert_eq!(
+        gw.log()
+            .lines()
+            .filter(|l| l.contains("the broker refused") && l.contains("reading(s)"))
+            .count(),
+        1,
+        "{}",
+        gw.log()
+    );
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 
     let (_, stats) = queue(&config, &["stats"]);

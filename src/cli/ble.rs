@@ -32,6 +32,6 @@ pub fn run(action: Action, configured_adapter: Option<String>) -> anyhow::Result
     let seen = runtime
         .block_on(scan::scan(adapter.as_deref(), Duration::from_secs(seconds)))
         .map_err(|cause| anyhow!("BLE unavailable: {cause}"))?;
-    print!("{}", scan::render(&seen));
+    out!("{}", scan::render(&seen))?;
     Ok(())
 }

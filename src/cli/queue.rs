@@ -69,8 +69,8 @@ pub fn run(config: &Config, action: Action) -> anyhow::Result<QueueOutcome> {
     let outbox = match open(&path) {
         Ok(outbox) => outbox,
         // Not created yet, or created a moment ago by a starting gateway.
-        Err(StoreError::Uninitialized) => return Ok(empty(&path)),
-        Err(StoreError::Sqlite(_)) if !path.exists() => return Ok(empty(&path)),
+        Err(StoreError::Uninitialized) => return empty(&path),
+        Err(StoreError::Sqlite(_)) if !path.exists() => return empty(&path),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
     let now = jiff::Timestamp::now().as_millisecond();
@@ -78,32 +78,32 @@ pub fn run(config: &Config, action: Action) -> anyhow::Result<QueueOutcome> {
         Action::Stats => stats(&outbox, now)?,
         Action::Peek { count, device } => {
             for row in outbox.peek(count, device.as_deref())? {
-                println!(
+                outln!(
                     "{:<6} qos{} {}",
                     row.priority.as_str(),
                     row.qos as u8,
                     payload::telemetry(&row)
-                );
+                )?;
             }
         }
         Action::DeadLetters { count, device } => {
             for d in outbox.dead_letter_list(count, device.as_deref())? {
-                println!(
+                outln!(
                     "seq {:<10} {:<24} {}  {}",
                     d.seq,
                     d.device,
                     payload::timestamp(d.ts_ms),
                     d.reason
-                );
+                )?;
             }
         }
         Action::RetryDead { device } => {
             let mut outbox = Outbox::open_for_changes(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
             let n = outbox.retry_dead(device.as_deref())?;
-            println!(
+            outln!(
                 "{n} dead letter(s) queued again; a running gateway sends them from its next connection"
-            );
+            )?;
         }
         Action::Purge {
             device,
@@ -119,13 +119,13 @@ pub fn run(config: &Config, action: Action) -> anyhow::Result<QueueOutcome> {
             };
             if !yes {
                 let n = outbox.count(device.as_deref(), before)?;
-                println!("{n} {what} would be deleted; run again with --yes to delete them");
+                outln!("{n} {what} would be deleted; run again with --yes to delete them")?;
                 return Ok(QueueOutcome::NeedsConfirmation);
             }
             let mut outbox = Outbox::open_for_changes(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
             let n = outbox.purge(device.as_deref(), before)?;
-            println!("deleted {n} {what}");
+            outln!("deleted {n} {what}")?;
         }
     }
     Ok(QueueOutcome::Done)
@@ -146,54 +146,58 @@ fn open(path: &Path) -> Result<Outbox, StoreError> {
     }
 }
 
-fn empty(path: &Path) -> QueueOutcome {
-    println!("no store at {} yet: 0 rows", path.display());
-    QueueOutcome::Done
+fn empty(path: &Path) -> anyhow::Result<QueueOutcome> {
+    outln!("no store at {} yet: 0 rows", path.display())?;
+    Ok(QueueOutcome::Done)
 }
 
 fn stats(outbox: &Outbox, now_ms: i64) -> anyhow::Result<()> {
     let totals = outbox.totals()?;
-    println!("rows      {}", totals.rows);
-    println!("bytes     {}", totals.bytes);
-    println!("disk      {} bytes in use", outbox.used_bytes()?);
-    println!("next      seq {}", outbox.next_seq());
+    outln!("rows      {}", totals.rows)?;
+    outln!("bytes     {}", totals.bytes)?;
+    outln!("disk      {} bytes in use", outbox.used_bytes()?)?;
+    outln!("next      seq {}", outbox.next_seq())?;
     let devices = outbox.device_stats()?;
     if !devices.is_empty() {
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "{:<24} {:<8} {:>10} {:>12} {:>10}",
-            "device", "priority", "rows", "bytes", "oldest"
-        );
+            "device",
+            "priority",
+            "rows",
+            "bytes",
+            "oldest"
+        )?;
         for d in devices {
             let age = std::time::Duration::from_millis((now_ms - d.oldest_ts_ms).max(0) as u64);
-            println!(
+            outln!(
                 "{:<24} {:<8} {:>10} {:>12} {:>9}s",
                 d.device,
                 d.priority.as_str(),
                 d.rows,
                 d.bytes,
                 age.as_secs()
-            );
+            )?;
         }
     }
     let dead = outbox.dead_letters()?;
     if !dead.is_empty() {
-        println!();
-        println!("{:<24} {:>10}", "dead letters", "readings");
+        outln!()?;
+        outln!("{:<24} {:>10}", "dead letters", "readings")?;
         for (device, n) in dead {
-            println!("{device:<24} {n:>10}");
+            outln!("{device:<24} {n:>10}")?;
         }
         for d in outbox.dead_letter_list(3, None)? {
-            println!("  last: seq {} of {}: {}", d.seq, d.device, d.reason);
+            outln!("  last: seq {} of {}: {}", d.seq, d.device, d.reason)?;
         }
-        println!("  (`fieldgate queue dead-letters` lists them, `retry-dead` sends them again)");
+        outln!("  (`fieldgate queue dead-letters` lists them, `retry-dead` sends them again)")?;
     }
     let evictions = outbox.evictions()?;
     if !evictions.is_empty() {
-        println!();
-        println!("{:<24} {:>10}", "evicted", "readings");
+        outln!()?;
+        outln!("{:<24} {:>10}", "evicted", "readings")?;
         for (device, n) in evictions {
-            println!("{device:<24} {n:>10}");
+            outln!("{device:<24} {n:>10}")?;
         }
     }
     Ok(())

@@ -43,7 +43,11 @@ pub struct MqttConfig {
     pub token_command: Option<String>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    #[serde(default = "MqttConfig::default_keep_alive")]
+    /// `0` (or `0s`) turns keep-alive off.
+    #[serde(
+        default = "MqttConfig::default_keep_alive",
+        deserialize_with = "keep_alive"
+    )]
     pub keep_alive: Duration,
     /// QoS of devices that do not set their own.
     #[serde(default = "MqttConfig::default_qos")]
@@ -206,6 +210,33 @@ impl MqttConfig {
         }
         found
     }
+}
+
+/// `keep_alive` takes a duration, or a bare `0` for off: every other key
+/// refuses bare numbers because their unit would be a guess, but zero is
+/// zero in any unit, and `0` is what MQTT itself uses for off.
+fn keep_alive<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("0 (off) or a duration such as 30s")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            if v.trim() == "0" {
+                return Ok(Duration::from_millis(0));
+            }
+            v.parse().map_err(E::custom)
+        }
+        /// A bare `30` is refused with the same words as in any other key.
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            self.visit_str(&v.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
+            self.visit_str(&v.to_string())
+        }
+    }
+    d.deserialize_any(Visitor)
 }
 
 /// The placeholder in `mqtt.client_id` for the machine id.
@@ -474,5 +505,26 @@ mod tests {
             BrokerUrl::parse("mqtts://h").unwrap().to_string(),
             "mqtts://h:8883"
         );
+    }
+
+    #[test]
+    fn keep_alive_takes_a_bare_zero_for_off_and_durations_otherwise() {
+        let load = |value: &str| {
+            let text = format!(
+                "gateway: {{ id: t, state_dir: /tmp/t }}\nmqtt:\n  url: mqtt://127.0.0.1\n  keep_alive: {value}\n"
+            );
+            crate::config::load_str(&text, "f.yaml").map(|c| c.mqtt.keep_alive.get())
+        };
+        let s = std::time::Duration::from_secs;
+        assert_eq!(load("0").unwrap(), s(0));
+        assert_eq!(load("\"0\"").unwrap(), s(0));
+        assert_eq!(load("0s").unwrap(), s(0));
+        assert_eq!(load("45s").unwrap(), s(45));
+        for bad in ["30", "1.5", "soon", "500ms"] {
+            let err = load(bad).unwrap_err().to_string();
+            assert!(err.contains("mqtt.keep_alive"), "{bad}: {err}");
+        }
+        let err = load("30").unwrap_err().to_string();
+        assert!(err.contains("invalid duration `30`"), "{err}");
     }
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::clock::{Clock, Deadline};
 use crate::config::{BleConfig, DeviceConfig};
 use crate::health::{DeviceHealth, Health};
-use crate::reading::{Name, Qos, Quality, Reading};
+use crate::reading::{Name, Qos, Reading};
 use crate::store::{Store, StoreError};
 /// Where sources put readings: the store's append queue, counted.
 #[derive(Clone)]
@@ -38,14 +38,16 @@ impl Ingest {
     }
 
     /// Queues a reading; fails only when the store is shutting down.
-    pub async fn append(&self, reading: Reading) -> Result<(), StoreError> {
+    pub async fn append(&self, mut reading: Reading) -> Result<(), StoreError> {
+        // One rule for every kind: `65`, never `65.0` from one and `65` from another.
+        crate::reading::whole_numbers_as_integers(&mut reading.values);
         self.health.readings_in.fetch_add(1, Relaxed);
         let device = self.health.device(reading.device.as_str());
         device.readings.fetch_add(1, Relaxed);
-        // What a command that reads a point is answered with.
-        if reading.quality == Quality::Good {
-            device.remember(reading.ts_ms, &reading.values);
-        }
+        // What a command that reads a point is answered with. A bad reading
+        // carries the points that did read (a failed point has no value in
+        // it), and those values are as good as in any other reading.
+        device.remember(reading.ts_ms, &reading.values);
         self.store.append(reading).await
     }
 
@@ -213,4 +215,55 @@ pub fn spawn_group(
         writers.insert(device.clone(), PointWriter::Modbus(bus.clone()));
     }
     Group { tasks, writers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::{Delivery, Priority, Quality};
+    use serde_json::json;
+
+    #[test]
+    fn a_bad_reading_still_gives_commands_the_values_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let (store, _thread) = Store::open(
+            &dir.path().join("t.db"),
+            &Default::default(),
+            Clock::system(),
+        )
+        .unwrap();
+        let health = Health::new();
+        let ingest = Ingest::new(store, health.clone());
+        let reading = |ts_ms, values: serde_json::Value, quality| Reading {
+            device: Name::parse("meter").unwrap(),
+            ts_ms,
+            values: values.as_object().unwrap().clone(),
+            quality,
+            error: (quality == Quality::Bad).then(|| "l1-current: exception 2".to_owned()),
+            delivery: Delivery {
+                qos: Qos::AtLeastOnce,
+                priority: Priority::Normal,
+            },
+        };
+        runtime.block_on(async {
+            let good = reading(1_000, json!({"l3-voltage": 230.5}), Quality::Good);
+            ingest.append(good).await.unwrap();
+            let bad = reading(
+                2_000,
+                json!({"l3-voltage": 231.5, "energy": 12.0}),
+                Quality::Bad,
+            );
+            ingest.append(bad).await.unwrap();
+        });
+        let meter = health.device("meter");
+        assert_eq!(meter.latest("l3-voltage"), Some((2_000, json!(231.5))));
+        assert_eq!(meter.latest("l1-current"), None);
+        // Whole numbers as integers, from here on (the store, the payloads).
+        assert_eq!(meter.latest("energy"), Some((2_000, json!(12))));
+    }
 }

@@ -144,6 +144,7 @@ pub fn status(
         "counters": {
             "readings_in": health.readings_in,
             "published": health.published,
+            "answers_published": health.answers_published,
             "reconnects": health.reconnects,
             "commands_dropped": health.commands_dropped,
             "commands_unanswered": health.commands_unanswered,

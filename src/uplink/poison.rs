@@ -21,7 +21,8 @@
 //! once a row of S bytes was dead-lettered because the broker closed on
 //! it, rows of S bytes or more count as too large too (until a restart).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::store::RowKey;
 
@@ -40,6 +41,55 @@ pub struct PoisonWatch {
     /// The smallest publish the broker closed the connection on until its
     /// row was dead-lettered.
     pub oversize_from: Option<usize>,
+    pub refusals: RefusalLog,
+}
+
+/// How often refusals for a reason already logged are summed up in a line.
+pub const REFUSAL_SUMMARY: Duration = Duration::from_secs(60);
+
+/// Reasons logged one by one at most; more are summed up together.
+const REFUSAL_REASONS: usize = 16;
+
+/// Refusals of readings, for the log: a broker that refuses a device's
+/// readings (an ACL, a quota) refuses every one of them, and a line per
+/// refusal would fill the journal. The first refusal for a reason is
+/// logged, later ones are summed up every [`REFUSAL_SUMMARY`]; every
+/// refused reading is in the dead letters all the same.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    /// Per reason: when it was last logged, and the readings refused since.
+    reasons: HashMap<String, (Instant, usize)>,
+}
+
+impl RefusalLog {
+    /// `n` readings were refused for `reason`: the line to log now, if any.
+    pub fn refused(&mut self, n: usize, reason: &str, now: Instant) -> Option<String> {
+        // Sizes and the like in a reason would make every refusal new.
+        let key = if self.reasons.contains_key(reason) || self.reasons.len() < REFUSAL_REASONS {
+            reason
+        } else {
+            "other reasons"
+        };
+        let Some((logged, since)) = self.reasons.get_mut(key) else {
+            self.reasons.insert(key.to_owned(), (now, 0));
+            return Some(format!(
+                "the broker refused {n} reading(s) ({reason}): moved to the dead letters; \
+                 more for this reason are summed up every {}s",
+                REFUSAL_SUMMARY.as_secs()
+            ));
+        };
+        *since += n;
+        let elapsed = now.saturating_duration_since(*logged);
+        if elapsed < REFUSAL_SUMMARY {
+            return None;
+        }
+        let line = format!(
+            "the broker refused {since} more reading(s) in {}s ({key}): moved to the dead letters",
+            elapsed.as_secs()
+        );
+        (*logged, *since) = (now, 0);
+        Some(line)
+    }
 }
 
 impl PoisonWatch {
@@ -122,6 +172,34 @@ mod tests {
         );
         // The next connection sends three one at a time.
         assert_eq!(watch.probe, 3);
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_reason_then_summed_up() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let acl = "0x87 Not authorized";
+        let first = log.refused(1, acl, t0).unwrap();
+        assert!(first.starts_with("the broker refused 1 reading(s) (0x87 Not authorized)"));
+        // Twice a second for a minute: nothing more until the summary.
+        for i in 1..120 {
+            assert_eq!(log.refused(1, acl, at(i * 500)), None, "{i}");
+        }
+        let summary = log.refused(1, acl, at(60_000)).unwrap();
+        assert!(
+            summary
+                .starts_with("the broker refused 120 more reading(s) in 60s (0x87 Not authorized)"),
+            "{summary}"
+        );
+        assert_eq!(log.refused(1, acl, at(60_500)), None);
+        // Another reason is news.
+        assert!(log.refused(2, "0x97 Quota exceeded", at(61_000)).is_some());
+        // Reasons that differ in every line are summed up together.
+        for size in 0..100 {
+            log.refused(1, &format!("{size} bytes exceed the limit"), at(61_000));
+        }
+        assert!(log.reasons.len() <= REFUSAL_REASONS + 1);
     }
 
     #[test]

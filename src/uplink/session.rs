@@ -1,7 +1,7 @@
 //! One MQTT session: what to send next, what the broker has acknowledged,
 //! and whether the link still lives.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -82,6 +82,9 @@ pub(super) struct Session<'a> {
     /// Wire size of each row publish awaiting its ack, and when it was
     /// handed to the client, by its first row.
     sizes: HashMap<RowKey, (usize, Instant)>,
+    /// The row publishes among those that answer a command, so that they
+    /// are not counted as readings.
+    answers: HashSet<RowKey>,
     link: Option<MqttLink>,
     flight: Inflight,
     /// Per priority, the highest `seq` fetched.
@@ -133,6 +136,7 @@ impl<'a> Session<'a> {
             poison,
             broker_max: None,
             sizes: HashMap::new(),
+            answers: HashSet::new(),
             link: None,
             flight: Inflight::new(packet_ids(settings.max_inflight)),
             cursors: [0; 3],
@@ -531,7 +535,8 @@ impl<'a> Session<'a> {
         let (device, qos, keys, body) = match message {
             // Not a reading: an answer to a command, to its own topic.
             Pending::Single(row) if row.topic.is_some() => {
-                let (qos, keys) = (row.qos, vec![row.key()]);
+                let key = row.key();
+                let (qos, keys) = (row.qos, vec![key]);
                 let topic = row.topic.unwrap_or_default();
                 // Stored before topics were checked, or by hand: refused
                 // here rather than by the client, which would drop the link.
@@ -540,7 +545,12 @@ impl<'a> Session<'a> {
                     return Ok(());
                 }
                 let body = row.values.into_bytes();
-                return self.send_rows(topic, body, row.correlation, keys, qos);
+                self.send_rows(topic, body, row.correlation, keys, qos)?;
+                // Sent, not refused for its size.
+                if self.sizes.contains_key(&key) {
+                    self.answers.insert(key);
+                }
+                return Ok(());
             }
             Pending::Single(row) => {
                 let body = payload::telemetry(&row);
@@ -705,14 +715,22 @@ impl<'a> Session<'a> {
     /// A row publish is done with (acked or refused): forgets its size.
     /// Returns whether it was one.
     fn finished(&mut self, rows: &[RowKey]) -> bool {
-        rows.first().and_then(|k| self.sizes.remove(k)).is_some()
+        let Some(first) = rows.first() else {
+            return false;
+        };
+        self.answers.remove(first);
+        self.sizes.remove(first).is_some()
     }
 
     fn deliver(&mut self, rows: Vec<RowKey>) {
+        let counter = match rows.first() {
+            Some(k) if self.answers.contains(k) => &self.health.answers_published,
+            _ => &self.health.published,
+        };
+        counter.fetch_add(rows.len() as u64, Relaxed);
         if self.finished(&rows) {
             self.poison.probe = self.poison.probe.saturating_sub(1);
         }
-        self.health.published.fetch_add(rows.len() as u64, Relaxed);
         self.delivered.extend(rows);
     }
 
@@ -737,10 +755,10 @@ impl<'a> Session<'a> {
     async fn report(&mut self) -> Result<(), UplinkError> {
         self.store.ack(std::mem::take(&mut self.delivered)).await?;
         for (rows, reason) in std::mem::take(&mut self.refused) {
-            tracing::warn!(
-                "the broker refused {} reading(s) ({reason}): moved to the dead letters",
-                rows.len()
-            );
+            let now = std::time::Instant::now();
+            if let Some(line) = self.poison.refusals.refused(rows.len(), &reason, now) {
+                tracing::warn!("{line}");
+            }
             self.store.refused(rows, reason).await?;
         }
         Ok(())

@@ -218,6 +218,10 @@ impl Poller {
     pub async fn poll_and_publish(&mut self, link: &mut ModbusLink, ingest: &Ingest) -> bool {
         let ts_ms = ingest.clock().now_ms();
         let outcomes = self.poll(link).await;
+        // Remembered here, not only from what is published: a deadband
+        // holds back values that were read all the same.
+        self.health
+            .remember(ts_ms, &self.publisher.values_read(&outcomes));
         let publication = self.publisher.publish(outcomes, Instant::now());
         let fault = self.publisher.fault().map(str::to_owned);
         let problem = fault.clone().or_else(|| self.skipped());

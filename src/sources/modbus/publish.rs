@@ -56,6 +56,18 @@ impl Publisher {
         self.fault.as_deref()
     }
 
+    /// Every value the poll read, published or held back by its deadband:
+    /// a command that reads a point gets the last poll's value.
+    pub fn values_read(&self, outcomes: &[Option<PointResult>]) -> Map<String, Value> {
+        self.names
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(name, outcome)| {
+                Some((name.clone(), outcome.as_ref()?.as_ref().ok()?.clone()))
+            })
+            .collect()
+    }
+
     /// Decides what the poll that ended in `outcomes` (one per point, in
     /// point order; `None` for a point not read on purpose) publishes, if
     /// anything.
@@ -233,6 +245,18 @@ mod tests {
         let skipped = p.publish(vec![Some(Ok(json!(9.0))), None], at(64)).unwrap();
         assert_eq!(skipped.quality, Quality::Good);
         assert_eq!(keys(&Some(skipped)), ["power"]);
+    }
+
+    #[test]
+    fn values_read_include_those_the_deadband_holds_back_and_skip_failures() {
+        let mut p = publisher();
+        let t0 = Instant::now();
+        p.publish(vec![Some(Ok(json!(100.0))), Some(Ok(json!(1)))], t0);
+        let poll = vec![Some(Ok(json!(101.0))), Some(Err("exception 2".to_owned()))];
+        let read = p.values_read(&poll);
+        let published = p.publish(poll, t0 + Duration::from_secs(1)).unwrap();
+        assert!(published.values.is_empty(), "within the band");
+        assert_eq!(read, json!({"power": 101.0}).as_object().unwrap().clone());
     }
 
     #[test]

@@ -344,11 +344,11 @@ impl PortTask {
                 if let Some(unlogged) = self.bad_lines.admit(Instant::now()) {
                     let line = match &frame {
                         Frame::Line(line) => preview(line),
-                        Frame::TooLong => String::new(),
+                        Frame::TooLong => preview(b""),
                     };
                     tracing::warn!(
                         device = %self.device.name,
-                        line,
+                        line = %line,
                         unlogged,
                         "bad line skipped: {reason}"
                     );
@@ -382,13 +382,32 @@ async fn recv(inbox: &mut Option<mpsc::Receiver<WriteRequest>>) -> WriteRequest 
 /// The start of a bad line for the log, with unprintable bytes escaped.
 fn preview(line: &[u8]) -> String {
     const SHOWN: usize = 60;
-    let mut text: String = line
-        .iter()
-        .take(SHOWN)
-        .flat_map(|b| std::ascii::escape_default(*b))
-        .map(char::from)
-        .collect();
-    if line.len() > SHOWN {
+    // Quoted and escaped once, here, and logged as it is (`%`): the
+    // subscriber's own quoting on top would escape every escape again.
+    let mut text = String::from("\"");
+    let mut shown = 0;
+    'line: for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if shown == SHOWN {
+                break 'line;
+            }
+            text.extend(c.escape_debug());
+            shown += 1;
+        }
+        for b in chunk.invalid() {
+            if shown == SHOWN {
+                break 'line;
+            }
+            text.push_str(&format!("\\x{b:02x}"));
+            shown += 1;
+        }
+    }
+    text.push('"');
+    let total: usize = line
+        .utf8_chunks()
+        .map(|c| c.valid().chars().count() + c.invalid().len())
+        .sum();
+    if total > SHOWN {
         text.push('…');
     }
     text
@@ -440,8 +459,14 @@ mod tests {
     }
 
     #[test]
-    fn previews_escape_and_shorten() {
-        assert_eq!(preview(b"a\xff\tb"), "a\\xff\\tb");
-        assert_eq!(preview(&[b'x'; 100]).chars().count(), 61);
+    fn previews_escape_once_and_shorten() {
+        assert_eq!(preview(b"a\xff\tb"), r#""a\xff\tb""#);
+        assert_eq!(
+            preview("{\"t\": \"21.5 °C\"}".as_bytes()),
+            r#""{\"t\": \"21.5 °C\"}""#
+        );
+        let long = preview(&[b'x'; 100]);
+        assert_eq!(long, format!("\"{}\"…", "x".repeat(60)));
+        assert_eq!(preview("é".repeat(60).as_bytes()).chars().count(), 62);
     }
 }
