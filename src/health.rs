@@ -3,7 +3,7 @@
 //! Published on `P/status` (retained, every `gateway.status_interval`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -17,8 +17,12 @@ pub struct Health {
     pub published: AtomicU64,
     /// Connections after the first.
     pub reconnects: AtomicU64,
-    /// Commands left unacknowledged because the command queue was full.
+    /// Commands left unacknowledged because the gateway did not take them
+    /// in time (the broker sends them again on the next connection).
     pub commands_dropped: AtomicU64,
+    /// Whether the downstream connection (commands and configurations) is
+    /// up and subscribed.
+    pub downstream_up: AtomicBool,
     /// Unreadable commands not answered, to bound the answers a flood of
     /// junk can cause (each is logged and counted instead).
     pub commands_unanswered: AtomicU64,
@@ -82,6 +86,8 @@ pub struct Snapshot {
     pub reconnects: u64,
     pub commands_dropped: u64,
     pub commands_unanswered: u64,
+    /// Whether commands can reach the gateway now (the downstream connection).
+    pub downstream_up: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uplink_problem: Option<String>,
     pub devices: BTreeMap<String, DeviceSnapshot>,
@@ -104,6 +110,7 @@ impl Health {
             published: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             commands_dropped: AtomicU64::new(0),
+            downstream_up: AtomicBool::new(false),
             commands_unanswered: AtomicU64::new(0),
             uplink_problem: Mutex::new(None),
             devices: Mutex::new(BTreeMap::new()),
@@ -133,6 +140,7 @@ impl Health {
             reconnects: self.reconnects.load(Relaxed),
             commands_dropped: self.commands_dropped.load(Relaxed),
             commands_unanswered: self.commands_unanswered.load(Relaxed),
+            downstream_up: self.downstream_up.load(Relaxed),
             uplink_problem: self
                 .uplink_problem
                 .lock()

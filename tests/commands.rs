@@ -43,6 +43,7 @@ fn rig(client: &str) -> (Broker, Slave, Subscriber, tempfile::TempDir, Gateway) 
     let config = write_config(dir.path(), broker.port, "", &device("boiler", port, ""));
     let gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
     (broker, slave, sub, dir, gw)
 }
 
@@ -223,6 +224,7 @@ fn an_unreachable_slave_fails_and_an_answer_survives_a_broker_outage() {
     let config = write_config(dir.path(), broker.port, "", &devices);
     let mut gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     publish(
         broker.port,
@@ -282,6 +284,7 @@ fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
     let config = write_config_mqtt(dir.path(), &mqtt, &device("boiler", port, ""));
     let mut gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     let port_s = broker.port.to_string();
     let listener = std::process::Command::new("mosquitto_sub")
@@ -347,6 +350,7 @@ fn a_wildcard_response_topic_is_answered_rejected_and_telemetry_keeps_flowing() 
     let config = write_config_mqtt(dir.path(), &mqtt, &devices);
     let mut gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     publish_v5(
         broker.port,
@@ -441,9 +445,11 @@ fn store_bytes(state: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// A flood of unreadable commands: the uplink hands each to the command
-/// queue without waiting, so acks and telemetry keep moving; unreadable
-/// ones are answered at most 10 a second, so the store does not fill.
+/// A flood of unreadable commands: they come on the downstream connection,
+/// which waits for the command queue with a bounded number of commands
+/// unacknowledged, so telemetry keeps moving on its own connection and
+/// memory stays flat; unreadable ones are answered at most 10 a second, so
+/// the store does not fill.
 #[test]
 fn a_burst_of_20000_junk_commands_leaves_the_link_and_telemetry_alone() {
     let broker = Broker::start();
@@ -458,6 +464,7 @@ fn a_burst_of_20000_junk_commands_leaves_the_link_and_telemetry_alone() {
     );
     let mut gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
     let state = dir.path().join("state");
     let rss_before = peak_rss_kb(gw.pid());
 
