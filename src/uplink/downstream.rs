@@ -159,14 +159,22 @@ impl StateLog {
         self.last_problem = None;
     }
 
-    fn down(&mut self, broker: &BrokerUrl, error: &DownstreamError) {
+    /// Returns whether it said so (once per change of problem).
+    fn down(&mut self, broker: &BrokerUrl, error: &DownstreamError) -> bool {
         let problem = format!("{broker}: {error}");
-        if self.last_problem.as_deref() != Some(problem.as_str()) {
-            tracing::warn!("commands link down: {problem}; commands wait at the broker");
-            self.last_problem = Some(problem);
-        } else {
+        // A reset reads differently depending on where rumqttc was when it
+        // came; it is one problem however it reads.
+        let key = match error {
+            DownstreamError::Link(e) if e.closed_by_peer() => format!("{broker}: closed"),
+            _ => problem.clone(),
+        };
+        if self.last_problem.as_deref() == Some(key.as_str()) {
             tracing::debug!("commands link still down: {problem}");
+            return false;
         }
+        tracing::warn!("commands link down: {problem}; commands wait at the broker");
+        self.last_problem = Some(key);
+        true
     }
 }
 
@@ -420,5 +428,39 @@ impl<'a> Connection<'a> {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::*;
+
+    fn reset(inside_state: bool) -> DownstreamError {
+        let io = Error::from(ErrorKind::ConnectionReset);
+        let e = match inside_state {
+            true => rumqttc::ConnectionError::MqttState(rumqttc::StateError::Io(io)),
+            false => rumqttc::ConnectionError::Io(io),
+        };
+        DownstreamError::Link(LinkError::V4(Box::new(e)))
+    }
+
+    #[test]
+    fn a_loss_is_said_once_however_rumqttc_words_a_reset() {
+        let broker = BrokerUrl::parse("mqtt://127.0.0.1:1883").unwrap_or_else(|e| panic!("{e}"));
+        let mut log = StateLog::default();
+        log.up(&broker, false);
+        assert!(log.down(&broker, &reset(true)));
+        assert!(!log.down(&broker, &reset(false)), "the same reset");
+        assert!(!log.down(&broker, &reset(true)));
+        assert!(
+            log.down(&broker, &DownstreamError::NotJournaled),
+            "a new problem"
+        );
+        assert!(!log.down(&broker, &DownstreamError::NotJournaled));
+        // Back up, then down again: a new loss.
+        log.up(&broker, true);
+        assert!(log.down(&broker, &reset(false)));
     }
 }
