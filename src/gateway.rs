@@ -17,7 +17,7 @@ use crate::health::Health;
 use crate::service;
 use crate::sources::{Ingest, Sources};
 use crate::store::{self, RemoteConfig, Store, StoreError};
-use crate::uplink::{self, Channels, ConfigInfo, payload};
+use crate::uplink::{self, Channels, ConfigInfo, Inbox, payload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -104,9 +104,20 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         info: info_rx,
         state: state_rx,
         batches: batches_rx,
-        received: received_tx,
-        commands: commands_tx,
     };
+    // Commands and configurations come on a connection of their own, on a
+    // session the broker keeps (see `uplink/downstream.rs`).
+    let stop_downstream = CancellationToken::new();
+    let inbox = Inbox {
+        commands: commands_tx,
+        documents: received_tx,
+    };
+    let downstream_task = tokio::spawn(uplink::run_downstream(
+        uplink_settings.clone(),
+        health.clone(),
+        inbox,
+        stop_downstream.clone(),
+    ));
     let uplink_task = tokio::spawn(uplink::run(
         uplink_settings,
         store.clone(),
@@ -140,6 +151,13 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     if let Some(metrics) = metrics {
         metrics.abort();
     }
+    // Nothing more is taken: what is unacknowledged waits at the broker
+    // for the next start.
+    stop_downstream.cancel();
+    if downstream_task.await.is_err() {
+        tracing::error!("the downstream task panicked");
+    }
+    drop(incoming_commands);
 
     // Sources first, so that their last readings are in the final commit.
     sources.stop_all().await;

@@ -3,7 +3,7 @@
 //! Published on `P/status` (retained, every `gateway.status_interval`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -20,8 +20,12 @@ pub struct Health {
     pub answers_published: AtomicU64,
     /// Connections after the first.
     pub reconnects: AtomicU64,
-    /// Commands left unacknowledged because the command queue was full.
+    /// Commands left unacknowledged because the gateway did not take them
+    /// in time (the broker sends them again on the next connection).
     pub commands_dropped: AtomicU64,
+    /// Whether the downstream connection (commands and configurations) is
+    /// up and subscribed.
+    pub downstream_up: AtomicBool,
     /// Unreadable commands not answered, to bound the answers a flood of
     /// junk can cause (each is logged and counted instead).
     pub commands_unanswered: AtomicU64,
@@ -90,6 +94,8 @@ pub struct Snapshot {
     pub commands_dropped: u64,
     pub commands_unanswered: u64,
     pub commands_unreadable: u64,
+    /// Whether commands can reach the gateway now (the downstream connection).
+    pub downstream_up: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uplink_problem: Option<String>,
     pub devices: BTreeMap<String, DeviceSnapshot>,
@@ -113,6 +119,7 @@ impl Health {
             answers_published: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             commands_dropped: AtomicU64::new(0),
+            downstream_up: AtomicBool::new(false),
             commands_unanswered: AtomicU64::new(0),
             commands_unreadable: AtomicU64::new(0),
             uplink_problem: Mutex::new(None),
@@ -145,6 +152,7 @@ impl Health {
             commands_dropped: self.commands_dropped.load(Relaxed),
             commands_unanswered: self.commands_unanswered.load(Relaxed),
             commands_unreadable: self.commands_unreadable.load(Relaxed),
+            downstream_up: self.downstream_up.load(Relaxed),
             uplink_problem: self
                 .uplink_problem
                 .lock()

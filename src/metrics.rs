@@ -128,6 +128,12 @@ pub fn render(health: &Snapshot, queue: &QueueStatus) -> String {
     );
     gauge(
         &mut r,
+        "commands_link_up",
+        "1 while the downstream connection (commands, configurations) is subscribed",
+        i64::from(health.downstream_up),
+    );
+    gauge(
+        &mut r,
         "uptime_seconds",
         "Seconds since the gateway started",
         health.uptime_s as i64,

@@ -369,6 +369,7 @@ fn a_command_writes_a_writable_gatt_characteristic() {
         bluez.logs()
     );
 
+    assert!(gw.wait_for_commands(WAIT), "{}", gw.log());
     let command = |id: &str, point: &str, value: &str| {
         let payload =
             format!(r#"{{"id":"{id}","device":"strap","point":"{point}","value":{value}}}"#);

@@ -43,6 +43,7 @@ fn rig(client: &str) -> (Broker, Slave, Subscriber, tempfile::TempDir, Gateway) 
     let config = write_config(dir.path(), broker.port, "", &device("boiler", port, ""));
     let gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
     (broker, slave, sub, dir, gw)
 }
 
@@ -223,6 +224,7 @@ fn an_unreachable_slave_fails_and_an_answer_survives_a_broker_outage() {
     let config = write_config(dir.path(), broker.port, "", &devices);
     let mut gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     publish(
         broker.port,
@@ -282,6 +284,7 @@ fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
     let config = write_config_mqtt(dir.path(), &mqtt, &device("boiler", port, ""));
     let mut gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     let port_s = broker.port.to_string();
     let listener = std::process::Command::new("mosquitto_sub")
@@ -347,6 +350,7 @@ fn a_wildcard_response_topic_is_answered_rejected_and_telemetry_keeps_flowing() 
     let config = write_config_mqtt(dir.path(), &mqtt, &devices);
     let mut gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     publish_v5(
         broker.port,
@@ -441,9 +445,11 @@ fn store_bytes(state: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// A flood of unreadable commands: the uplink hands each to the command
-/// queue without waiting, so acks and telemetry keep moving; unreadable
-/// ones are answered at most 10 a second, so the store does not fill.
+/// A flood of unreadable commands: they come on the downstream connection,
+/// which waits for the command queue with a bounded number of commands
+/// unacknowledged, so telemetry keeps moving on its own connection and
+/// memory stays flat; unreadable ones are answered at most 10 a second, so
+/// the store does not fill.
 #[test]
 fn a_burst_of_20000_junk_commands_leaves_the_link_and_telemetry_alone() {
     let broker = Broker::start();
@@ -458,6 +464,7 @@ fn a_burst_of_20000_junk_commands_leaves_the_link_and_telemetry_alone() {
     );
     let mut gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
     let state = dir.path().join("state");
     let rss_before = peak_rss_kb(gw.pid());
 
@@ -562,7 +569,7 @@ fn a_command_that_expires_in_the_queue_is_not_written() {
     let devices = format!("{}{ghost}", device("boiler", port, ""));
     let config = write_config(dir.path(), broker.port, "", &devices);
     let mut gw = Gateway::start(&config, dir.path());
-    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     // Right after a poll of the ghost starts, the bus is held for 3 s.
     let ghost_polls = || slave.seen().iter().filter(|s| s.unit == 9).count();
@@ -600,7 +607,7 @@ fn a_command_cut_off_by_a_crash_is_answered_failed_and_not_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), broker.port, "", &device("boiler", port, ""));
     let mut gw = Gateway::start(&config, dir.path());
-    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     let command = r#"{"id":"cut","device":"boiler","point":"setpoint","value":30}"#;
     publish(broker.port, COMMANDS, command);
@@ -612,9 +619,10 @@ fn a_command_cut_off_by_a_crash_is_answered_failed_and_not_run_again() {
     // The slave has the write and takes its time to answer: the gateway
     // dies before it hears back.
     gw.kill9();
-    let mut gw = Gateway::start(&config, dir.path());
-    assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
+    // The broker keeps the commands session: the copy waits for the
+    // gateway to come back.
     publish(broker.port, COMMANDS, command);
+    let mut gw = Gateway::start(&config, dir.path());
     let cut = answer(&sub, "cut", &gw);
     assert_eq!(cut["status"], "failed", "{cut}");
     assert!(
@@ -707,4 +715,82 @@ fn a_read_answers_a_point_of_a_partly_failing_device_with_its_last_poll() {
         "{status}"
     );
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}
+
+/// A flood of readable commands, each with its own id (each is journaled
+/// and answered): the journal stays under `commands.journal_max`, the
+/// store drains, and telemetry keeps flowing.
+#[test]
+fn a_flood_of_20000_journaled_commands_keeps_the_journal_bounded() {
+    let broker = Broker::start();
+    let sub = Subscriber::connect(broker.port, "check-journal-flood", "fieldgate/gw/#");
+    let dir = tempfile::tempdir().unwrap();
+    let ticks = 300;
+    let config = write_config(
+        dir.path(),
+        broker.port,
+        "",
+        &sim_device("ticker", "100ms", ticks, ""),
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("commands:\n  journal_max: 1000\n");
+    std::fs::write(&config, text).unwrap();
+    let mut gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
+
+    let mut flood = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-q", "1", "-t", COMMANDS, "-l"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    {
+        use std::io::Write;
+        let mut stdin = flood.stdin.take().unwrap();
+        for i in 0..20_000 {
+            writeln!(
+                stdin,
+                r#"{{"id":"flood-{i}","device":"nobody","point":"x","value":1}}"#
+            )
+            .unwrap();
+        }
+    }
+    assert!(flood.wait().unwrap().success());
+    let burst = t0.elapsed();
+    let answered = |m: &[Message]| {
+        m.iter().filter(|m| m.topic.ends_with("/responses")).count() >= 20_000
+            && telemetry(m).len() as u64 >= ticks
+    };
+    assert!(
+        sub.wait_until(Duration::from_secs(120), answered),
+        "{}",
+        gw.log()
+    );
+    let drained = t0.elapsed();
+    // While the commands were worked through (the ticker stops after 30 s).
+    let window = drained.min(Duration::from_secs(25));
+    let during = sub
+        .messages()
+        .iter()
+        .filter(|m| m.topic.contains("/telemetry/") && m.at >= t0 && m.at <= t0 + window)
+        .count() as f64;
+    let expected = window.as_secs_f64() * 10.0;
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    let state = dir.path().join("state");
+    let db = rusqlite::Connection::open(state.join("fieldgate.db")).unwrap();
+    let journal: i64 = db
+        .query_row("SELECT count(*) FROM command_journal", [], |r| r.get(0))
+        .unwrap();
+    let queued: i64 = db
+        .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    drop(db);
+    let stored = store_bytes(&state);
+    eprintln!(
+        "burst {burst:?}, all answered after {drained:?}: telemetry {during} of {expected:.0} expected while they were worked through, journal {journal} rows, outbox {queued} rows, store {stored} B"
+    );
+    assert!(journal <= 1_000, "{journal} journal rows");
+    assert_eq!(queued, 0, "every answer and reading was delivered");
+    assert!(during >= 0.9 * expected, "{during} < 0.9 × {expected}");
 }

@@ -59,6 +59,10 @@ fn status_counters_and_the_metrics_endpoint_agree() {
     assert_eq!(status["queue"]["rows"], 0);
     assert!(status["uptime_s"].is_u64());
 
+    // The downstream connection shows on both once it has subscribed.
+    let commands_up =
+        |m: &[Message]| latest_status(m).is_some_and(|s| s["commands"]["link"] == "up");
+    assert!(sub.wait_until(LONG, commands_up), "{}", gw.log());
     let response = scrape(metrics_port);
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(
@@ -82,5 +86,6 @@ fn status_counters_and_the_metrics_endpoint_agree() {
         Some(40.0)
     );
     assert_eq!(metric(&response, "fieldgate_queue_rows"), Some(0.0));
+    assert_eq!(metric(&response, "fieldgate_commands_link_up"), Some(1.0));
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }

@@ -60,6 +60,7 @@ fn pushed_devices_start_and_stop_while_untouched_ones_flow_on_and_survive_an_off
     rig.expect(&gw, LONG, |m| {
         readings_of(m, "gone") >= 10 && readings_of(m, "keep") >= 10
     });
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     publish(
         rig.broker.port,
@@ -148,6 +149,7 @@ fn broken_or_overreaching_configurations_are_rejected_and_change_nothing() {
     let rig = Rig::new("check-reject", "fieldgate/gw/#", GONE);
     let mut gw = rig.gateway();
     rig.expect(&gw, LONG, |m| readings_of(m, "gone") >= 5);
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     let broken = "version: v3\ndevices:\n  - name: bad\n    kind: simulated\n    poll: often\n    colour: red\n    points: [{ name: v, signal: ramp }]\n";
     publish(rig.broker.port, SET, broken);
@@ -193,6 +195,7 @@ fn sighup_applies_an_edited_local_file_and_keeps_running_on_a_broken_one() {
     let rig = Rig::new("check-hup", TELEMETRY, GONE);
     let mut gw = rig.gateway();
     rig.expect(&gw, LONG, |m| readings_of(m, "gone") >= 5);
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     write_config(
         rig.dir.path(),

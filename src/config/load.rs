@@ -363,6 +363,14 @@ impl Config {
         for (path, message) in self.mqtt.problems() {
             push(path, message);
         }
+        let telemetry_id = self
+            .mqtt
+            .client_id
+            .as_deref()
+            .unwrap_or(self.gateway.id.as_str());
+        for (path, message) in self.commands.problems(telemetry_id) {
+            push(path, message);
+        }
         if self.gateway.status_interval.get() < std::time::Duration::from_secs(1) {
             push(
                 "gateway.status_interval".into(),

@@ -178,6 +178,54 @@ pub struct CommandsConfig {
     /// Command ids kept at most; past it the oldest answered ones go first,
     /// so a flood of commands cannot fill the card.
     pub journal_max: u64,
+    /// The client id of the second MQTT connection, the one that takes
+    /// commands and configurations on a session the broker keeps. Defaults
+    /// to the MQTT client id with `-cmd` appended; `{machine_id}` is
+    /// replaced as in `mqtt.client_id`. It must differ from the telemetry
+    /// connection's id, or each connection would push the other off.
+    pub client_id: Option<String>,
+    /// MQTT 5: how long the broker keeps that session (and the commands
+    /// queued in it) while the gateway is offline. MQTT 3.1.1 says nothing
+    /// of it: the broker's own setting decides (mosquitto:
+    /// `persistent_client_expiration`).
+    pub session_expiry: Duration,
+}
+
+impl CommandsConfig {
+    /// Checks across keys, as (path, message); `telemetry_id` is what
+    /// `mqtt.client_id` (or `gateway.id`) says, before substitution.
+    fn problems(&self, telemetry_id: &str) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        if let Some(id) = &self.client_id {
+            let key = "commands.client_id".to_owned();
+            if id.is_empty() {
+                found.push((key, "must not be empty".into()));
+            } else if id.replace(MACHINE_ID, "").contains(['{', '}']) {
+                found.push((key, format!("`{id}`: only {MACHINE_ID} is substituted")));
+            } else if id == telemetry_id {
+                found.push((
+                    key,
+                    format!(
+                        "`{id}` is the telemetry connection's client id too: the broker would \
+                         close one connection whenever the other connects"
+                    ),
+                ));
+            }
+        }
+        let expiry = self.session_expiry.get();
+        if expiry < std::time::Duration::from_secs(1) {
+            found.push((
+                "commands.session_expiry".into(),
+                "must be at least 1s".into(),
+            ));
+        } else if expiry.as_secs() > u64::from(u32::MAX) {
+            found.push((
+                "commands.session_expiry".into(),
+                format!("must be at most {}s (MQTT 5's largest)", u32::MAX),
+            ));
+        }
+        found
+    }
 }
 
 impl Default for CommandsConfig {
@@ -187,6 +235,8 @@ impl Default for CommandsConfig {
             max_payload: ByteSize(16 << 10),
             journal_retention: Duration::from_secs(7 * 86_400),
             journal_max: 100_000,
+            client_id: None,
+            session_expiry: Duration::from_secs(86_400),
         }
     }
 }
@@ -245,6 +295,45 @@ impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX>
                 serde::de::Unexpected::Unsigned(v),
                 &format!("an integer from {MIN} to {MAX}").as_str(),
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commands(json: serde_json::Value) -> CommandsConfig {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn the_downstream_client_id_and_session_expiry_are_checked() {
+        let defaults = CommandsConfig::default();
+        assert_eq!(defaults.session_expiry.get().as_secs(), 86_400);
+        assert!(defaults.problems("gw").is_empty());
+        let paths = |c: CommandsConfig| -> Vec<String> {
+            c.problems("gw").into_iter().map(|(path, _)| path).collect()
+        };
+        assert!(paths(commands(serde_json::json!({ "client_id": "gw-commands" }))).is_empty());
+        // The telemetry connection's id would make the two push each other off.
+        let same = commands(serde_json::json!({ "client_id": "gw" }));
+        let found = same.problems("gw");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].1.contains("close one connection"), "{found:?}");
+        for bad in ["", "cmd-{hostname}"] {
+            assert_eq!(
+                paths(commands(serde_json::json!({ "client_id": bad }))),
+                ["commands.client_id"],
+                "{bad:?}"
+            );
+        }
+        for bad in ["0s", "200ms", "60000d"] {
+            assert_eq!(
+                paths(commands(serde_json::json!({ "session_expiry": bad }))),
+                ["commands.session_expiry"],
+                "{bad}"
+            );
         }
     }
 }

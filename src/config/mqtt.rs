@@ -128,11 +128,31 @@ impl MqttConfig {
     /// The client id: `client_id` with `{machine_id}` replaced, or
     /// `gateway_id` when it is not set.
     pub fn resolve_client_id(&self, gateway_id: &str) -> Result<String, ClientIdError> {
-        let Some(template) = &self.client_id else {
-            return Ok(gateway_id.to_owned());
-        };
+        match &self.client_id {
+            Some(template) => self.substitute(template),
+            None => Ok(gateway_id.to_owned()),
+        }
+    }
+
+    /// The client id of the downstream connection (`commands.client_id`):
+    /// `template` with `{machine_id}` replaced, or the telemetry
+    /// connection's id with `-cmd` appended.
+    pub fn resolve_downstream_client_id(
+        &self,
+        template: Option<&str>,
+        gateway_id: &str,
+    ) -> Result<String, ClientIdError> {
+        match template {
+            Some(template) => self.substitute(template),
+            None => Ok(format!("{}-cmd", self.resolve_client_id(gateway_id)?)),
+        }
+    }
+
+    /// `template` with `{machine_id}` replaced; the file is read only when
+    /// the placeholder is there.
+    fn substitute(&self, template: &str) -> Result<String, ClientIdError> {
         if !template.contains(MACHINE_ID) {
-            return Ok(template.clone());
+            return Ok(template.to_owned());
         }
         let id = machine_id(&self.machine_id_file)?;
         Ok(template.replace(MACHINE_ID, &id))
@@ -246,7 +266,7 @@ pub const MACHINE_ID: &str = "{machine_id}";
 #[derive(Debug, thiserror::Error)]
 pub enum ClientIdError {
     #[error(
-        "mqtt.client_id uses {MACHINE_ID}, but {} cannot be read: {source} (set mqtt.machine_id_file or a fixed client_id)",
+        "the MQTT client id uses {MACHINE_ID}, but {} cannot be read: {source} (set mqtt.machine_id_file or a fixed client_id)",
         path.display()
     )]
     Unreadable {
@@ -255,12 +275,12 @@ pub enum ClientIdError {
         source: std::io::Error,
     },
     #[error(
-        "mqtt.client_id uses {MACHINE_ID}, but {} is empty (run systemd-machine-id-setup, or set a fixed client_id)",
+        "the MQTT client id uses {MACHINE_ID}, but {} is empty (run systemd-machine-id-setup, or set a fixed client_id)",
         path.display()
     )]
     Empty { path: PathBuf },
     #[error(
-        "mqtt.client_id uses {MACHINE_ID}, but {} does not hold a machine id (expected one line of letters and digits)",
+        "the MQTT client id uses {MACHINE_ID}, but {} does not hold a machine id (expected one line of letters and digits)",
         path.display()
     )]
     Invalid { path: PathBuf },
@@ -446,6 +466,17 @@ mod tests {
             "gw-0123456789abcdef0123456789abcdef"
         );
         assert!(mqtt(Some("gw-{machine_id}"), &file).problems().is_empty());
+        let downstream = |t, c| {
+            mqtt(c, &file)
+                .resolve_downstream_client_id(t, "pi-boiler-01")
+                .unwrap()
+        };
+        assert_eq!(downstream(None, None), "pi-boiler-01-cmd");
+        assert_eq!(downstream(None, Some("fixed")), "fixed-cmd");
+        assert_eq!(
+            downstream(Some("cmd-{machine_id}"), Some("fixed")),
+            "cmd-0123456789abcdef0123456789abcdef"
+        );
     }
 
     #[test]

@@ -16,9 +16,9 @@
 //! QoS 2 one), so the counter comes round to an id still busy while the
 //! rest are long done. Instead we run the same counter here (one link,
 //! hence one rumqttc state, per session: it starts at 1), know which id the
-//! next publish or subscribe will get, and hand rumqttc nothing that would
+//! next publish will get, and hand rumqttc nothing that would
 //! get a busy one: an id is busy from our request until its exchange
-//! completes (PUBACK; PUBCOMP for QoS 2; SUBACK). An event that disagrees
+//! completes (PUBACK; PUBCOMP for QoS 2). An event that disagrees
 //! with the counter is a [`Mismatch`], and ends the connection.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -61,8 +61,6 @@ pub struct Inflight {
     await_ack: HashMap<u16, Tracked>,
     /// QoS 2 from PUBREC until PUBCOMP.
     await_comp: HashMap<u16, Tracked>,
-    /// Our SUBSCRIBEs until their SUBACK.
-    subscribing: HashSet<u16>,
     /// Every id in use, from our request until its exchange completes.
     busy: HashSet<u16>,
     /// rumqttc's counter: the id it handed out last (0: none, or wrapped).
@@ -86,7 +84,6 @@ impl Inflight {
             requested: VecDeque::new(),
             await_ack: HashMap::new(),
             await_comp: HashMap::new(),
-            subscribing: HashSet::new(),
             busy: HashSet::new(),
             last_pkid: 0,
             limit: limit.max(1),
@@ -134,24 +131,6 @@ impl Inflight {
         };
         self.requested.push_back((message, pkid));
         self.outstanding += 1;
-    }
-
-    /// Call right after a successful `try_subscribe` (allowed by
-    /// `can_send`): its id is busy until the SUBACK.
-    pub fn subscribed(&mut self) {
-        let pkid = self.take();
-        self.subscribing.insert(pkid);
-    }
-
-    /// `SUBACK`.
-    pub fn suback(&mut self, pkid: u16) -> Result<(), Mismatch> {
-        match self.subscribing.remove(&pkid) {
-            true => {
-                self.busy.remove(&pkid);
-                Ok(())
-            }
-            false => Err(Mismatch("SUBACK", pkid)),
-        }
     }
 
     /// `Outgoing::AwaitAck(pkid)`: rumqttc found the id busy, which the
@@ -231,7 +210,7 @@ impl Inflight {
         message.into_rows()
     }
 
-    /// The id rumqttc gives the next publish (QoS 1, 2) or subscribe.
+    /// The id rumqttc gives the next publish (QoS 1, 2).
     fn peek(&self) -> u16 {
         self.last_pkid + 1
     }
@@ -342,21 +321,6 @@ mod tests {
         f.published(1).unwrap();
         assert_eq!(f.pubrec(1), Err(Mismatch("PUBREC", 1)));
         assert_eq!(f.puback(1), Ok(key(1)));
-    }
-
-    #[test]
-    fn subscriptions_hold_their_ids_until_the_suback() {
-        let mut f = Inflight::new(3);
-        f.subscribed();
-        f.subscribed();
-        f.requested(Tracked::Control(Qos::AtLeastOnce));
-        f.published(3).unwrap();
-        f.puback(3).unwrap();
-        assert!(!f.can_send(Qos::AtLeastOnce));
-        f.suback(1).unwrap();
-        assert!(f.can_send(Qos::AtLeastOnce));
-        assert_eq!(f.suback(1), Err(Mismatch("SUBACK", 1)));
-        assert_eq!(f.outstanding(), 0);
     }
 
     #[test]

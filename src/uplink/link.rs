@@ -26,9 +26,25 @@ pub struct Options<'a> {
     pub inflight: u16,
     /// Requests the client channel holds.
     pub capacity: usize,
-    pub will: (String, String),
+    /// The retained last will (topic, payload), if any.
+    pub will: Option<(String, String)>,
+    /// Whether the broker keeps the session (and what it queued for us)
+    /// after this connection ends.
+    pub session: SessionKind,
     pub credentials: Option<(String, String)>,
     pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// What the broker does with the session when the connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// Forgotten (MQTT 3.1.1 `clean_session`, MQTT 5 `clean_start` and no
+    /// expiry): nothing survives the connection.
+    Clean,
+    /// Kept, with the subscriptions and the QoS 1 messages that arrive
+    /// meanwhile (MQTT 3.1.1 `clean_session=false`; MQTT 5 `clean_start=false`
+    /// and this session expiry, in seconds).
+    Kept { expiry_s: u32 },
 }
 
 /// A message from the broker.
@@ -42,7 +58,8 @@ pub struct Incoming {
     ack: Ack,
 }
 
-/// What rumqttc needs to acknowledge a message.
+/// What rumqttc needs to acknowledge a message: its packet id and QoS
+/// (topic and payload are taken out).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ack {
     V4(rumqttc::Publish),
@@ -63,6 +80,8 @@ pub enum Event {
     Connected {
         receive_max: Option<u16>,
         max_packet_size: Option<u32>,
+        /// The broker still had our session (only with [`SessionKind::Kept`]).
+        session_present: bool,
     },
     /// `Outgoing::Publish(pkid)`: a request is on the wire.
     Published(u16),
@@ -71,7 +90,8 @@ pub enum Event {
     PubAck(u16, Option<BrokerRefusal>),
     PubRec(u16, Option<BrokerRefusal>),
     PubComp(u16),
-    SubAck(u16),
+    /// SUBACK, and whether the broker refused any of its filters.
+    SubAck(u16, bool),
     /// Our DISCONNECT is on the wire.
     Disconnecting,
     /// The broker closed the session, with its MQTT 5 reason code.
@@ -242,6 +262,16 @@ impl Client {
         }
     }
 
+    /// Queues the ack of `message` without waiting; false when rumqttc's
+    /// request queue has no room now (or the connection is gone).
+    pub fn try_ack(&self, message: &Incoming) -> bool {
+        match (self, &message.ack) {
+            (Client::V4(c), Ack::V4(p)) => c.try_ack(p).is_ok(),
+            (Client::V5(c), Ack::V5(p)) => c.try_ack(p).is_ok(),
+            _ => false,
+        }
+    }
+
     pub fn try_subscribe(&self, topic: String, qos: Qos) -> Result<(), LinkError> {
         let failed = |e: &dyn std::fmt::Display| LinkError::Client(e.to_string());
         match self {
@@ -286,18 +316,20 @@ impl MqttLink {
                 let mut options =
                     rumqttc::MqttOptions::new(o.client_id, &o.broker.host, o.broker.port);
                 options
-                    .set_clean_session(true)
+                    .set_clean_session(o.session == SessionKind::Clean)
                     .set_manual_acks(true)
                     .set_keep_alive(o.keep_alive)
                     .set_inflight(o.inflight)
                     .set_max_packet_size(1 << 20, 1 << 20)
-                    .set_transport(transport)
-                    .set_last_will(rumqttc::LastWill::new(
-                        &o.will.0,
-                        o.will.1.clone(),
+                    .set_transport(transport);
+                if let Some((topic, payload)) = &o.will {
+                    options.set_last_will(rumqttc::LastWill::new(
+                        topic,
+                        payload.clone(),
                         rumqttc::QoS::AtLeastOnce,
                         true,
                     ));
+                }
                 if let Some((user, password)) = &o.credentials {
                     options.set_credentials(user, password);
                 }
@@ -308,7 +340,7 @@ impl MqttLink {
                 let mut options =
                     rumqttc::v5::MqttOptions::new(o.client_id, &o.broker.host, o.broker.port);
                 options
-                    .set_clean_start(true)
+                    .set_clean_start(o.session == SessionKind::Clean)
                     .set_manual_acks(true)
                     .set_keep_alive(match keep_alive(o.protocol, o.keep_alive) {
                         // Off: the longest period MQTT can say (about 18 h).
@@ -317,14 +349,19 @@ impl MqttLink {
                     })
                     .set_outgoing_inflight_upper_limit(o.inflight)
                     .set_max_packet_size(Some(1 << 20))
-                    .set_transport(transport)
-                    .set_last_will(v5b::LastWill::new(
-                        &o.will.0,
-                        o.will.1.clone(),
+                    .set_transport(transport);
+                if let SessionKind::Kept { expiry_s } = o.session {
+                    options.set_session_expiry_interval(Some(expiry_s));
+                }
+                if let Some((topic, payload)) = &o.will {
+                    options.set_last_will(v5b::LastWill::new(
+                        topic,
+                        payload.clone(),
                         rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
                         true,
                         None,
                     ));
+                }
                 if let Some((user, password)) = &o.credentials {
                     options.set_credentials(user, password);
                 }
@@ -371,18 +408,27 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Result<Even
             heard(&mut eventloop.state.await_pingresp);
         }
         let event = match polled {
-            Ok(E::Incoming(I::ConnAck(_))) => Ok(Event::Connected {
+            Ok(E::Incoming(I::ConnAck(c))) => Ok(Event::Connected {
                 receive_max: None,
                 max_packet_size: None,
+                session_present: c.session_present,
             }),
             Ok(E::Incoming(I::PubAck(a))) => Ok(Event::PubAck(a.pkid, None)),
             Ok(E::Incoming(I::PubRec(r))) => Ok(Event::PubRec(r.pkid, None)),
             Ok(E::Incoming(I::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
-            Ok(E::Incoming(I::SubAck(s))) => Ok(Event::SubAck(s.pkid)),
+            Ok(E::Incoming(I::SubAck(s))) => {
+                let refused = s
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                Ok(Event::SubAck(s.pkid, refused))
+            }
             Ok(E::Incoming(I::Disconnect)) => Ok(Event::Disconnected(None)),
-            Ok(E::Incoming(I::Publish(p))) => Ok(Event::Message(Box::new(Incoming {
-                topic: p.topic.clone(),
-                payload: p.payload.to_vec(),
+            Ok(E::Incoming(I::Publish(mut p))) => Ok(Event::Message(Box::new(Incoming {
+                topic: std::mem::take(&mut p.topic),
+                // Copied out, and the original dropped: it shares the read
+                // buffer, which each message still queued would keep alive.
+                payload: std::mem::take(&mut p.payload).to_vec(),
                 response_topic: None,
                 correlation: None,
                 ack: Ack::V4(p),
@@ -417,6 +463,7 @@ async fn poll_v5(
             Ok(E::Incoming(P::ConnAck(c))) => Ok(Event::Connected {
                 receive_max: c.properties.as_ref().and_then(|p| p.receive_max),
                 max_packet_size: c.properties.as_ref().and_then(|p| p.max_packet_size),
+                session_present: c.session_present,
             }),
             Ok(E::Incoming(P::PubAck(a))) => {
                 let reason = a.properties.and_then(|p| p.reason_string);
@@ -427,13 +474,20 @@ async fn poll_v5(
                 Ok(Event::PubRec(r.pkid, pubrec_refusal(&r.reason, reason)))
             }
             Ok(E::Incoming(P::PubComp(c))) => Ok(Event::PubComp(c.pkid)),
-            Ok(E::Incoming(P::SubAck(s))) => Ok(Event::SubAck(s.pkid)),
+            Ok(E::Incoming(P::SubAck(s))) => {
+                let refused = s
+                    .return_codes
+                    .iter()
+                    .any(|c| !matches!(c, v5b::SubscribeReasonCode::Success(_)));
+                Ok(Event::SubAck(s.pkid, refused))
+            }
             Ok(E::Incoming(P::Disconnect(d))) => Ok(Event::Disconnected(Some(d.reason_code as u8))),
-            Ok(E::Incoming(P::Publish(p))) => {
-                let properties = p.properties.clone().unwrap_or_default();
+            Ok(E::Incoming(P::Publish(mut p))) => {
+                let properties = p.properties.take().unwrap_or_default();
                 Ok(Event::Message(Box::new(Incoming {
-                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                    payload: p.payload.to_vec(),
+                    topic: String::from_utf8_lossy(&std::mem::take(&mut p.topic)).into_owned(),
+                    // As for MQTT 3.1.1: nothing of the read buffer is kept.
+                    payload: std::mem::take(&mut p.payload).to_vec(),
                     response_topic: properties.response_topic,
                     correlation: properties.correlation_data.map(|c| c.to_vec()),
                     ack: Ack::V5(p),

@@ -1,14 +1,23 @@
-//! The only MQTT client: drains the store to the broker and deletes a row
-//! only once the broker has it.
+//! The MQTT side of the gateway, on two connections to the same broker.
 //!
-//! Every connection starts from scratch (a new rumqttc client, a clean
-//! session, empty bookkeeping) and re-sends every row still in the store,
-//! oldest of the highest priority first. That costs duplicates after a
-//! reconnect (each reading carries `seq`, so the cloud can drop them) and
-//! buys the guarantee: nothing committed is lost, whatever rumqttc drops
-//! on a reconnect.
+//! The telemetry connection ([`run`]) drains the store to the broker and
+//! deletes a row only once the broker has it. Every connection starts from
+//! scratch (a new rumqttc client, a clean session, empty bookkeeping) and
+//! re-sends every row still in the store, oldest of the highest priority
+//! first. That costs duplicates after a reconnect (each reading carries
+//! `seq`, so the cloud can drop them) and buys the guarantee: nothing
+//! committed is lost, whatever rumqttc drops on a reconnect. It subscribes
+//! to nothing.
+//!
+//! The downstream connection ([`run_downstream`], in `downstream.rs`)
+//! takes commands and configurations on a session the broker keeps, so
+//! that what is sent while the gateway is offline waits at the broker. It
+//! cannot share the telemetry connection: on a kept session rumqttc and the
+//! broker would carry our unacknowledged publishes and their packet ids
+//! across reconnects, beside the store that already re-sends them.
 
 mod credentials;
+mod downstream;
 mod drain;
 mod inflight;
 mod link;
@@ -22,9 +31,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use downstream::{Inbox, run as run_downstream};
 pub use payload::ConfigInfo;
 use payload::Topics;
 use poison::PoisonWatch;
@@ -44,6 +54,10 @@ pub struct Settings {
     pub brokers: Vec<BrokerUrl>,
     pub protocol: Protocol,
     pub client_id: String,
+    /// The downstream connection's client id (`commands.client_id`).
+    pub downstream_client_id: String,
+    /// MQTT 5: how long the broker keeps the downstream session.
+    pub session_expiry: Duration,
     pub credentials: Credentials,
     pub tls: Option<TlsConfig>,
     pub keep_alive: Duration,
@@ -76,6 +90,11 @@ impl Settings {
             brokers: mqtt.brokers(),
             protocol: mqtt.protocol,
             client_id: mqtt.resolve_client_id(config.gateway.id.as_str())?,
+            downstream_client_id: mqtt.resolve_downstream_client_id(
+                config.commands.client_id.as_deref(),
+                config.gateway.id.as_str(),
+            )?,
+            session_expiry: config.commands.session_expiry.get(),
             credentials: mqtt.credentials(),
             tls: mqtt.tls.clone(),
             keep_alive: mqtt.keep_alive.get(),
@@ -132,7 +151,7 @@ pub struct CommandIn {
     pub journaled: tokio::sync::oneshot::Sender<bool>,
 }
 
-/// How the uplink and the rest of the gateway talk: configuration and commands.
+/// What the telemetry connection is told by the rest of the gateway.
 #[derive(Clone)]
 pub struct Channels {
     /// Which configuration runs, for `P/status`.
@@ -141,10 +160,6 @@ pub struct Channels {
     pub state: watch::Receiver<Option<String>>,
     /// Devices whose readings travel in batches.
     pub batches: watch::Receiver<HashMap<String, BatchConfig>>,
-    /// Documents received on `P/config/set`.
-    pub received: mpsc::Sender<Vec<u8>>,
-    /// Commands received on `P/commands`.
-    pub commands: mpsc::Sender<CommandIn>,
 }
 
 /// Runs until `shutdown`: connect, drain, and reconnect with backoff,

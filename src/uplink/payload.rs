@@ -151,6 +151,9 @@ pub fn status(
             "commands_unreadable": health.commands_unreadable,
         },
         "devices": health.devices,
+        // The connection that takes commands: "down" means they wait at
+        // the broker.
+        "commands": { "link": if health.downstream_up { "up" } else { "down" } },
     });
     if let Some(problem) = &health.uplink_problem {
         body["uplink"] = json!({ "problem": problem });

@@ -2,22 +2,18 @@
 //! and whether the link still lives.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::drain::{Candidate, Drain};
-use super::inflight::{Inflight, Tracked};
-use super::link::{self, BrokerRefusal, Event, MqttLink};
+use super::inflight::{Inflight, Mismatch, Tracked};
+use super::link::{self, BrokerRefusal, Event, MqttLink, SessionKind};
 use super::poison::{self, PoisonWatch};
 use super::throttle::Throttle;
-use super::{Channels, CommandIn, LinkLog, Settings, UplinkError, credentials, payload, tls};
+use super::{Channels, LinkLog, Settings, UplinkError, credentials, payload, tls};
 use crate::config::{BatchConfig, BrokerUrl, Protocol};
 use crate::health::Health;
 use crate::reading::Qos;
@@ -27,9 +23,6 @@ use crate::store::{Row, RowKey, Store, StoreError};
 /// rumqttc pings once per period, so a live broker is never silent for
 /// much more than one.
 const SILENCE_FACTOR: f64 = 1.5;
-
-/// How long a command may take to be journaled before it goes unacknowledged.
-const JOURNAL_WAIT: Duration = Duration::from_secs(10);
 
 /// Rows fetched per message of room, at most, when devices batch.
 const FETCH_CAP: usize = 5_000;
@@ -45,7 +38,6 @@ enum Pending {
 
 /// A message of the gateway's own, waiting for a free packet id.
 enum Control {
-    Subscribe(String),
     /// A retained status message, at QoS 1.
     Status(String, String),
 }
@@ -94,7 +86,7 @@ pub(super) struct Session<'a> {
     caught_up: bool,
     /// Fetched, ready to publish, in fetch order.
     ready: VecDeque<Pending>,
-    /// Subscriptions and status messages, sent before any reading.
+    /// Status messages, sent before any reading.
     controls: VecDeque<Control>,
     open_batches: BTreeMap<String, OpenBatch>,
     throttle: Option<Throttle>,
@@ -107,18 +99,11 @@ pub(super) struct Session<'a> {
     last_heard: Instant,
     /// Packet ids rumqttc keeps after a refused PUBREC (MQTT 5).
     leaked: usize,
-    /// Commands handed over, acknowledged once journaled (bounded by the
-    /// command queue: a command is added only when the queue took it).
-    journaling: FuturesUnordered<Journaling>,
     /// When the broker accepted this connection.
     connected_at: Option<Instant>,
     /// Whether the broker acknowledged anything on this connection.
     acked: bool,
 }
-
-/// A command waiting for its journal entry: the message, and whether it
-/// was journaled (only then is it acknowledged to the broker).
-type Journaling = Pin<Box<dyn Future<Output = (Box<link::Incoming>, bool)> + Send>>;
 
 impl<'a> Session<'a> {
     pub(super) fn new(
@@ -151,7 +136,6 @@ impl<'a> Session<'a> {
             refused: Vec::new(),
             last_heard: Instant::now(),
             leaked: 0,
-            journaling: FuturesUnordered::new(),
             connected_at: None,
             acked: false,
         }
@@ -211,13 +195,6 @@ impl<'a> Session<'a> {
                     }
                     self.report().await?;
                 }
-                Some((message, journaled)) = self.journaling.next(), if !self.journaling.is_empty() => {
-                    if journaled {
-                        self.client()?.ack(&message).await?;
-                    } else {
-                        tracing::warn!("a command could not be journaled; not acknowledged");
-                    }
-                }
                 _ = status_tick.tick(), if self.connected => self.publish_status().await?,
                 changed = config_state.changed(), if self.connected => {
                     if changed.is_ok() {
@@ -259,7 +236,10 @@ impl<'a> Session<'a> {
             // Room for a full window plus status messages and a disconnect,
             // so `try_publish` never finds the channel full.
             capacity: window + 8,
-            will: (self.settings.topics.status(), payload::offline()),
+            will: Some((self.settings.topics.status(), payload::offline())),
+            // The store is the only truth: whatever rumqttc or the broker
+            // held of an earlier connection is sent again from the store.
+            session: SessionKind::Clean,
             credentials,
             tls,
         }));
@@ -438,24 +418,16 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Sends subscriptions and status messages, in order, while packet
-    /// ids are free.
+    /// Sends status messages, in order, while packet ids are free.
     fn send_controls(&mut self) -> Result<(), UplinkError> {
         while !self.controls.is_empty() && self.flight.can_send(Qos::AtLeastOnce) {
             let Some(control) = self.controls.pop_front() else {
                 break;
             };
-            match control {
-                Control::Subscribe(topic) => {
-                    self.client()?.try_subscribe(topic, Qos::AtLeastOnce)?;
-                    self.flight.subscribed();
-                }
-                Control::Status(topic, body) => {
-                    self.client()?
-                        .try_publish(topic, Qos::AtLeastOnce, true, body.into_bytes())?;
-                    self.flight.requested(Tracked::Control(Qos::AtLeastOnce));
-                }
-            }
+            let Control::Status(topic, body) = control;
+            self.client()?
+                .try_publish(topic, Qos::AtLeastOnce, true, body.into_bytes())?;
+            self.flight.requested(Tracked::Control(Qos::AtLeastOnce));
         }
         Ok(())
     }
@@ -595,6 +567,7 @@ impl<'a> Session<'a> {
             Event::Connected {
                 receive_max,
                 max_packet_size,
+                ..
             } => {
                 self.broker_max = max_packet_size;
                 // What is stored from here on is live, not backlog.
@@ -605,16 +578,20 @@ impl<'a> Session<'a> {
                 if let Some(max) = receive_max {
                     self.flight.receive_maximum(max);
                 }
-                let topics = &self.settings.topics;
-                self.controls.extend([
-                    Control::Subscribe(topics.config_set()),
-                    Control::Subscribe(topics.commands()),
-                ]);
                 self.publish_status().await?;
                 self.publish_config_state()?;
                 return Ok(true);
             }
-            Event::Message(message) => self.receive(message).await?,
+            // Nothing is subscribed on this connection (commands and
+            // configurations come on the downstream one); a message can only
+            // be the broker's mistake: acknowledged, so it holds nothing up.
+            Event::Message(message) => {
+                tracing::warn!(
+                    "ignored a message on {} (the telemetry connection subscribes to nothing)",
+                    message.topic
+                );
+                self.client()?.ack(&message).await?;
+            }
             Event::Published(pkid) => {
                 let done = self.flight.published(pkid)?;
                 self.deliver(done);
@@ -646,7 +623,7 @@ impl<'a> Session<'a> {
                 let done = self.flight.pubcomp(pkid)?;
                 self.deliver(done);
             }
-            Event::SubAck(pkid) => self.flight.suback(pkid)?,
+            Event::SubAck(pkid, _) => return Err(Mismatch("SUBACK", pkid).into()),
             Event::Disconnected(Some(link::SESSION_TAKEN_OVER)) => {
                 return Err(UplinkError::TakenOver);
             }
@@ -655,61 +632,6 @@ impl<'a> Session<'a> {
             Event::Disconnecting | Event::Incoming | Event::Other => {}
         }
         Ok(false)
-    }
-
-    /// A message from the broker: a command is acknowledged only once the
-    /// gateway has journaled it; a configuration once it is handed over.
-    async fn receive(&mut self, message: Box<link::Incoming>) -> Result<(), UplinkError> {
-        let topics = &self.settings.topics;
-        if message.topic == topics.commands() {
-            let (journaled, answer) = oneshot::channel();
-            let command = CommandIn {
-                payload: message.payload.clone(),
-                response_topic: message.response_topic.clone(),
-                correlation: message.correlation.clone(),
-                journaled,
-            };
-            // Never wait for the commands here: a flood of them would hold
-            // up every ack and publish of the link. A full queue drops the
-            // command unacknowledged; the ack follows the journal later.
-            match self.config.commands.try_send(command) {
-                Ok(()) => self.journaling.push(Box::pin(async move {
-                    let journaled = matches!(
-                        tokio::time::timeout(JOURNAL_WAIT, answer).await,
-                        Ok(Ok(true))
-                    );
-                    (message, journaled)
-                })),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Acked all the same: with a clean session the broker
-                    // would not send it again, and unacked messages would
-                    // fill its window for us and hold up later commands.
-                    self.client()?.ack(&message).await?;
-                    let dropped = self.health.commands_dropped.fetch_add(1, Relaxed);
-                    if dropped.is_power_of_two() || dropped == 0 {
-                        tracing::warn!(
-                            "the command queue is full: {} command(s) dropped so far",
-                            dropped + 1
-                        );
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    tracing::warn!("a command arrived while shutting down; not acknowledged");
-                }
-            }
-            return Ok(());
-        } else if message.topic == topics.config_set()
-            && self
-                .config
-                .received
-                .send(message.payload.clone())
-                .await
-                .is_err()
-        {
-            tracing::warn!("a configuration arrived while shutting down; ignored");
-        }
-        self.client()?.ack(&message).await?;
-        Ok(())
     }
 
     /// A row publish is done with (acked or refused): forgets its size.

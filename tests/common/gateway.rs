@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use super::{kill_and_reap, poll, read_lossy, send_signal, wait_timeout};
 
+/// What the gateway logs once its downstream connection has subscribed.
+pub const COMMANDS_READY: &str = "commands: subscribed at";
+
 /// A running `fieldgate run --config <path>` process. Killed and reaped on drop.
 #[derive(Debug)]
 pub struct Gateway {
@@ -96,6 +99,13 @@ impl Gateway {
     /// Wait until the log contains `needle`, polling every 50 ms. Returns false on timeout.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         poll(timeout, || self.log().contains(needle))
+    }
+
+    /// Wait until the downstream connection has subscribed to commands and
+    /// configurations: before the broker first holds that session, what is
+    /// published to them reaches nobody. Returns false on timeout.
+    pub fn wait_for_commands(&self, timeout: Duration) -> bool {
+        self.wait_for_log(COMMANDS_READY, timeout)
     }
 
     pub fn pid(&self) -> u32 {
