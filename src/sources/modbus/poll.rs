@@ -57,11 +57,8 @@ impl Poller {
         let layouts = device.layouts();
         let learned = Learned::default();
         let blocks = plan_around(&layouts, device.limits(), &learned);
-        let deadbands = device
-            .points
-            .iter()
-            .map(|p| (p.name.to_string(), p.deadband));
-        let publisher = Publisher::new(deadbands, device.heartbeat.get());
+        let names = device.points.iter().map(|p| p.name.to_string());
+        let publisher = Publisher::new(names, device.heartbeat.get());
         tracing::debug!(device = %device.name, reads = blocks.len(), "register map planned");
         Poller {
             device,
