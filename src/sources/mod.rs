@@ -26,6 +26,7 @@ use crate::config::{BleConfig, DeviceConfig};
 use crate::health::{DeviceHealth, Health};
 use crate::reading::{Name, Qos, Quality, Reading};
 use crate::store::{Store, StoreError};
+
 /// Where sources put readings: the store's append queue, counted, through
 /// the report-by-exception rules of the devices of a group.
 #[derive(Clone)]
@@ -56,7 +57,9 @@ impl Ingest {
         }
     }
 
-    /// Queues a reading; fails only when the store is shutting down.
+    /// Queues what the device's rules leave of a reading (the counters and
+    /// the value a `read` command answers with see all of it); fails only
+    /// when the store is shutting down.
     pub async fn append(&self, reading: Reading) -> Result<(), StoreError> {
         self.health.readings_in.fetch_add(1, Relaxed);
         let device = self.health.device(reading.device.as_str());
