@@ -107,3 +107,61 @@ pub async fn run_timer(ingest: Ingest, cancel: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use crate::reading::{Name, Priority, Quality};
+    use serde_json::{Map, json};
+
+    fn devices(yaml: &str) -> Vec<DeviceConfig> {
+        let text = format!("gateway: {{ id: gw }}\nmqtt: {{ url: mqtt://h }}\ndevices:\n{yaml}");
+        load_str(&text, "f.yaml").unwrap().devices
+    }
+
+    fn reading(device: &str, ts_ms: i64, value: f64) -> Reading {
+        let mut values = Map::new();
+        values.insert("v".into(), json!(value));
+        Reading {
+            device: Name::parse(device).unwrap(),
+            ts_ms,
+            values,
+            quality: Quality::Good,
+            error: None,
+            delivery: crate::reading::Delivery {
+                qos: Qos::AtMostOnce,
+                priority: Priority::Normal,
+            },
+        }
+    }
+
+    #[test]
+    fn only_devices_with_rules_get_state_and_the_others_pass_untouched() {
+        let plain =
+            devices("  - { name: a, kind: simulated, points: [ { name: v, signal: sine } ] }\n");
+        assert!(Filters::new(&plain, Qos::AtLeastOnce).is_empty());
+
+        let mixed = devices(
+            "  - { name: a, kind: simulated, points: [ { name: v, signal: sine } ] }\n  - { name: b, kind: simulated, priority: high, qos: 2, points: [ { name: v, signal: sine, aggregate: { window: 1s, functions: [count] } } ] }\n",
+        );
+        let filters = Filters::new(&mixed, Qos::AtLeastOnce);
+        assert_eq!(filters.0.len(), 1, "state for `b` only");
+        assert!(filters.has_windows());
+        let now = std::time::Instant::now();
+        for ts in [100, 200] {
+            assert_eq!(filters.apply(reading("a", ts, 1.0), now).len(), 1);
+            assert!(filters.apply(reading("b", ts, 1.0), now).is_empty());
+        }
+        assert_eq!(filters.next_close(), Some(1_000));
+        assert!(filters.close_ended(999).is_empty());
+        let closed = filters.close_ended(1_000);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].device.as_str(), "b");
+        assert_eq!(closed[0].values["v"], json!({"count": 2}));
+        // The window's reading travels as its device's readings do.
+        assert_eq!(closed[0].delivery.priority, Priority::High);
+        assert_eq!(closed[0].delivery.qos, Qos::ExactlyOnce);
+        assert_eq!(filters.next_close(), None);
+    }
+}
