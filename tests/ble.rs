@@ -547,7 +547,7 @@ fn encrypted_bthome_decodes_and_replays_and_wrong_keys_are_counted() {
         .collect();
     assert_eq!(
         temperatures,
-        [Value::from(21.0), Value::from(21.5), Value::from(22.0)],
+        [Value::from(21), Value::from(21.5), Value::from(22)],
         "{}",
         gw.log()
     );
@@ -702,4 +702,99 @@ fn ble_scan_names_a_missing_bluez() {
     let (out, _, stderr) = ble_scan(&bus, 1);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("BlueZ is not running"), "{stderr}");
+}
+
+/// (ts in ms, value) of each good reading of `device` that carried `point`,
+/// after the first `skip` readings.
+fn point_sends(messages: &[Message], device: &str, point: &str, skip: usize) -> Vec<(i64, f64)> {
+    readings(messages, device)
+        .into_iter()
+        .skip(skip)
+        .filter(|r| r["quality"] == "good")
+        .filter_map(|r| {
+            let ts: jiff::Timestamp = r["ts"].as_str()?.parse().ok()?;
+            Some((ts.as_millisecond(), r["values"][point].as_f64()?))
+        })
+        .collect()
+}
+
+/// Readings `device` took, as `P/status` counts them (before any is held
+/// back by a deadband).
+fn taken(messages: &[Message], device: &str) -> u64 {
+    device_status(messages, device)
+        .and_then(|d| d["readings"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn repeated_adverts_and_reads_are_sent_at_the_heartbeat_moves_beyond_the_deadband() {
+    let bluez = MockBluez::start();
+    // The thermometer advertises the same 25.00 °C three times a second;
+    // the strap's battery reads 87 every 200 ms; its heart rate rises by
+    // one per notification (90, 91, … 99, 90, …).
+    let devices = livingroom("    min_interval: 0s\n    deadband: 0.1\n    heartbeat: 2s\n")
+        + &strap(
+            "200ms",
+            "      - { point: heart_rate, service: 180d, uuid: 2a37, type: u8, skip: 1, deadband: 2 }
+      - { point: battery, service: 180f, uuid: 2a19, type: u8, mode: read, deadband: 0 }
+",
+        )
+        + "    heartbeat: 2s\n";
+    let rig = Rig::new("check-ble-report", "fieldgate/gw/#", &devices);
+    let mut gw = Gateway::start_with_env(
+        &rig.config,
+        rig.dir.path(),
+        "info",
+        &[("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address)],
+    );
+    // After the reconnection (a bad reading, then every value again).
+    let second = |m: &[Message]| {
+        readings(m, "strap")
+            .iter()
+            .any(|r| r["values"]["heart_rate"].as_u64().is_some_and(|b| b >= 90))
+    };
+    expect_or_dump(&rig, &gw, &bluez, second);
+    let messages = rig.sub.messages();
+    let (adverts_before, strap_before) =
+        (taken(&messages, "livingroom"), taken(&messages, "strap"));
+    let skip = readings(&messages, "strap").len();
+    thread::sleep(Duration::from_secs(7));
+    let messages = rig.sub.messages();
+    let adverts = taken(&messages, "livingroom") - adverts_before;
+    let strap_readings = taken(&messages, "strap") - strap_before;
+    assert!(
+        adverts >= 10 && strap_readings >= 15,
+        "{adverts} adverts, {strap_readings} strap readings\n{}",
+        gw.log()
+    );
+
+    // A constant: at the heartbeat, not every advert or read.
+    let thermo = point_sends(&messages, "livingroom", "temperature", 0);
+    let battery = point_sends(&messages, "strap", "battery", skip);
+    for (sends, taken) in [(&thermo, adverts), (&battery, strap_readings)] {
+        assert!(sends.len() >= 2, "sent at the heartbeat too: {sends:?}");
+        assert!(
+            (sends.len() as u64) * 3 <= taken + 3,
+            "{} sends of {taken}: {sends:?}",
+            sends.len()
+        );
+        for pair in sends.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= 1_700,
+                "before the heartbeat: {sends:?}"
+            );
+        }
+    }
+    // A moving value: each send beyond its deadband of 2 from the last one.
+    let rate = point_sends(&messages, "strap", "heart_rate", skip);
+    assert!(rate.len() >= 3, "{rate:?}");
+    for pair in rate.windows(2) {
+        let ((t0, v0), (t1, v1)) = (pair[0], pair[1]);
+        assert!(
+            (v1 - v0).abs() > 2.0 || t1 - t0 >= 1_700,
+            "within the deadband: {rate:?}"
+        );
+    }
+    assert!(rate.iter().all(|(_, b)| (90.0..=99.0).contains(b)));
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }

@@ -273,14 +273,9 @@ fn answer(sub: &Subscriber, id: &str, gw: &Gateway) -> serde_json::Value {
 
 /// The gateway subscribes before it says it is online: once a new online
 /// status arrives, what is published to it is delivered.
-fn wait_subscribed(rig: &Rig, gw: &Gateway) {
-    let online = |m: &[Message]| {
-        m.iter()
-            .filter(|m| m.topic == "fieldgate/gw/status" && m.json()["state"] == "online")
-            .count()
-    };
-    let before = online(&rig.sub.messages());
-    rig.expect(gw, LONG, |m| online(m) > before);
+fn wait_subscribed(_rig: &Rig, gw: &Gateway) {
+    // Commands and configurations come on the downstream connection.
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 }
 
 /// (line, column) of `value` on the line of `text` that holds `line`.
@@ -534,6 +529,7 @@ fn under_the_readme_acl_the_gateway_works_and_only_the_cloud_commands_it() {
     // Online means subscribed (the subscriptions go first).
     cloud.wait_for("/status", &["\"online\""], &gw);
     cloud.wait_for("/telemetry/boiler", &["\"temperature\""], &gw);
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     let set = |version: &str, range: &str| {
         let devices = boiler(port, false).replace("min: 5, max: 80", range);
@@ -604,6 +600,7 @@ fn the_retained_config_state_follows_clear_remote_and_sighup() {
         })
     };
     rig.expect(&gw, LONG, local_state);
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     publish(
         rig.broker.port,

@@ -25,6 +25,8 @@ pub fn devices(count: usize, qos: Qos) -> Vec<Device> {
         max,
         period: Duration::from_secs(60),
         value: None,
+        deadband: None,
+        aggregate: None,
     };
     (0..count)
         .map(|i| Device {

@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
 use crate::config::{BatchConfig, DeviceSpec, Duration, PointSpec, duplicate_names};
 use crate::reading::{Name, Priority, Qos};
 
@@ -58,6 +59,13 @@ pub struct BleDevice {
     /// or faster); `0s` keeps every new measurement.
     #[serde(default = "BleDevice::default_min_interval")]
     pub min_interval: Duration,
+    /// The deadband of every measurement of the device (advertisements do
+    /// not list their points; a characteristic's own `deadband` wins).
+    #[serde(default)]
+    pub deadband: Option<Deadband>,
+    /// Measurements held back by a deadband are sent at least this often.
+    #[serde(default = "BleDevice::default_heartbeat")]
+    pub heartbeat: Duration,
     /// A device silent for this long is reported stale (a bad reading and a
     /// problem on `P/status`).
     #[serde(default = "BleDevice::default_stale_after")]
@@ -87,6 +95,9 @@ impl BleDevice {
     }
     fn default_poll() -> Duration {
         Duration::from_secs(30)
+    }
+    fn default_heartbeat() -> Duration {
+        report::DEFAULT_HEARTBEAT
     }
 
     /// Whether an advertised address and local name are this device's.
@@ -124,8 +135,22 @@ impl DeviceSpec for BleDevice {
             .collect()
     }
 
+    fn report(&self) -> Report {
+        let report = |c: &Characteristic| PointReport {
+            deadband: c.deadband.or(self.deadband),
+            aggregate: c.aggregate.clone(),
+        };
+        Report {
+            heartbeat: self.heartbeat,
+            deadband: self.deadband,
+            points: (self.characteristics.iter())
+                .map(|c| (c.point.to_string(), report(c)))
+                .collect(),
+        }
+    }
+
     fn problems(&self) -> Vec<(String, String)> {
-        let mut found = Vec::new();
+        let mut found = report::heartbeat_problems(self.heartbeat);
         match (&self.address, &self.local_name) {
             (Some(_), Some(_)) => found.push((
                 "local_name".into(),
@@ -183,6 +208,16 @@ impl DeviceSpec for BleDevice {
                     ));
                 }
             }
+            let rules = PointReport {
+                deadband: c.deadband,
+                aggregate: c.aggregate.clone(),
+            };
+            // Every characteristic type is a number.
+            found.extend(report::point_problems(
+                &format!("characteristics[{i}]"),
+                &rules,
+                true,
+            ));
             if c.scale == 0.0 {
                 found.push((
                     format!("characteristics[{i}].scale"),
@@ -262,6 +297,13 @@ pub struct Characteristic {
     /// through offset, scale and type).
     #[serde(default)]
     pub writable: bool,
+    /// Sent only when it moved beyond this; the device's `deadband` when
+    /// unset.
+    #[serde(default)]
+    pub deadband: Option<Deadband>,
+    /// Sent as one summary per window instead.
+    #[serde(default)]
+    pub aggregate: Option<Aggregate>,
 }
 
 impl Characteristic {

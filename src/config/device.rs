@@ -23,6 +23,10 @@ pub trait DeviceSpec {
     }
     /// The device's points, and which of them commands may write.
     fn points(&self) -> Vec<PointSpec>;
+    /// What it sends of its readings (deadbands, windows, heartbeat).
+    fn report(&self) -> super::report::Report {
+        super::report::Report::default()
+    }
     /// Checks across fields, as (path below the device, message).
     fn problems(&self) -> Vec<(String, String)> {
         Vec::new()

@@ -12,6 +12,7 @@ mod env;
 mod load;
 pub mod modbus;
 mod mqtt;
+pub mod report;
 pub mod serial;
 pub mod simulated;
 mod trust;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
+use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
 use crate::config::{
     BatchConfig, Bounded, DeviceConfig, DeviceSpec, Duration, PointSpec, duplicate_point_names,
 };
@@ -151,10 +152,14 @@ pub struct ModbusPoint {
     /// Engineering unit, for the reader of the configuration.
     #[serde(default)]
     pub unit: Option<String>,
-    /// Publish only when the value moved more than this since it was last
-    /// published (or `heartbeat` passed); unset: every poll.
+    /// Publish only when the value moved more than this (a number, or a
+    /// percentage such as `2%`) since it was last published (or `heartbeat`
+    /// passed); unset: every poll.
     #[serde(default)]
-    pub deadband: Option<f64>,
+    pub deadband: Option<Deadband>,
+    /// Publish one summary per window instead of every poll.
+    #[serde(default)]
+    pub aggregate: Option<Aggregate>,
     /// Whether commands may write this point (coils and holding registers).
     #[serde(default)]
     pub writable: bool,
@@ -189,7 +194,7 @@ impl ModbusDevice {
         Bounded(u64::from(MAX_BITS))
     }
     fn default_heartbeat() -> Duration {
-        Duration::from_secs(300)
+        report::DEFAULT_HEARTBEAT
     }
 }
 
@@ -224,6 +229,13 @@ impl ModbusPoint {
     pub fn protocol_address(&self, base: u64) -> u16 {
         let address = u64::from(self.address).saturating_sub(base);
         u16::try_from(address).unwrap_or(u16::MAX)
+    }
+
+    fn report(&self) -> PointReport {
+        PointReport {
+            deadband: self.deadband,
+            aggregate: self.aggregate.clone(),
+        }
     }
 
     /// Registers (or bits) the point spans.
@@ -327,9 +339,6 @@ impl ModbusPoint {
         {
             found.push(("max", format!("must not be below min ({min})")));
         }
-        if self.deadband.is_some_and(|d| d < 0.0 || !d.is_finite()) {
-            found.push(("deadband", "expected a finite number, 0 or more".into()));
-        }
         if self.writable {
             if !matches!(self.register, RegisterKind::Coil | RegisterKind::Holding) {
                 let table = self.register.as_str();
@@ -355,6 +364,16 @@ impl DeviceSpec for ModbusDevice {
             max: p.max,
         };
         self.points.iter().map(spec).collect()
+    }
+
+    fn report(&self) -> Report {
+        Report {
+            heartbeat: self.heartbeat,
+            deadband: None,
+            points: (self.points.iter())
+                .map(|p| (p.name.to_string(), p.report()))
+                .collect(),
+        }
     }
 
     fn problems(&self) -> Vec<(String, String)> {
@@ -410,6 +429,11 @@ impl DeviceSpec for ModbusDevice {
         for (i, point) in self.points.iter().enumerate() {
             for (key, message) in point.problems(self) {
                 push(&format!("points[{i}].{key}"), message);
+            }
+            let numeric = point.value_type().is_numeric();
+            let path = format!("points[{i}]");
+            for (path, message) in report::point_problems(&path, &point.report(), numeric) {
+                push(&path, message);
             }
         }
         found

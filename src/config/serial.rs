@@ -10,6 +10,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, de::value::MapAccessDeserializer};
 
+use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
 use crate::config::{BatchConfig, Bounded, DeviceSpec, Duration, PointSpec};
 use crate::reading::{Name, Priority, Qos};
 
@@ -66,6 +67,9 @@ pub struct SerialDevice {
     /// Report the device as stale when no line arrives for this long.
     #[serde(default)]
     pub stale_after: Option<Duration>,
+    /// Points with a `deadband` are sent at least this often.
+    #[serde(default = "SerialDevice::default_heartbeat")]
+    pub heartbeat: Duration,
     /// Point → the text sent to set it, with `{point}` and `{value}`
     /// placeholders, e.g. `"SET {point} {value}\n"`.
     #[serde(default)]
@@ -95,6 +99,9 @@ impl SerialDevice {
     }
     fn default_max_line() -> Bounded<1, 16_777_216> {
         Bounded(4_096)
+    }
+    fn default_heartbeat() -> Duration {
+        report::DEFAULT_HEARTBEAT
     }
 
     /// The column separator (csv) or pair separator (kv) in effect.
@@ -167,9 +174,38 @@ impl DeviceSpec for SerialDevice {
             .collect()
     }
 
+    fn report(&self) -> Report {
+        let report = |f: &Field| PointReport {
+            deadband: f.deadband,
+            aggregate: f.aggregate.clone(),
+        };
+        Report {
+            heartbeat: self.heartbeat,
+            deadband: None,
+            points: (self.fields.values())
+                .map(|f| (f.point.to_string(), report(f)))
+                .collect(),
+        }
+    }
+
     fn problems(&self) -> Vec<(String, String)> {
         let mut found: Vec<(String, String)> = Vec::new();
         let mut problem = |path: &str, message: String| found.push((path.to_owned(), message));
+        for (path, message) in report::heartbeat_problems(self.heartbeat) {
+            problem(&path, message);
+        }
+        for (source, field) in &self.fields {
+            let rules = PointReport {
+                deadband: field.deadband,
+                aggregate: field.aggregate.clone(),
+            };
+            // A line's text says whether a value is a number only when it
+            // arrives: samples that are not are left out of the window.
+            for (path, message) in report::point_problems(&format!("fields.{source}"), &rules, true)
+            {
+                problem(&path, message);
+            }
+        }
         if self.port.trim().is_empty() {
             problem("port", "expected the path of a serial device".into());
         }
@@ -296,7 +332,7 @@ pub enum FlowControl {
 }
 
 /// Where a source field goes: written either as the point name alone or
-/// as `{ point, scale, offset, unit }`.
+/// as `{ point, scale, offset, unit, deadband, aggregate }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field {
     pub point: Name,
@@ -305,6 +341,10 @@ pub struct Field {
     pub offset: f64,
     /// The unit of the point's values, for people reading the config.
     pub unit: Option<String>,
+    /// Sent only when it moved beyond this; unset: every line.
+    pub deadband: Option<Deadband>,
+    /// Sent as one summary per window instead.
+    pub aggregate: Option<Aggregate>,
 }
 
 impl Field {
@@ -335,6 +375,10 @@ struct FieldDetail {
     /// The unit of the point's values, for people reading the config.
     #[serde(default)]
     unit: Option<String>,
+    #[serde(default)]
+    deadband: Option<Deadband>,
+    #[serde(default)]
+    aggregate: Option<Aggregate>,
 }
 
 impl FieldDetail {
@@ -349,7 +393,7 @@ impl<'de> Deserialize<'de> for Field {
         impl<'de> Visitor<'de> for FieldVisitor {
             type Value = Field;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a point name or { point, scale, offset, unit }")
+                f.write_str("a point name or { point, scale, offset, unit, deadband, aggregate }")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
                 Ok(Field {
@@ -357,6 +401,8 @@ impl<'de> Deserialize<'de> for Field {
                     scale: 1.0,
                     offset: 0.0,
                     unit: None,
+                    deadband: None,
+                    aggregate: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Field, A::Error> {
@@ -366,6 +412,8 @@ impl<'de> Deserialize<'de> for Field {
                     scale: d.scale,
                     offset: d.offset,
                     unit: d.unit,
+                    deadband: d.deadband,
+                    aggregate: d.aggregate,
                 })
             }
         }

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
 use crate::config::{BatchConfig, DeviceSpec, Duration, PointSpec, duplicate_point_names};
 use crate::reading::{Name, Priority, Qos};
 
@@ -30,6 +31,9 @@ pub struct SimulatedDevice {
     /// Several readings per publish, as a JSON array.
     #[serde(default)]
     pub batch: Option<BatchConfig>,
+    /// Points with a `deadband` are sent at least this often.
+    #[serde(default = "SimulatedDevice::default_heartbeat")]
+    pub heartbeat: Duration,
     /// Stop after this many readings (demos and load tests); unset: forever.
     #[serde(default)]
     pub count: Option<u64>,
@@ -39,6 +43,9 @@ pub struct SimulatedDevice {
 impl SimulatedDevice {
     fn default_poll() -> Duration {
         Duration::from_secs(1)
+    }
+    fn default_heartbeat() -> Duration {
+        report::DEFAULT_HEARTBEAT
     }
 }
 
@@ -54,6 +61,16 @@ impl DeviceSpec for SimulatedDevice {
         self.points.iter().map(read_only).collect()
     }
 
+    fn report(&self) -> Report {
+        Report {
+            heartbeat: self.heartbeat,
+            deadband: None,
+            points: (self.points.iter())
+                .map(|p| (p.name.to_string(), p.report()))
+                .collect(),
+        }
+    }
+
     fn problems(&self) -> Vec<(String, String)> {
         let mut found = Vec::new();
         if self.poll.get().is_zero() {
@@ -63,7 +80,10 @@ impl DeviceSpec for SimulatedDevice {
             found.push(("points".into(), "expected at least one point".into()));
         }
         found.extend(duplicate_point_names(self.points.iter().map(|p| &p.name)));
+        found.extend(report::heartbeat_problems(self.heartbeat));
         for (i, point) in self.points.iter().enumerate() {
+            let path = format!("points[{i}]");
+            found.extend(report::point_problems(&path, &point.report(), true));
             for (key, v) in [("min", point.min), ("max", point.max)] {
                 if !v.is_finite() {
                     found.push((
@@ -101,6 +121,12 @@ pub struct SimulatedPoint {
     /// The value of a `constant` signal; `min` when unset.
     #[serde(default)]
     pub value: Option<f64>,
+    /// Sent only when it moved beyond this; unset: every reading.
+    #[serde(default)]
+    pub deadband: Option<Deadband>,
+    /// Sent as one summary per window instead.
+    #[serde(default)]
+    pub aggregate: Option<Aggregate>,
 }
 
 impl SimulatedPoint {
@@ -109,5 +135,12 @@ impl SimulatedPoint {
     }
     fn default_period() -> Duration {
         Duration::from_secs(60)
+    }
+
+    fn report(&self) -> PointReport {
+        PointReport {
+            deadband: self.deadband,
+            aggregate: self.aggregate.clone(),
+        }
     }
 }

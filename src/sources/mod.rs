@@ -5,6 +5,7 @@
 //! every task watches the same cancellation token.
 
 pub mod ble;
+mod exception;
 pub mod modbus;
 pub mod serial;
 pub mod simulated;
@@ -25,19 +26,40 @@ use crate::config::{BleConfig, DeviceConfig};
 use crate::health::{DeviceHealth, Health};
 use crate::reading::{Name, Qos, Reading};
 use crate::store::{Store, StoreError};
-/// Where sources put readings: the store's append queue, counted.
+
+/// Where sources put readings: the store's append queue, counted, through
+/// the report-by-exception rules of the devices of a group.
 #[derive(Clone)]
 pub struct Ingest {
     store: Store,
     health: Arc<Health>,
+    /// The rules of the group this handle was given to; none outside one.
+    filters: Option<Arc<exception::Filters>>,
 }
 
 impl Ingest {
     pub fn new(store: Store, health: Arc<Health>) -> Ingest {
-        Ingest { store, health }
+        Ingest {
+            store,
+            health,
+            filters: None,
+        }
     }
 
-    /// Queues a reading; fails only when the store is shutting down.
+    /// A handle that applies the deadbands, heartbeats and windows of
+    /// `devices`, with state of its own.
+    fn for_group(&self, devices: &[DeviceConfig], default_qos: Qos) -> Ingest {
+        let filters = exception::Filters::new(devices, default_qos);
+        Ingest {
+            store: self.store.clone(),
+            health: self.health.clone(),
+            filters: (!filters.is_empty()).then(|| Arc::new(filters)),
+        }
+    }
+
+    /// Queues what the device's rules leave of a reading (the counters and
+    /// the value a `read` command answers with see all of it); fails only
+    /// when the store is shutting down.
     pub async fn append(&self, mut reading: Reading) -> Result<(), StoreError> {
         // One rule for every kind: `65`, never `65.0` from one and `65` from another.
         crate::reading::whole_numbers_as_integers(&mut reading.values);
@@ -48,7 +70,29 @@ impl Ingest {
         // carries the points that did read (a failed point has no value in
         // it), and those values are as good as in any other reading.
         device.remember(reading.ts_ms, &reading.values);
-        self.store.append(reading).await
+        let Some(filters) = &self.filters else {
+            return self.store.append(reading).await;
+        };
+        for reading in filters.apply(reading, self.clock().monotonic()) {
+            self.store.append(reading).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the windows that have ended by now.
+    async fn close_windows(&self) -> Result<(), StoreError> {
+        let Some(filters) = &self.filters else {
+            return Ok(());
+        };
+        for reading in filters.close_ended(self.clock().now_ms()) {
+            self.store.append(reading).await?;
+        }
+        Ok(())
+    }
+
+    /// When the next window ends (Unix ms), if one is open.
+    fn next_window_close(&self) -> Option<i64> {
+        self.filters.as_ref()?.next_close()
     }
 
     /// The clock that stamps readings.
@@ -184,6 +228,10 @@ pub fn spawn_group(
     let mut tasks = JoinSet::new();
     let mut writers = HashMap::new();
     let mut ble_devices = Vec::new();
+    let ingest = &ingest.for_group(devices, default_qos);
+    if ingest.filters.as_ref().is_some_and(|f| f.has_windows()) {
+        tasks.spawn(exception::run_timer(ingest.clone(), cancel.clone()));
+    }
     for device in devices {
         let delivery = device.delivery(default_qos);
         match device {

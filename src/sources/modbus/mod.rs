@@ -3,9 +3,10 @@
 //! Devices on the same serial port, or at the same TCP host and port, share
 //! one bus task ([`bus::run`]) that owns the connection, so requests never
 //! overlap. Each device's points are coalesced into as few reads as possible
-//! ([`plan`]); words become values by pure functions ([`value`]); what a poll
-//! publishes (deadbands, heartbeats, faults once per change) is decided in
-//! [`publish`]. Point writes go through a [`BusHandle`], in turn with the
+//! ([`plan`]); words become values by pure functions ([`value`]); how a
+//! poll's faults are published (once per change) is decided in
+//! [`publish`]; deadbands and heartbeats are applied on the way to the
+//! store, as for every kind. Point writes go through a [`BusHandle`], in turn with the
 //! polls.
 
 mod bus;

@@ -57,11 +57,8 @@ impl Poller {
         let layouts = device.layouts();
         let learned = Learned::default();
         let blocks = plan_around(&layouts, device.limits(), &learned);
-        let deadbands = device
-            .points
-            .iter()
-            .map(|p| (p.name.to_string(), p.deadband));
-        let publisher = Publisher::new(deadbands, device.heartbeat.get());
+        let names = device.points.iter().map(|p| p.name.to_string());
+        let publisher = Publisher::new(names, device.heartbeat.get());
         tracing::debug!(device = %device.name, reads = blocks.len(), "register map planned");
         Poller {
             device,
@@ -218,10 +215,6 @@ impl Poller {
     pub async fn poll_and_publish(&mut self, link: &mut ModbusLink, ingest: &Ingest) -> bool {
         let ts_ms = ingest.clock().now_ms();
         let outcomes = self.poll(link).await;
-        // Remembered here, not only from what is published: a deadband
-        // holds back values that were read all the same.
-        self.health
-            .remember(ts_ms, &self.publisher.values_read(&outcomes));
         let publication = self.publisher.publish(outcomes, Instant::now());
         let fault = self.publisher.fault().map(str::to_owned);
         let problem = fault.clone().or_else(|| self.skipped());

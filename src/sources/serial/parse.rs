@@ -466,6 +466,8 @@ mod tests {
             scale: 0.1,
             offset: 0.0,
             unit: None,
+            deadband: None,
+            aggregate: None,
         };
         assert_eq!(field.convert(215.0), 21.5);
         assert_eq!(to_json(field.convert(215.0)), json!(21.5));

@@ -35,6 +35,8 @@ mod tests {
             max: 20.0,
             period: Duration::from_secs(60),
             value: None,
+            deadband: None,
+            aggregate: None,
         }
     }
 

@@ -124,6 +124,8 @@ mod tests {
             scale: 1.0,
             offset: 0.0,
             writable: false,
+            deadband: None,
+            aggregate: None,
         }
     }
 
