@@ -115,14 +115,21 @@ fn without_a_broker_readings_accumulate_then_drain() {
     // (backoff 100ms doubling to 1s here): a handful per second, not a
     // busy loop. The bound is generous: one attempt per 50ms, the lower
     // end of the jitter.
-    let attempts = gw.log().matches("reconnecting in").count();
+    let attempts = gw
+        .log()
+        .matches("fieldgate::uplink: reconnecting in")
+        .count();
     let allowed = 2 + (outage_started.elapsed().as_millis() / 50) as usize;
     assert!(
         (2..=allowed).contains(&attempts),
         "{attempts} attempts, at most {allowed} allowed"
     );
-    // Logged once per change of state, not once per attempt.
-    assert_eq!(gw.log().matches("WARN").count(), 1, "{}", gw.log());
+    // Logged once per change of state, not once per attempt: one line for
+    // the telemetry connection, one for the commands connection.
+    let log = gw.log();
+    assert_eq!(log.matches("WARN").count(), 2, "{log}");
+    assert_eq!(log.matches("MQTT link down").count(), 1, "{log}");
+    assert_eq!(log.matches("commands link down").count(), 1, "{log}");
 
     rig.broker.restart();
     rig.expect(&gw, LONG, |m| distinct_seqs(m).len() >= 300);
