@@ -616,7 +616,7 @@ fn a_closed_stdout_ends_the_output_quietly() {
     std::fs::write(
         &file,
         format!(
-            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt: {{ url: mqtt://127.0.0.1:1883 }}\ndevices: []\n",
+            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt: {{ url: mqtt://127.0.0.1:1 }}\ndevices: []\n",
             dir.path().join("state").display()
         ),
     )
@@ -680,7 +680,7 @@ fn the_installed_configuration_is_refused_until_the_broker_is_set() {
             "{command}: {stderr}"
         );
     }
-    let set = [("FIELDGATE__MQTT__URL", "mqtt://127.0.0.1:1883")];
+    let set = [("FIELDGATE__MQTT__URL", "mqtt://127.0.0.1:1")];
     let out = fieldgate(&["check", "--config", file], &set);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
@@ -692,7 +692,7 @@ fn config_show_says_what_the_environment_changes_and_hides_passwords() {
     std::fs::write(
         &file,
         format!(
-            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt:\n  url: mqtt://127.0.0.1:1883\n  username: gw\n  password: \"s3cret\"\ndevices: []\n",
+            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt:\n  url: mqtt://127.0.0.1:1\n  username: gw\n  password: \"s3cret\"\ndevices: []\n",
             dir.path().join("state").display()
         ),
     )
@@ -700,32 +700,111 @@ fn config_show_says_what_the_environment_changes_and_hides_passwords() {
     let env = [
         ("FIELDGATE__GATEWAY__ID", "pi-07"),
         ("FIELDGATE__MQTT__PASSWORD", "0th3r"),
+        ("FIELDGATE__STORE__MAX_ROWS", "5000"),
     ];
-    let out = fieldgate(
-        &["config", "--config", file.to_str().unwrap(), "show"],
-        &env,
-    );
+    let f = file.to_str().unwrap();
+    let out = fieldgate(&["config", "--config", f, "show"], &env);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let show = text(&out.stdout);
+    let lines: Vec<&str> = show.lines().collect();
     assert!(
-        show.starts_with("# gateway, store, mqtt, log, commands, metrics, ble: the local file"),
+        lines[0].starts_with(&format!(
+            "# the effective configuration: the local file {f}, the FIELDGATE__… variables"
+        )),
         "{show}"
     );
-    assert!(
-        show.contains("#   FIELDGATE__GATEWAY__ID=pi-07\n"),
+    assert_eq!(
+        lines[1],
+        "# in effect: gateway.id pi-07, client id pi-07, broker mqtt://127.0.0.1:1, topics fieldgate/pi-07/…, state_dir ".to_owned()
+            + &dir.path().join("state").display().to_string(),
+    );
+    assert_eq!(
+        lines[2],
+        "# devices: the local file (no remote configuration cached)"
+    );
+    assert_eq!(
+        &lines[3..12],
+        [
+            format!("gateway:  # {f}:1"),
+            "  id: pi-07  # FIELDGATE__GATEWAY__ID".into(),
+            format!(
+                "  state_dir: {}  # {f}:1",
+                dir.path().join("state").display()
+            ),
+            "store:  # FIELDGATE__STORE__MAX_ROWS".into(),
+            "  max_rows: 5000  # FIELDGATE__STORE__MAX_ROWS".into(),
+            format!("mqtt:  # {f}:2"),
+            format!("  url: mqtt://127.0.0.1:1  # {f}:3"),
+            format!("  username: gw  # {f}:4"),
+            "  password: (hidden)  # FIELDGATE__MQTT__PASSWORD".into(),
+        ],
         "{show}"
     );
+    // Sections the file leaves out are there, at their defaults.
+    for section in ["log", "commands", "metrics", "ble"] {
+        assert!(
+            lines.contains(&format!("{section}: {{}}  # not set: all defaults").as_str()),
+            "{section}: {show}"
+        );
+    }
     assert!(
-        show.contains("#   FIELDGATE__MQTT__PASSWORD=(hidden)\n"),
+        lines.contains(&format!("devices: []  # {f}:6").as_str()),
         "{show}"
     );
-    assert!(
-        show.contains("# in effect: gateway.id pi-07, client id pi-07, broker mqtt://127.0.0.1:1883, topics fieldgate/pi-07/…"),
-        "{show}"
-    );
-    assert!(show.contains("  password: (hidden)\n"), "{show}");
     assert!(
         !show.contains("s3cret") && !show.contains("0th3r"),
         "{show}"
     );
+}
+
+/// A cached remote configuration in force: its devices are shown in place
+/// of the file's, each line naming the remote version and its line.
+#[test]
+fn config_show_prints_the_cached_remote_devices_with_their_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("gw.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt: {{ url: mqtt://127.0.0.1:1 }}\ndevices:\n  - {{ name: near, kind: simulated, poll: 1s, points: [{{ name: w, signal: sine }}] }}\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let remote = fieldgate::store::RemoteConfig {
+        version: "v7".into(),
+        text: "version: v7\ndevices:\n  - name: far\n    kind: simulated\n    poll: 2s\n    points: [{ name: level, signal: ramp }]\n".into(),
+        at_ms: 1_764_000_000_000,
+    };
+    fieldgate::store::Outbox::open(&fieldgate::store::db_path(&state), Default::default())
+        .unwrap()
+        .save_remote_config(&remote)
+        .unwrap();
+    let out = fieldgate(&["config", "--config", f, "show"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let show = text(&out.stdout);
+    assert!(
+        show.contains("\n# devices: the remote configuration \"v7\", applied 2025-11-24T16:00:00.000Z (cached in "),
+        "{show}"
+    );
+    let devices = &show[show.find("\ndevices:").expect("a devices section") + 1..];
+    assert_eq!(
+        devices.lines().collect::<Vec<_>>()[1..],
+        [
+            "  - name: far  # remote v7:3",
+            "    kind: simulated  # remote v7:4",
+            "    poll: 2s  # remote v7:5",
+            "    points:  # remote v7:6",
+            "      - name: level  # remote v7:6",
+            "        signal: ramp  # remote v7:6",
+        ],
+        "{show}"
+    );
+    assert!(
+        devices.starts_with("devices:  # the remote configuration \"v7\""),
+        "{show}"
+    );
+    assert!(!show.contains("near"), "{show}");
 }

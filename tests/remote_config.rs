@@ -136,7 +136,11 @@ fn pushed_devices_start_and_stop_while_untouched_ones_flow_on_and_survive_an_off
         show.contains("# devices: the remote configuration \"v2\""),
         "{show}"
     );
-    assert!(show.contains("--- remote configuration v2"), "{show}");
+    assert!(
+        show.contains("\ndevices:  # the remote configuration \"v2\""),
+        "{show}"
+    );
+    assert!(show.contains("  # remote v2:"), "{show}");
     assert!(run(&["config", "clear-remote"]).contains("dropped the remote configuration v2"));
     assert!(
         run(&["config", "show"])

@@ -172,7 +172,7 @@ impl Layered {
 
     /// The variable of the node at `path` or, for a path beyond it (a
     /// problem in a part the node lacks), of its nearest ancestor.
-    fn variable_at(&self, mut path: &str) -> String {
+    pub(super) fn variable_at(&self, mut path: &str) -> String {
         loop {
             if let Some(name) = self.from_env.get(path) {
                 return name.clone();

@@ -21,9 +21,11 @@ mod credentials;
 mod files;
 #[cfg(test)]
 mod reference;
+mod show;
 mod tree;
 mod words;
 
+pub use show::{HIDDEN, RemoteDevices, show};
 use tree::{check_tree, semantic, top_key, typed_devices};
 use words::polish;
 

@@ -32,6 +32,7 @@ pub use device::{
 };
 pub use load::{Checked, Warnings, check, remote_warnings};
 pub use load::{ConfigError, Problem, load, load_remote, load_str};
+pub use load::{HIDDEN, RemoteDevices, show};
 pub use mqtt::{
     BrokerUrl, ClientIdError, Credentials, MACHINE_ID, MqttConfig, Protocol, Secret, TlsConfig,
 };
