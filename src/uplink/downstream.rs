@@ -31,8 +31,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{self, Event, Incoming, LinkError, MqttLink, SessionKind};
+use super::reconnect::{Attempts, Next, Role};
 use super::{CommandIn, Settings, credentials, tls};
-use crate::backoff::{self, Backoff};
 use crate::config::BrokerUrl;
 use crate::health::Health;
 use crate::reading::Qos;
@@ -108,43 +108,25 @@ pub async fn run(
     inbox: Inbox,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max)
-        .stable_after(settings.stable_after);
     let mut log = StateLog::default();
-    let mut next = 0;
-    let jitter = backoff::start_jitter(settings.connect_jitter);
-    tokio::select! {
-        _ = shutdown.cancelled() => return,
-        _ = tokio::time::sleep(jitter) => {}
-    }
+    let mut attempts = Attempts::new(&settings, Role::Commands);
     loop {
-        let Some(broker) = settings.brokers.get(next) else {
+        let Next::Connect(broker) = attempts.next(&shutdown).await else {
             return;
         };
         let mut connection = Connection::new(&settings, &inbox);
         let result = connection.run(broker, &shutdown, &mut log, &health).await;
         health.downstream_up.store(false, Relaxed);
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                log.down(broker, &e);
-                if let Some(up_for) = connection.up_for() {
-                    backoff.connection_ended(up_for, connection.subscribed);
-                }
-                next = if connection.connected_at.is_some() {
-                    0
-                } else {
-                    (next + 1) % settings.brokers.len()
-                };
-            }
+        let Err(e) = result else {
+            return;
+        };
+        log.down(broker, &e);
+        if let Some(up_for) = connection.up_for() {
+            attempts
+                .backoff
+                .connection_ended(up_for, connection.subscribed);
         }
-        drop(connection);
-        let delay = backoff.next_delay();
-        tracing::debug!("downstream: reconnecting in {delay:?}");
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
+        attempts.lost(connection.connected_at.is_some());
     }
 }
 

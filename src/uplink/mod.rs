@@ -23,6 +23,7 @@ mod inflight;
 mod link;
 pub mod payload;
 mod poison;
+mod reconnect;
 mod session;
 mod throttle;
 mod tls;
@@ -38,9 +39,9 @@ pub use downstream::{Inbox, run as run_downstream};
 pub use payload::ConfigInfo;
 use payload::Topics;
 use poison::PoisonWatch;
+use reconnect::{Attempts, Next, Role};
 use session::Session;
 
-use crate::backoff::{self, Backoff};
 use crate::config::{
     BatchConfig, BrokerUrl, ClientIdError, Config, Credentials, Protocol, TlsConfig,
 };
@@ -171,62 +172,42 @@ pub async fn run(
     config: Channels,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max)
-        .stable_after(settings.stable_after);
     let mut link = LinkLog::default();
     let mut clones = CloneWatch::default();
     let mut poison = PoisonWatch::default();
-    let mut next = 0;
-    // Gateways powered up together (after a power cut) spread their
-    // first connections.
-    let jitter = backoff::start_jitter(settings.connect_jitter);
-    tokio::select! {
-        _ = shutdown.cancelled() => return,
-        _ = tokio::time::sleep(jitter) => {}
-    }
+    let mut attempts = Attempts::new(&settings, Role::Telemetry);
     loop {
-        let Some(broker) = settings.brokers.get(next) else {
-            tracing::error!("no MQTT broker configured");
-            return;
+        let broker = match attempts.next(&shutdown).await {
+            Next::Connect(broker) => broker,
+            Next::Stop => return,
+            Next::NoBroker => {
+                tracing::error!("no MQTT broker configured");
+                return;
+            }
         };
         let mut session = Session::new(&settings, &store, &health, config.clone(), &mut poison);
-        match session.run(broker, &shutdown, &mut link).await {
-            Ok(()) => return,
-            Err(e) => {
-                link.down(broker, &e);
-                // A broker closing on a packet it will not take often
-                // resets the socket (the rest of the packet is unread), so
-                // a reset counts too; the timing rule in `poison` keeps a
-                // flapping link from blaming good rows.
-                if closed_by_broker(&e) {
-                    session.pin_suspects().await;
-                }
-                if let Some(up_for) = session.up_for() {
-                    let stable = backoff.connection_ended(up_for, session.acked());
-                    let ending = Ending::of(&e, stable);
-                    if let Some(why) = clones.ended(ending, &settings.client_id) {
-                        tracing::error!("{why}");
-                        health.set_uplink_problem(Some(why));
-                    } else if stable {
-                        health.set_uplink_problem(None);
-                    }
-                }
-                // After a session, start over at the first broker; after a
-                // failed attempt, try the next one.
-                next = if session.was_connected() {
-                    0
-                } else {
-                    (next + 1) % settings.brokers.len()
-                };
+        let Err(e) = session.run(broker, &shutdown, &mut link).await else {
+            return;
+        };
+        link.down(broker, &e);
+        // A broker closing on a packet it will not take often resets the
+        // socket (the rest of the packet is unread), so a reset counts too;
+        // the timing rule in `poison` keeps a flapping link from blaming
+        // good rows.
+        if closed_by_broker(&e) {
+            session.pin_suspects().await;
+        }
+        if let Some(up_for) = session.up_for() {
+            let stable = attempts.backoff.connection_ended(up_for, session.acked());
+            let ending = Ending::of(&e, stable);
+            if let Some(why) = clones.ended(ending, &settings.client_id) {
+                tracing::error!("{why}");
+                health.set_uplink_problem(Some(why));
+            } else if stable {
+                health.set_uplink_problem(None);
             }
         }
-        drop(session);
-        let delay = backoff.next_delay();
-        tracing::debug!("reconnecting in {delay:?}");
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
+        attempts.lost(session.was_connected());
     }
 }
 
