@@ -81,11 +81,21 @@ fn main() -> ExitCode {
         }
         Command::Check { config, remote } => cli::check::run(&config, remote.as_deref()),
         Command::Run { config: path } => {
-            let config = match config::load(&path) {
+            let checked = match config::check(&path) {
+                Ok(checked) => checked,
+                Err(e) => return config_failure(e),
+            };
+            let config = match checked.result {
                 Ok(c) => c,
                 Err(e) => return config_failure(e),
             };
             init_logging(config.log.level.as_deref());
+            // What `check` warns about (a password file not there yet, an
+            // unplugged adapter) is why a gateway that starts fine then
+            // cannot log in or read: said once, where its log is read.
+            for line in checked.warnings.to_string().lines() {
+                tracing::warn!("{line}");
+            }
             outcome(run(config, path))
         }
         Command::Config {

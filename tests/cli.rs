@@ -1,7 +1,13 @@
-//! The command line as users meet it: `check`, `version`, exit codes.
+//! The command line as users meet it: `check`, `config show`, `version`,
+//! exit codes, and what `run` says at start.
+
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::Gateway;
 
 fn fieldgate(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fieldgate"));
@@ -807,4 +813,40 @@ fn config_show_prints_the_cached_remote_devices_with_their_origin() {
         "{show}"
     );
     assert!(!show.contains("near"), "{show}");
+}
+
+/// `run` says what `check` warns about once, at start, in its log: not
+/// again on every reconnection, nor on SIGHUP.
+#[test]
+fn run_logs_the_warnings_of_check_once_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt:\n  url: mqtt://127.0.0.1:1\n  username: gw\n  password_file: /nonexistent/fieldgate/mqtt.pass\ndevices:\n  - {{ name: demo, kind: simulated, poll: 1s, points: [{{ name: w, signal: sine }}] }}\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let mut gw = Gateway::start_logging(&file, dir.path(), "info");
+    let long = Duration::from_secs(30);
+    assert!(gw.wait_for_log("MQTT link down", long), "{}", gw.log());
+    assert!(gw.wait_for_log("commands link down", long), "{}", gw.log());
+    gw.sighup();
+    assert!(gw.wait_for_log("reloaded", long), "{}", gw.log());
+    assert!(gw.sigterm_and_wait(long).success(), "{}", gw.log());
+    let log = gw.log();
+    let warning = format!(
+        "{f}:5:18: mqtt.password_file: warning: /nonexistent/fieldgate/mqtt.pass does not exist: the gateway cannot log in to the broker until it does"
+    );
+    let lines: Vec<&str> = log.lines().collect();
+    let at: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains(&warning))
+        .collect();
+    assert_eq!(at.len(), 1, "{log}");
+    assert!(lines[at[0]].contains("WARN"), "{log}");
+    let link_down = lines.iter().position(|l| l.contains("MQTT link down"));
+    assert!(link_down.is_some_and(|down| at[0] < down), "{log}");
 }
