@@ -135,18 +135,19 @@ macro_rules! device_kinds {
             }
 
             /// Type-checks one device node by its `kind`, keeping positions:
-            /// the device (also when its only problems are unknown keys)
-            /// and the problems; `None` for an unknown kind.
+            /// the device (also when its only problems are unknown keys,
+            /// else typed without the nodes that failed, whose paths come
+            /// second) and the problems; `None` for an unknown kind.
             pub(super) fn from_node(
                 kind: &str,
                 node: &yaml::Node,
                 path: &str,
-            ) -> Option<(Option<DeviceConfig>, Vec<yaml::Diagnostic>)> {
+            ) -> Option<(Option<DeviceConfig>, Vec<String>, Vec<yaml::Diagnostic>)> {
                 let body = node.without("kind");
                 match kind {
                     $($kind => {
-                        let (device, found) = yaml::from_node_lenient(&body, path);
-                        Some((device.map(DeviceConfig::$variant), found))
+                        let (device, pruned, found) = yaml::from_node_partial(&body, path);
+                        Some((device.map(DeviceConfig::$variant), pruned, found))
                     })*
                     _ => None,
                 }

@@ -186,7 +186,7 @@ impl Layered {
 }
 
 /// Whether `message` names `key` as a word of its own.
-fn mentions(message: &str, key: &str) -> bool {
+pub(super) fn mentions(message: &str, key: &str) -> bool {
     let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
     message.match_indices(key).any(|(at, _)| {
         !word(message[..at].chars().next_back()) && !word(message[at + key.len()..].chars().next())

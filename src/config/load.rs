@@ -19,14 +19,16 @@ use super::{Config, Origin};
 
 mod credentials;
 mod files;
+mod partial;
 #[cfg(test)]
 mod reference;
 mod show;
 mod tree;
 mod words;
 
+use partial::typed_devices;
 pub use show::{HIDDEN, RemoteDevices, show};
-use tree::{check_tree, semantic, top_key, typed_devices};
+use tree::{check_tree, semantic, top_key};
 use words::polish;
 
 /// One problem in a configuration: where, which key, what was expected.
@@ -737,8 +739,7 @@ devices:
 
     #[test]
     fn a_device_with_a_bad_point_still_has_its_other_points_checked() {
-        // A device-level type error would leave it unchecked (see below);
-        // errors inside points leave out only those points.
+        // Errors inside points leave out only those points.
         let devices = r#"  - name: m
     kind: modbus
     colour: red
@@ -780,16 +781,23 @@ devices:
             "{found:#?}"
         );
 
-        // Leaving out a bad key of the device itself could make problems
-        // that are not there, so only its type errors are reported.
+        // A bad key of the device itself is left out (it takes its
+        // default) and the rest is checked in the same pass, the duplicate
+        // name of the next device included.
         let text = MINIMAL.to_owned() + &devices.replace("    colour: red\n", "    unit: fast\n");
         let found: Vec<String> = problems(&text).iter().map(|p| p.path.clone()).collect();
         assert_eq!(
             found,
             [
+                "devices[1].rtu",
                 "devices[1].unit",
+                "devices[1].points[0].min",
                 "devices[1].points[1].register",
+                "devices[1].points[2].name",
+                "devices[1].points[2].writable",
                 "devices[1].points[3].address",
+                "devices[1].points[4].scale",
+                "devices[2].name",
                 "devices[2].points",
             ]
         );

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle};
 
-pub use de::{from_node, from_node_lenient};
+pub use de::{from_node, from_node_lenient, from_node_partial};
 
 /// Alias expansions beyond this many copied nodes are refused (billion-laughs protection).
 const ALIAS_BUDGET: usize = 10_000;

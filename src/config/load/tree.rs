@@ -2,11 +2,10 @@
 //! problem: a section or device that cannot be typed is reported, and the
 //! checks that span keys still run on every part that could be.
 
-use std::collections::{BTreeMap, BTreeSet};
-
+use super::super::Config;
 use super::super::yaml::{self, Node, Value};
-use super::super::{Config, DEVICE_KINDS, DeviceConfig};
-use super::{Problem, at, credentials, files, locate, not_a_config, quoted};
+use super::partial::{Known, TypedDevice, typed_devices};
+use super::{Problem, at, credentials, files, locate, not_a_config};
 
 /// The typed configuration, if it could be typed at all, and its problems.
 /// When there are problems the configuration is partial (the sections and
@@ -134,15 +133,6 @@ fn key_text(key: &Node) -> &str {
     }
 }
 
-/// A device that could be typed: its index in the file and, when items of
-/// its lists could not be typed and were left out, the file's index of each
-/// item kept, by list.
-pub(super) struct TypedDevice {
-    index: usize,
-    device: DeviceConfig,
-    kept: Vec<(String, Vec<usize>)>,
-}
-
 /// The checks that span keys, on `config` with `devices` (the ones that
 /// could be typed), and the warnings, located in `root`. Findings in
 /// sections named in `replaced` are left out: those are not the file's
@@ -155,11 +145,13 @@ pub(super) fn semantic(
 ) -> (Vec<Problem>, Vec<Problem>) {
     let mut index = Vec::new();
     let mut kept = Vec::new();
+    let mut known = Vec::new();
     config.devices = devices
         .into_iter()
         .map(|t| {
             index.push(t.index);
             kept.push(t.kept);
+            known.push(t.known);
             t.device
         })
         .collect();
@@ -189,8 +181,14 @@ pub(super) fn semantic(
             p.path = renumber(&p.path, "devices", &index);
             p.message = renumber(&p.message, "devices", &index);
         }
+        found.retain(|p| index.iter().zip(&known).all(|(&i, k)| k.vouches_for(i, p)));
         locate(found, root);
     }
+    // Only what the file says, whole, goes on: stand-ins are for the checks.
+    let mut known = known.iter();
+    config
+        .devices
+        .retain(|_| known.next().is_some_and(|k| *k == Known::Whole));
     (problems, warnings)
 }
 
@@ -222,109 +220,4 @@ fn renumber(text: &str, list: &str, index: &[usize]) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// A device whose only type errors are inside items of its lists (a point
-/// with an unknown register kind, say), typed without those items, so that
-/// the rest of it is checked in the same pass; with the file's index of
-/// each item kept. Unknown keys of the device do not stand in the way (they
-/// are left out of the value anyway); other errors do: leaving out a key
-/// could make problems that are not there.
-fn without_bad_items(
-    kind: &str,
-    device: &Node,
-    path: &str,
-    found: &[Problem],
-) -> Option<TypedDevice> {
-    let mut bad: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
-    for p in found {
-        let below = p.path.strip_prefix(path)?.strip_prefix('.')?;
-        let Some((list, rest)) = below.split_once('[') else {
-            if p.message.starts_with("unknown key `") && !below.contains('.') {
-                continue;
-            }
-            return None;
-        };
-        if list.contains('.') {
-            return None;
-        }
-        let (item, _) = rest.split_once(']')?;
-        bad.entry(list).or_default().insert(item.parse().ok()?);
-    }
-    let mut copy = device.clone();
-    let Value::Map(pairs) = &mut copy.value else {
-        return None;
-    };
-    let mut kept = Vec::new();
-    for (list, items) in &bad {
-        let (_, node) = pairs.iter_mut().find(|(k, _)| key_text(k) == *list)?;
-        let Value::Seq(all) = &mut node.value else {
-            return None;
-        };
-        let keep: Vec<usize> = (0..all.len()).filter(|i| !items.contains(i)).collect();
-        *all = keep.iter().filter_map(|&i| all.get(i).cloned()).collect();
-        kept.push(((*list).to_owned(), keep));
-    }
-    match DeviceConfig::from_node(kind, &copy, path)? {
-        (Some(device), _) if !kept.is_empty() => Some(TypedDevice {
-            index: 0,
-            device,
-            kept,
-        }),
-        _ => None,
-    }
-}
-
-/// Type-checks a `devices:` list, each device by its `kind`; returns the
-/// devices that passed, with their index in the list.
-pub(super) fn typed_devices(devices: &Node, problems: &mut Vec<Problem>) -> Vec<TypedDevice> {
-    let items: &[Node] = match &devices.value {
-        Value::Seq(items) => items,
-        Value::Null => &[],
-        _ => {
-            problems.push(at(devices, "devices", "expected a list of devices".into()));
-            return Vec::new();
-        }
-    };
-    let mut typed = Vec::new();
-    for (i, device) in items.iter().enumerate() {
-        let path = format!("devices[{i}]");
-        if !matches!(device.value, Value::Map(_)) {
-            problems.push(at(device, &path, "expected a device (a mapping)".into()));
-            continue;
-        }
-        let Some(kind) = device.get("kind") else {
-            problems.push(at(device, &path, "missing field `kind`".into()));
-            continue;
-        };
-        let kind_text = match &kind.value {
-            Value::Scalar { text, .. } => text.as_str(),
-            _ => "",
-        };
-        match DeviceConfig::from_node(kind_text, device, &path) {
-            Some((Some(device), found)) => {
-                let kept = Vec::new();
-                typed.push(TypedDevice {
-                    index: i,
-                    device,
-                    kept,
-                });
-                problems.extend(found);
-            }
-            Some((None, found)) => {
-                let salvaged = without_bad_items(kind_text, device, &path, &found);
-                typed.extend(salvaged.map(|t| TypedDevice { index: i, ..t }));
-                problems.extend(found);
-            }
-            None => problems.push(at(
-                kind,
-                &format!("{path}.kind"),
-                format!(
-                    "unknown kind `{kind_text}`, expected one of {}",
-                    quoted(DEVICE_KINDS)
-                ),
-            )),
-        }
-    }
-    typed
 }

@@ -485,11 +485,27 @@ pub fn from_node_lenient<T: DeserializeOwned>(
     node: &Node,
     base_path: &str,
 ) -> (Option<T>, Vec<Diagnostic>) {
+    match from_node_partial(node, base_path) {
+        (value, pruned, diags) if pruned.is_empty() => (value, diags),
+        (_, _, diags) => (None, diags),
+    }
+}
+
+/// [`from_node_lenient`], and also the value typed without the nodes that
+/// failed, with their paths (empty when nothing failed but unknown keys).
+/// Such a value holds defaults in place of what failed, and fewer items in
+/// lists where an item failed: good for checks on the parts that typed,
+/// not to run.
+pub fn from_node_partial<T: DeserializeOwned>(
+    node: &Node,
+    base_path: &str,
+) -> (Option<T>, Vec<String>, Vec<Diagnostic>) {
     let root = addr(node);
     let mut pruned = HashSet::new();
+    let mut paths = Vec::new();
     let mut diags = Vec::new();
     // Every attempt but the last prunes a new node, which bounds the loop.
-    for attempt in 0..=measure(node).0 {
+    for _ in 0..=measure(node).0 {
         let pass = Pass {
             pruned: &pruned,
             unknown: RefCell::default(),
@@ -497,19 +513,19 @@ pub fn from_node_lenient<T: DeserializeOwned>(
         let result = attributed((node, base_path.to_owned()), &pass, root, T::deserialize);
         diags.append(&mut pass.unknown.into_inner());
         let err = match result {
-            Ok(value) if attempt == 0 => return (Some(value), sorted(diags)),
-            Ok(_) => break,
+            Ok(value) => return (Some(value), paths, sorted(diags)),
             Err(err) => err,
         };
         let Some(at) = err.at else { break };
         if !at.cascade {
-            diags.push(diag(at.mark, at.path, err.message));
+            diags.push(diag(at.mark, at.path.clone(), err.message));
         }
         if at.prune == root || !pruned.insert(at.prune) {
             break;
         }
+        paths.push(at.path);
     }
-    (None, sorted(diags))
+    (None, paths, sorted(diags))
 }
 
 fn sorted(mut diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
