@@ -18,6 +18,16 @@ fn fieldgate(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run fieldgate")
 }
 
+/// Writes `gw.yaml` in `dir`: gateway `gw-1` with its state in
+/// `dir/state`, then `rest`.
+fn site(dir: &Path, rest: &str) -> std::path::PathBuf {
+    let file = dir.join("gw.yaml");
+    let state = dir.join("state");
+    let head = format!("gateway: {{ id: gw-1, state_dir: {} }}\n", state.display());
+    std::fs::write(&file, head + rest).unwrap();
+    file
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -621,15 +631,10 @@ fn into_closed_pipe(args: &[&str]) -> Output {
 #[test]
 fn a_closed_stdout_ends_the_output_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("gw.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt: {{ url: mqtt://127.0.0.1:1 }}\ndevices: []\n",
-            dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
+    let file = site(
+        dir.path(),
+        "mqtt: { url: mqtt://127.0.0.1:1 }\ndevices: []\n",
+    );
     let config = file.to_str().unwrap();
     let commands: [&[&str]; 5] = [
         &["queue", "--config", config, "stats"],
@@ -697,15 +702,10 @@ fn the_installed_configuration_is_refused_until_the_broker_is_set() {
 #[test]
 fn config_show_says_what_the_environment_changes_and_hides_passwords() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("gw.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt:\n  url: mqtt://127.0.0.1:1\n  username: gw\n  password: \"s3cret\"\ndevices: []\n",
-            dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
+    let file = site(
+        dir.path(),
+        "mqtt:\n  url: mqtt://127.0.0.1:1\n  username: gw\n  password: \"s3cret\"\ndevices: []\n",
+    );
     let env = [
         ("FIELDGATE__GATEWAY__ID", "pi-07"),
         ("FIELDGATE__MQTT__PASSWORD", "0th3r"),
@@ -772,15 +772,10 @@ fn config_show_says_what_the_environment_changes_and_hides_passwords() {
 fn config_show_prints_the_cached_remote_devices_with_their_origin() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let file = dir.path().join("gw.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt: {{ url: mqtt://127.0.0.1:1 }}\ndevices:\n  - {{ name: near, kind: simulated, poll: 1s, points: [{{ name: w, signal: sine }}] }}\n",
-            state.display()
-        ),
-    )
-    .unwrap();
+    let file = site(
+        dir.path(),
+        "mqtt: { url: mqtt://127.0.0.1:1 }\ndevices:\n  - { name: near, kind: simulated, poll: 1s, points: [{ name: w, signal: sine }] }\n",
+    );
     let f = file.to_str().unwrap();
     let remote = fieldgate::store::RemoteConfig {
         version: "v7".into(),
@@ -823,15 +818,10 @@ fn config_show_prints_the_cached_remote_devices_with_their_origin() {
 #[test]
 fn run_logs_the_warnings_of_check_once_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("gw.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "gateway: {{ id: gw-1, state_dir: {} }}\nmqtt:\n  url: mqtt://127.0.0.1:1\n  username: gw\n  password_file: /nonexistent/fieldgate/mqtt.pass\ndevices:\n  - {{ name: demo, kind: simulated, poll: 1s, points: [{{ name: w, signal: sine }}] }}\n",
-            dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
+    let file = site(
+        dir.path(),
+        "mqtt:\n  url: mqtt://127.0.0.1:1\n  username: gw\n  password_file: /nonexistent/fieldgate/mqtt.pass\ndevices:\n  - { name: demo, kind: simulated, poll: 1s, points: [{ name: w, signal: sine }] }\n",
+    );
     let f = file.to_str().unwrap();
     let mut gw = Gateway::start_logging(&file, dir.path(), "info");
     let long = Duration::from_secs(30);
