@@ -811,6 +811,30 @@ fn config_show_prints_the_cached_remote_devices_with_their_origin() {
         "{show}"
     );
     assert!(!show.contains("near"), "{show}");
+
+    // A cached one the file no longer trusts is not in force: the file's
+    // devices are shown, and why.
+    let broken = fieldgate::store::RemoteConfig {
+        version: "v8".into(),
+        text: "version: v8\ndevices:\n  - { name: far, kind: bluetooth }\n".into(),
+        at_ms: 1_764_000_000_000,
+    };
+    fieldgate::store::Outbox::open(&fieldgate::store::db_path(&state), Default::default())
+        .unwrap()
+        .save_remote_config(&broken)
+        .unwrap();
+    let out = fieldgate(&["config", "--config", f, "show"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let show = text(&out.stdout);
+    assert!(
+        show.contains("\n# devices: the local file, because the cached remote configuration \"v8\" no longer passes the checks:\n# remote configuration:3:"),
+        "{show}"
+    );
+    assert!(
+        show.contains(&format!("\ndevices:  # {f}:3\n  - name: near  # {f}:4\n")),
+        "{show}"
+    );
+    assert!(!show.contains("far"), "{show}");
 }
 
 /// `run` says what `check` warns about once, at start, in its log: not
