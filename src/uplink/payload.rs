@@ -75,15 +75,23 @@ pub fn timestamp(ts_ms: i64) -> String {
 }
 
 /// `{"seq":42,"ts":"…","device":"boiler","values":{…},"quality":"good"}`,
-/// with `"error":"…"` after a failed read. The values are spliced in as
-/// stored: they were serialized once, at ingest.
+/// with `"error":"…"` after a failed read, and `"clock":"unsynced"` when
+/// `ts` was taken while the wall clock was not synchronised and could not
+/// be corrected (absent otherwise, so payloads of a synced gateway stay as
+/// they were). The values are spliced in as stored: they were serialized
+/// once, at ingest.
 pub fn telemetry(row: &Row) -> String {
     let error = match &row.error {
         Some(e) => format!(r#","error":{}"#, serde_json::Value::from(e.as_str())),
         None => String::new(),
     };
+    let clock = if row.unsynced {
+        r#","clock":"unsynced""#
+    } else {
+        ""
+    };
     format!(
-        r#"{{"seq":{},"ts":"{}","device":{},"values":{},"quality":"{}"{error}}}"#,
+        r#"{{"seq":{},"ts":"{}","device":{},"values":{},"quality":"{}"{error}{clock}}}"#,
         row.seq,
         timestamp(row.ts_ms),
         serde_json::Value::from(row.device.as_str()),
@@ -207,6 +215,7 @@ mod tests {
             values: r#"{"temperature":21.5}"#.into(),
             quality: Quality::Good,
             error: None,
+            unsynced: false,
             topic: None,
             correlation: None,
         };
@@ -227,6 +236,14 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&telemetry(&bad)).unwrap();
         assert_eq!(parsed["quality"], "bad");
         assert_eq!(parsed["error"], "timeout after 1s \"unit 3\"");
+        assert!(!telemetry(&bad).contains("clock"));
+
+        let unsynced = Row {
+            unsynced: true,
+            ..bad
+        };
+        let parsed: serde_json::Value = serde_json::from_str(&telemetry(&unsynced)).unwrap();
+        assert_eq!(parsed["clock"], "unsynced");
     }
 
     fn info() -> ConfigInfo {

@@ -1,0 +1,185 @@
+//! Honest time in the store: which boot the gateway runs in, and the
+//! correction of wall times taken before the clock synchronised.
+//!
+//! A row keeps its time since boot (`mono_ms`) and a small boot number
+//! beside its wall time; the 36-character boot id is kept once, in the
+//! one-row `boot` table, not per row, since every byte of a row is written
+//! to the SD card again with each page it shares.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Outbox, StoreError};
+
+impl Outbox {
+    /// Records the boot the gateway runs in (the kernel's boot id) and
+    /// returns its number: the same as last time for the same boot, the
+    /// next one for a new boot. Only the current boot is kept: rows only
+    /// ever ask "was I taken in this boot?".
+    pub fn enter_boot(&mut self, boot_id: &str) -> Result<i64, StoreError> {
+        let last: Option<(String, i64)> = self
+            .conn
+            .query_row("SELECT boot_id, n FROM boot WHERE one = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let n = match last {
+            Some((id, n)) if id == boot_id => n,
+            Some((_, n)) => n + 1,
+            None => 1,
+        };
+        self.conn.execute(
+            "INSERT OR REPLACE INTO boot (one, boot_id, n) VALUES (1, ?1, ?2)",
+            params![boot_id, n],
+        )?;
+        self.boot = n;
+        Ok(n)
+    }
+
+    /// Corrects the wall time of the unsynchronised rows of this boot from
+    /// their monotonic time, `ts = mono + offset_ms` where `offset_ms` is
+    /// `wall_now - mono_now` of a synchronised clock, and clears their
+    /// mark. Rows of an earlier boot keep theirs: their monotonic time
+    /// counted from another start. One statement; returns the rows changed.
+    pub fn correct_times(&mut self, offset_ms: i64) -> Result<usize, StoreError> {
+        if self.boot == 0 {
+            return Ok(0);
+        }
+        Ok(self.conn.execute(
+            "UPDATE outbox SET ts_ms = mono_ms + ?1, unsynced = 0
+             WHERE unsynced = 1 AND boot = ?2 AND mono_ms IS NOT NULL",
+            params![offset_ms, self.boot],
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Limits;
+    use super::super::outbox::tests::{append, open, reading};
+    use crate::reading::{Priority, Qos};
+
+    const DAY_MS: i64 = 86_400_000;
+
+    fn times(store: &super::Outbox) -> Vec<(i64, bool)> {
+        (store.fetch(Priority::Normal, 0, 100).unwrap())
+            .iter()
+            .map(|r| (r.ts_ms, r.unsynced))
+            .collect()
+    }
+
+    #[test]
+    fn a_sync_corrects_this_boots_rows_and_leaves_an_earlier_boots() {
+        let dir = tempfile::tempdir().unwrap();
+        let true_start = 1_800_000_000_000;
+        // Boot A: the clock says three days too early, unsynced; one row.
+        let mut store = open(&dir, Limits::default());
+        assert_eq!(store.enter_boot("boot-a").unwrap(), 1);
+        let mut r = reading("t", Priority::Normal, Qos::AtLeastOnce, 1.0);
+        r.unsynced = true;
+        r.mono_ms = 5_000;
+        r.ts_ms = true_start - 3 * DAY_MS;
+        append(&mut store, &[r.clone()]);
+        drop(store);
+
+        // Boot B: three unsynced rows 1.5 s apart, then one taken synced.
+        let mut store = open(&dir, Limits::default());
+        assert_eq!(store.enter_boot("boot-b").unwrap(), 2);
+        let wrong = true_start - 3 * DAY_MS;
+        let rows: Vec<_> = [0, 1_500, 3_000]
+            .iter()
+            .map(|d| {
+                let mut r = r.clone();
+                r.mono_ms = 10_000 + d;
+                r.ts_ms = wrong + d;
+                r
+            })
+            .collect();
+        append(&mut store, &rows);
+        let mut synced = r.clone();
+        synced.unsynced = false;
+        synced.mono_ms = 20_000;
+        synced.ts_ms = true_start + 10_000;
+        append(&mut store, &[synced]);
+
+        // Synced: mono 0 of boot B was at `true_start`.
+        assert_eq!(store.correct_times(true_start).unwrap(), 3);
+        assert_eq!(
+            times(&store),
+            [
+                (true_start - 3 * DAY_MS, true), // boot A: untouched, still marked
+                (true_start + 10_000, false),
+                (true_start + 11_500, false),
+                (true_start + 13_000, false),
+                (true_start + 10_000, false), // already right: untouched
+            ]
+        );
+        // Nothing left to correct; a second sync changes nothing.
+        assert_eq!(store.correct_times(true_start + 7).unwrap(), 0);
+        drop(store);
+
+        // A restart in the same boot keeps the boot number.
+        let mut store = open(&dir, Limits::default());
+        assert_eq!(store.enter_boot("boot-b").unwrap(), 2);
+        let kept: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM boot", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 1, "only the current boot is kept");
+    }
+
+    #[test]
+    fn max_age_ages_this_boots_rows_by_their_monotonic_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_age_ms: Some(60_000),
+            ..Limits::default()
+        };
+        let mut store = open(&dir, limits);
+        store.enter_boot("boot-b").unwrap();
+        // Taken while the wall clock was three days behind: by wall time
+        // they look three days old once it syncs, but they are 30 s old.
+        let mut r = reading("t", Priority::Normal, Qos::AtLeastOnce, 1.0);
+        r.unsynced = true;
+        r.mono_ms = 100_000;
+        r.ts_ms = 1_000;
+        let now_wall = 3 * DAY_MS;
+        let report = store
+            .commit(
+                &super::super::Changes {
+                    readings: &[r.clone()],
+                    ..Default::default()
+                },
+                super::super::Now {
+                    wall_ms: now_wall,
+                    mono_ms: Some(130_000),
+                },
+            )
+            .unwrap();
+        assert!(report.evicted.is_empty(), "{:?}", report.evicted);
+        // Without the monotonic time, the wall clock decides: evicted.
+        let report = store
+            .commit(&super::super::Changes::default(), now_wall)
+            .unwrap();
+        assert_eq!(report.evicted.get("t"), Some(&1));
+        // Kept again while 59 s old; evicted at 61 s, wall time alike.
+        let young = super::super::Now {
+            wall_ms: now_wall,
+            mono_ms: Some(159_000),
+        };
+        let changes = super::super::Changes {
+            readings: &[r],
+            ..Default::default()
+        };
+        assert!(store.commit(&changes, young).unwrap().evicted.is_empty());
+        let report = store
+            .commit(
+                &super::super::Changes::default(),
+                super::super::Now {
+                    wall_ms: now_wall,
+                    mono_ms: Some(161_000),
+                },
+            )
+            .unwrap();
+        assert_eq!(report.evicted.get("t"), Some(&1));
+    }
+}
