@@ -218,14 +218,22 @@ fn boottime_ms() -> i64 {
     ms
 }
 
-/// `adjtimex` with `modes = 0` only reads: no privilege needed.
+/// `adjtimex` with `modes = 0` only reads: no privilege needed. A seccomp
+/// filter may still refuse it (systemd's `ProtectClock=`); then the flag
+/// file of systemd-timesyncd is the next best witness.
 fn kernel_synced() -> bool {
     // SAFETY: an all-zero `timex` is valid (plain integers), and with
     // `modes == 0` the kernel only fills it in.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     let state = unsafe { libc::adjtimex(&mut tx) };
-    state >= 0 && state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
+    if state < 0 {
+        return std::path::Path::new(TIMESYNCD_SYNCHRONIZED).exists();
+    }
+    state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
 }
+
+/// Created by systemd-timesyncd once it has synchronised the clock.
+const TIMESYNCD_SYNCHRONIZED: &str = "/run/systemd/timesync/synchronized";
 
 fn read_boot_id() -> Arc<str> {
     match std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
