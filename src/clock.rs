@@ -277,27 +277,39 @@ fn parse_hook(text: &str) -> Hook {
     hook
 }
 
-/// A wall-clock time after which something must not happen any more (a
-/// command's `expires_at`), checked by whoever is about to do it.
-#[derive(Debug, Clone, Default)]
+/// A time after which something must not happen any more (a command's
+/// `expires_at`), checked by whoever is about to do it. Given as wall
+/// time, it is kept as monotonic time from then on, so that the wall
+/// clock jumping meanwhile (NTP syncing a Pi's clock by days) neither
+/// expires a command at once nor keeps it alive for days.
+#[derive(Debug, Clone)]
 pub struct Deadline {
     clock: Clock,
-    /// Unix epoch milliseconds; `None`: never.
-    at_ms: Option<i64>,
+    /// `None`: never.
+    at: Option<Instant>,
 }
 
 impl Deadline {
+    /// `at_ms` in Unix epoch milliseconds, read against the wall clock now.
     pub fn new(clock: Clock, at_ms: Option<i64>) -> Deadline {
-        Deadline { clock, at_ms }
+        let at = at_ms.map(|at_ms| {
+            let now = clock.monotonic();
+            let left = u64::try_from(at_ms.saturating_sub(clock.now_ms())).unwrap_or(0);
+            now.checked_add(Duration::from_millis(left)).unwrap_or(now)
+        });
+        Deadline { clock, at }
     }
 
-    /// No deadline at all.
+    /// No deadline at all (no clock consulted).
     pub fn never() -> Deadline {
-        Deadline::default()
+        Deadline {
+            clock: Clock::manual(0),
+            at: None,
+        }
     }
 
     pub fn passed(&self) -> bool {
-        self.at_ms.is_some_and(|at| self.clock.now_ms() >= at)
+        self.at.is_some_and(|at| self.clock.monotonic() >= at)
     }
 }
 
@@ -389,5 +401,19 @@ mod tests {
         clock.advance(Duration::from_millis(500));
         assert!(deadline.passed());
         assert!(!Deadline::never().passed());
+        assert!(Deadline::new(clock.clone(), Some(0)).passed());
+    }
+
+    #[test]
+    fn a_deadline_ignores_jumps_of_the_wall_clock() {
+        let clock = Clock::manual(1_000);
+        let deadline = Deadline::new(clock.clone(), Some(61_000));
+        // NTP moves the wall clock three days forward: 60 s are still left.
+        clock.set_wall_ms(3 * 86_400_000);
+        assert!(!deadline.passed());
+        clock.advance(Duration::from_secs(59));
+        assert!(!deadline.passed());
+        clock.advance(Duration::from_secs(1));
+        assert!(deadline.passed());
     }
 }

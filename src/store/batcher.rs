@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::limits::{Evicted, Now};
+use super::limits::Evicted;
 use super::{Changes, Command, Outbox, QueueStatus, Row, RowKey, StoreError};
 use crate::clock::Clock;
 use crate::config::StoreConfig;
@@ -168,8 +168,8 @@ impl Batcher {
                 let _ = reply.send(self.status());
             }
             Command::Journal { id, limits, reply } => {
-                let now_ms = self.clock.now_ms();
-                let _ = reply.send(self.outbox.journal_command(&id, now_ms, limits));
+                let now = self.clock.stamp();
+                let _ = reply.send(self.outbox.journal_command(&id, now, limits));
             }
             Command::Running(id, reply) => {
                 let _ = reply.send(self.outbox.command_running(&id));
@@ -298,10 +298,7 @@ impl Batcher {
                 refused: &self.refused,
                 dropped: &self.dropped,
             },
-            Now {
-                wall_ms: self.clock.now_ms(),
-                mono_ms: Some(self.clock.mono_ms()),
-            },
+            self.clock.stamp(),
         )?;
         self.note_evictions(&report.evicted);
         let inserted = !self.readings.is_empty();

@@ -29,13 +29,15 @@ impl Limits {
     }
 }
 
-/// The time a commit runs at: the wall clock, and, when known, the
+/// The time the store acts at: the wall clock, and, when known, the
 /// monotonic time of this boot, which ages this boot's rows even when the
-/// wall clock jumps (as it does when NTP first syncs on a Pi).
+/// wall clock jumps (as it does when NTP first syncs on a Pi), and
+/// whether the wall clock was synchronised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
     pub wall_ms: i64,
     pub mono_ms: Option<i64>,
+    pub unsynced: bool,
 }
 
 impl From<i64> for Now {
@@ -43,6 +45,17 @@ impl From<i64> for Now {
         Now {
             wall_ms,
             mono_ms: None,
+            unsynced: false,
+        }
+    }
+}
+
+impl From<crate::clock::Stamp> for Now {
+    fn from(stamp: crate::clock::Stamp) -> Now {
+        Now {
+            wall_ms: stamp.wall_ms,
+            mono_ms: Some(stamp.mono_ms),
+            unsynced: stamp.unsynced,
         }
     }
 }

@@ -44,11 +44,20 @@ impl Outbox {
         if self.boot == 0 {
             return Ok(0);
         }
-        Ok(self.conn.execute(
+        let tx = self.conn.transaction()?;
+        let rows = tx.execute(
             "UPDATE outbox SET ts_ms = mono_ms + ?1, unsynced = 0
              WHERE unsynced = 1 AND boot = ?2 AND mono_ms IS NOT NULL",
             params![offset_ms, self.boot],
-        )?)
+        )?;
+        // The journal's ages too, so retention counts from the true time.
+        tx.execute(
+            "UPDATE command_journal SET received_ms = mono_ms + ?1, unsynced = 0
+             WHERE unsynced = 1 AND boot = ?2 AND mono_ms IS NOT NULL",
+            params![offset_ms, self.boot],
+        )?;
+        tx.commit()?;
+        Ok(rows)
     }
 }
 
@@ -152,6 +161,7 @@ mod tests {
                 super::super::Now {
                     wall_ms: now_wall,
                     mono_ms: Some(130_000),
+                    unsynced: false,
                 },
             )
             .unwrap();
@@ -165,6 +175,7 @@ mod tests {
         let young = super::super::Now {
             wall_ms: now_wall,
             mono_ms: Some(159_000),
+            unsynced: false,
         };
         let changes = super::super::Changes {
             readings: &[r],
@@ -177,9 +188,63 @@ mod tests {
                 super::super::Now {
                     wall_ms: now_wall,
                     mono_ms: Some(161_000),
+                    unsynced: false,
                 },
             )
             .unwrap();
         assert_eq!(report.evicted.get("t"), Some(&1));
+    }
+
+    #[test]
+    fn the_journal_keeps_this_boots_ids_through_a_clock_jump() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir, Limits::default());
+        store.enter_boot("boot-b").unwrap();
+        let keep = super::super::JournalLimits {
+            retention_ms: DAY_MS,
+            max_rows: 100,
+        };
+        let true_start = 1_800_000_000_000;
+        // Received 10 s after boot, while the clock was 3 days behind.
+        let unsynced = crate::clock::Stamp {
+            wall_ms: true_start - 3 * DAY_MS + 10_000,
+            mono_ms: 10_000,
+            unsynced: true,
+        };
+        let new = super::super::Journaled::New;
+        assert_eq!(store.journal_command("c-1", unsynced, keep).unwrap(), new);
+        // NTP has set the clock, the store not yet corrected: by wall time
+        // c-1 is 3 days old, by its time since boot 20 s.
+        let synced = crate::clock::Stamp {
+            wall_ms: true_start + 30_000,
+            mono_ms: 30_000,
+            unsynced: false,
+        };
+        assert_eq!(store.journal_command("c-2", synced, keep).unwrap(), new);
+        assert_eq!(
+            store.journal_command("c-1", synced, keep).unwrap(),
+            super::super::Journaled::Received,
+            "kept, so a redelivery does not run it again"
+        );
+        // The correction gives it its true time.
+        store.correct_times(true_start).unwrap();
+        let received: i64 = store
+            .conn
+            .query_row(
+                "SELECT received_ms FROM command_journal WHERE id = 'c-1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(received, true_start + 10_000);
+        // And the retention still ends: a day and a minute later, by
+        // either clock, it goes.
+        let later = crate::clock::Stamp {
+            wall_ms: true_start + DAY_MS + 70_000,
+            mono_ms: DAY_MS + 70_000,
+            unsynced: false,
+        };
+        assert_eq!(store.journal_command("c-3", later, keep).unwrap(), new);
+        assert_eq!(store.journal_command("c-1", later, keep).unwrap(), new);
     }
 }
