@@ -111,7 +111,8 @@ const MIGRATIONS: &[&str] = &[
         UPDATE meta SET value = value - 1 WHERE key = 'journal_rows';
     END;
     ",
-    // 9: honest time. Each reading (and each journaled command) keeps its time since boot and the boot
+    // 9: honest time. Each reading (in the outbox or the dead letters,
+    // and each journaled command) keeps its time since boot and the boot
     // it was taken in, and whether the wall clock was unsynchronised then,
     // so that its wall time can be corrected once the clock syncs. The
     // boot id (36 characters) is kept once, in `boot`; a row holds a small
@@ -130,6 +131,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE command_journal ADD COLUMN mono_ms INTEGER;
     ALTER TABLE command_journal ADD COLUMN boot INTEGER;
     ALTER TABLE command_journal ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE dead_letter ADD COLUMN mono_ms INTEGER;
+    ALTER TABLE dead_letter ADD COLUMN boot INTEGER;
+    ALTER TABLE dead_letter ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 0;
     ",
 ];
 

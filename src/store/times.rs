@@ -50,6 +50,12 @@ impl Outbox {
              WHERE unsynced = 1 AND boot = ?2 AND mono_ms IS NOT NULL",
             params![offset_ms, self.boot],
         )?;
+        // A dead letter keeps its mark until it is corrected or sent.
+        tx.execute(
+            "UPDATE dead_letter SET ts_ms = mono_ms + ?1, unsynced = 0
+             WHERE unsynced = 1 AND boot = ?2 AND mono_ms IS NOT NULL",
+            params![offset_ms, self.boot],
+        )?;
         // The journal's ages too, so retention counts from the true time.
         tx.execute(
             "UPDATE command_journal SET received_ms = mono_ms + ?1, unsynced = 0
@@ -246,5 +252,36 @@ mod tests {
         };
         assert_eq!(store.journal_command("c-3", later, keep).unwrap(), new);
         assert_eq!(store.journal_command("c-1", later, keep).unwrap(), new);
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_its_mark_and_is_corrected_like_a_queued_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir, Limits::default());
+        store.enter_boot("boot-b").unwrap();
+        let mut r = reading("t", Priority::Normal, Qos::AtLeastOnce, 1.0);
+        (r.unsynced, r.mono_ms, r.ts_ms) = (true, 4_000, 77);
+        append(&mut store, &[r.clone(), r]);
+        let keys: Vec<_> = (store.fetch(Priority::Normal, 0, 10).unwrap())
+            .iter()
+            .map(|r| (r.key(), "refused".to_string()))
+            .collect();
+        let changes = super::super::Changes {
+            refused: &keys,
+            ..Default::default()
+        };
+        store.commit(&changes, 0).unwrap();
+        assert!(times(&store).is_empty());
+        // One comes back before the sync: still marked.
+        store
+            .conn
+            .execute("UPDATE dead_letter SET device = 'u' WHERE seq = 2", [])
+            .unwrap();
+        assert_eq!(store.retry_dead(Some("t")).unwrap(), 1);
+        assert_eq!(times(&store), [(77, true)]);
+        // The sync corrects both, the one still dead too.
+        assert_eq!(store.correct_times(1_000_000).unwrap(), 1);
+        assert_eq!(store.retry_dead(None).unwrap(), 1);
+        assert_eq!(times(&store), [(1_004_000, false), (1_004_000, false)]);
     }
 }
