@@ -78,6 +78,7 @@ fn queued_readings_get_their_true_time_once_the_clock_syncs() {
         TELEMETRY,
         &sim_device("t", "200ms", count, ""),
     );
+    let status = Subscriber::connect(rig.broker.port, "check-clock-status", "fieldgate/gw/status");
     let hook = rig.dir.path().join("clock-hook");
     set_hook(&hook, &format!("unsynced offset_ms=-{BEHIND_MS}"));
     let hook_env = hook.to_str().unwrap();
@@ -100,6 +101,9 @@ fn queued_readings_get_their_true_time_once_the_clock_syncs() {
             "{m}: {off} ms from the clock it was told"
         );
     }
+
+    let unsynced = |m: &[Message]| latest_status(m).is_some_and(|s| s["clock"] == "unsynced");
+    assert!(status.wait_until(LONG, unsynced), "{}", gw.log());
 
     // Then the rest queue, still marked.
     rig.broker.stop();
@@ -153,6 +157,10 @@ fn queued_readings_get_their_true_time_once_the_clock_syncs() {
     // And that is what the broker gets: corrected, unmarked.
     rig.broker.restart();
     rig.expect(&gw, LONG, |m| distinct_seqs(m).len() >= count as usize);
+    let synced = |m: &[Message]| {
+        latest_status(m).is_some_and(|s| s["state"] == "online" && s.get("clock").is_none())
+    };
+    assert!(status.wait_until(LONG, synced), "{}", gw.log());
     let messages = rig.sub.messages();
     for r in &after {
         // The last copy: a row sent just before the broker went, and not

@@ -129,12 +129,14 @@ pub fn config_state(
 }
 
 /// The retained `P/status` while online: the birth message at connect,
-/// refreshed every `gateway.status_interval`.
+/// refreshed every `gateway.status_interval`. `"clock":"unsynced"` while
+/// the wall clock is not synchronised (absent once it is).
 pub fn status(
     version: &str,
     config: &ConfigInfo,
     queue: &QueueStatus,
     health: &Snapshot,
+    clock_synced: bool,
 ) -> String {
     let mut body = json!({
         "state": "online",
@@ -168,6 +170,9 @@ pub fn status(
     }
     if let Some(moved) = &queue.recovered_from {
         body["store"] = json!({ "recovered_from": moved });
+    }
+    if !clock_synced {
+        body["clock"] = "unsynced".into();
     }
     body.to_string()
 }
@@ -295,7 +300,8 @@ mod tests {
             .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         let snap = health.snapshot();
         let b: serde_json::Value =
-            serde_json::from_str(&status("0.1.0", &info(), &queue, &snap)).unwrap();
+            serde_json::from_str(&status("0.1.0", &info(), &queue, &snap, false)).unwrap();
+        assert_eq!(b["clock"], "unsynced");
         assert_eq!(b["config_origin"], "local");
         assert_eq!(b["devices"]["pump"]["bad_input"], 2);
         assert_eq!(b["counters"]["published"], 0);
@@ -308,8 +314,9 @@ mod tests {
                 .unwrap()
                 .contains("corrupt")
         );
-        let plain = status("0.1.0", &info(), &QueueStatus::default(), &snap);
+        let plain = status("0.1.0", &info(), &QueueStatus::default(), &snap, true);
         assert!(!plain.contains("store"), "{plain}");
+        assert!(!plain.contains("clock"), "{plain}");
         assert_eq!(offline(), r#"{"state":"offline"}"#);
     }
 }
