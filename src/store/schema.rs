@@ -119,10 +119,14 @@ const MIGRATIONS: &[&str] = &[
     // boot number (1 byte) and a flag that costs no payload byte (SQLite
     // stores 0 and 1 in the record header), so a row grows by about 8
     // bytes. Rows of older stores have no boot: they are never corrected.
+    // The partial index holds only marked rows, so the correction at each
+    // start and sync is a seek, not a scan of the queue, and a gateway
+    // whose clock is synchronised writes no index entry at all.
     "
     ALTER TABLE outbox ADD COLUMN mono_ms INTEGER;
     ALTER TABLE outbox ADD COLUMN boot INTEGER;
     ALTER TABLE outbox ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX outbox_unsynced ON outbox (boot) WHERE unsynced = 1;
     CREATE TABLE boot (
         one     INTEGER PRIMARY KEY CHECK (one = 1),
         boot_id TEXT NOT NULL,

@@ -10,6 +10,10 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Outbox, StoreError};
 
+/// Through the partial index `outbox_unsynced`: a test checks the plan.
+const CORRECT_OUTBOX: &str = "UPDATE outbox SET ts_ms = mono_ms + ?1, unsynced = 0
+     WHERE unsynced = 1 AND boot = ?2 AND mono_ms IS NOT NULL";
+
 impl Outbox {
     /// Records the boot the gateway runs in (the kernel's boot id) and
     /// returns its number: the same as last time for the same boot, the
@@ -45,11 +49,7 @@ impl Outbox {
             return Ok(0);
         }
         let tx = self.conn.transaction()?;
-        let rows = tx.execute(
-            "UPDATE outbox SET ts_ms = mono_ms + ?1, unsynced = 0
-             WHERE unsynced = 1 AND boot = ?2 AND mono_ms IS NOT NULL",
-            params![offset_ms, self.boot],
-        )?;
+        let rows = tx.execute(CORRECT_OUTBOX, params![offset_ms, self.boot])?;
         // A dead letter keeps its mark until it is corrected or sent.
         tx.execute(
             "UPDATE dead_letter SET ts_ms = mono_ms + ?1, unsynced = 0
@@ -283,5 +283,23 @@ mod tests {
         assert_eq!(store.correct_times(1_000_000).unwrap(), 1);
         assert_eq!(store.retry_dead(None).unwrap(), 1);
         assert_eq!(times(&store), [(1_004_000, false), (1_004_000, false)]);
+    }
+
+    /// A queue of a million rows must not be read whole at every start.
+    #[test]
+    fn the_correction_seeks_the_marked_rows_and_scans_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, Limits::default());
+        let plan: Vec<String> = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", super::CORRECT_OUTBOX))
+            .unwrap()
+            .query_map([1, 1], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(plan[0].starts_with("SEARCH"), "{plan:?}");
+        assert!(plan[0].contains("outbox_unsynced"), "{plan:?}");
     }
 }
