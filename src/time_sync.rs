@@ -27,6 +27,8 @@ pub async fn watch(store: Store, stop: CancellationToken) {
     let clock = store.clock().clone();
     // `None` before the first check.
     let mut was_synced: Option<bool> = None;
+    // A failed correction is retried at every check, and logged once.
+    let mut failing = false;
     loop {
         let synced = clock.check_sync();
         let mut corrected = true;
@@ -40,7 +42,11 @@ pub async fn watch(store: Store, stop: CancellationToken) {
                 Err(e) => {
                     // The store is shutting down, or failing: again at the
                     // next check.
-                    tracing::warn!("wall clock synchronised, queued times not corrected: {e}");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(
+                            "wall clock synchronised, queued times not corrected yet: {e}"
+                        );
+                    }
                     corrected = false;
                 }
             },
@@ -49,6 +55,7 @@ pub async fn watch(store: Store, stop: CancellationToken) {
             ),
             (Some(false), false) => {}
         }
+        failing &= !corrected;
         was_synced = Some(synced && corrected);
         let wait = if synced && corrected {
             WHILE_SYNCED

@@ -78,7 +78,8 @@ impl Cutoff {
         }
     }
 
-    const NEVER: Cutoff = Cutoff {
+    /// Every row counts as old (eviction by count, not by age).
+    const ANY_ROW: Cutoff = Cutoff {
         wall_ms: i64::MAX,
         mono: None,
     };
@@ -158,7 +159,7 @@ fn evict_oldest(conn: &Connection, mut count: u64, evicted: &mut Evicted) -> rus
     for priority in Priority::ALL.into_iter().rev() {
         while count > 0 {
             let take = count.min(STEP as u64) as i64;
-            let n = evict_prefix(conn, priority, take, Cutoff::NEVER, evicted)?;
+            let n = evict_prefix(conn, priority, take, Cutoff::ANY_ROW, evicted)?;
             total += n;
             count -= n;
             if (n as i64) < take {
