@@ -302,4 +302,46 @@ mod tests {
         assert!(plan[0].starts_with("SEARCH"), "{plan:?}");
         assert!(plan[0].contains("outbox_unsynced"), "{plan:?}");
     }
+
+    /// Readings still in memory (not yet committed, or stamped just before
+    /// the sync and appended after it) are corrected like stored rows.
+    #[tokio::test]
+    async fn readings_not_yet_stored_are_corrected_too() {
+        use crate::clock::Clock;
+        use crate::config::{Bounded, Duration, StoreConfig};
+        let dir = tempfile::tempdir().unwrap();
+        // Commits only on request.
+        let lazy = StoreConfig {
+            flush_interval: Duration::from_secs(3_600),
+            flush_rows: Bounded(100_000),
+            ..StoreConfig::default()
+        };
+        let clock = Clock::manual(1_000);
+        clock.set_synced(false);
+        let path = dir.path().join("s.db");
+        let (store, thread) = super::super::Store::open(&path, &lazy, clock.clone()).unwrap();
+        let stamped = |clock: &Clock| {
+            let stamp = clock.stamp();
+            let mut r = reading("t", Priority::Normal, Qos::AtLeastOnce, 1.0);
+            (r.ts_ms, r.mono_ms, r.unsynced) = (stamp.wall_ms, stamp.mono_ms, stamp.unsynced);
+            r
+        };
+        clock.advance(std::time::Duration::from_millis(500));
+        store.append(stamped(&clock)).await.unwrap(); // in memory
+        clock.advance(std::time::Duration::from_millis(250));
+        let late = stamped(&clock); // stamped, not yet appended
+        // NTP sets the clock to the true time: mono 0 was at 5,000,000.
+        clock.set_wall_ms(5_000_750);
+        clock.set_synced(true);
+        assert_eq!(store.correct_times().await.unwrap(), 0, "none stored yet");
+        store.append(late).await.unwrap();
+        store.flush().await.unwrap();
+        let rows = store.fetch([0; 3], 10).await.unwrap();
+        let times: Vec<_> = rows.iter().map(|r| (r.ts_ms, r.unsynced)).collect();
+        assert_eq!(times, [(5_000_500, false), (5_000_750, false)]);
+        drop(store);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap();
+    }
 }
