@@ -134,6 +134,11 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         gateway.local.metrics.listen.map(|listen| {
             tokio::spawn(crate::metrics::serve(listen, store.clone(), health.clone()))
         });
+    let stop_time_sync = CancellationToken::new();
+    let time_sync = tokio::spawn(crate::time_sync::watch(
+        store.clone(),
+        stop_time_sync.clone(),
+    ));
     service::ready();
 
     loop {
@@ -150,6 +155,10 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     service::stopping();
     if let Some(metrics) = metrics {
         metrics.abort();
+    }
+    stop_time_sync.cancel();
+    if time_sync.await.is_err() {
+        tracing::error!("the clock watch panicked");
     }
     // Nothing more is taken: what is unacknowledged waits at the broker
     // for the next start.

@@ -13,8 +13,8 @@
 //! 4. [`sources`] and [`uplink`], which never name each other: sources put
 //!    readings into the store, the uplink takes rows out of it;
 //! 5. [`commands`];
-//! 6. [`gateway`], which wires everything together, with [`metrics`] and
-//!    [`service`] (systemd); the CLI (`src/cli/`, `src/main.rs`) is the
+//! 6. [`gateway`], which wires everything together, with [`metrics`],
+//!    [`service`] (systemd) and [`time_sync`] (honest timestamps); the CLI (`src/cli/`, `src/main.rs`) is the
 //!    binary on top.
 
 pub mod backoff;
@@ -28,6 +28,7 @@ pub mod reading;
 pub mod service;
 pub mod sources;
 pub mod store;
+pub mod time_sync;
 pub mod uplink;
 
 #[cfg(test)]

@@ -12,8 +12,14 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     pub device: Name,
-    /// Milliseconds since the Unix epoch, UTC.
+    /// Milliseconds since the Unix epoch, UTC, as the wall clock said.
     pub ts_ms: i64,
+    /// Milliseconds since boot at the same instant (`Clock::mono_ms`): what
+    /// corrects `ts_ms` once the wall clock syncs. The boot is the one the
+    /// gateway runs in (`Clock::boot_id`); the store records it per row.
+    pub mono_ms: i64,
+    /// The wall clock was not synchronised when `ts_ms` was taken.
+    pub unsynced: bool,
     /// Point name → value (number, bool or string).
     pub values: Map<String, Value>,
     pub quality: Quality,

@@ -55,6 +55,9 @@ impl Device {
         Reading {
             device: self.name.clone(),
             ts_ms,
+            // A time since boot of about a day, as on a gateway in service.
+            mono_ms: ts_ms.rem_euclid(86_400_000),
+            unsynced: false,
             values,
             quality: Quality::Good,
             error: None,

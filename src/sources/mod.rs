@@ -290,6 +290,8 @@ mod tests {
         let reading = |ts_ms, values: serde_json::Value, quality| Reading {
             device: Name::parse("meter").unwrap(),
             ts_ms,
+            mono_ms: ts_ms,
+            unsynced: false,
             values: values.as_object().unwrap().clone(),
             quality,
             error: (quality == Quality::Bad).then(|| "l1-current: exception 2".to_owned()),

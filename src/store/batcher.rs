@@ -117,7 +117,12 @@ impl Batcher {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Append(reading) => {
+            Command::Append(mut reading) => {
+                // Stamped just before the clock synced and the stored rows
+                // were corrected: correct it the same way.
+                if reading.unsynced && self.clock.synced() {
+                    correct(&mut reading, self.clock_offset());
+                }
                 self.readings.push(reading);
                 self.oldest.get_or_insert_with(Instant::now);
                 if self.failing {
@@ -163,8 +168,8 @@ impl Batcher {
                 let _ = reply.send(self.status());
             }
             Command::Journal { id, limits, reply } => {
-                let now_ms = self.clock.now_ms();
-                let _ = reply.send(self.outbox.journal_command(&id, now_ms, limits));
+                let now = self.clock.stamp();
+                let _ = reply.send(self.outbox.journal_command(&id, now, limits));
             }
             Command::Running(id, reply) => {
                 let _ = reply.send(self.outbox.command_running(&id));
@@ -182,10 +187,24 @@ impl Batcher {
             Command::SaveConfig(config, reply) => {
                 let _ = reply.send(self.outbox.save_remote_config(&config));
             }
+            Command::CorrectTimes(reply) => {
+                let offset = self.clock_offset();
+                for reading in &mut self.readings {
+                    correct(reading, offset);
+                }
+                let _ = reply.send(self.outbox.correct_times(offset));
+            }
             Command::Flush(reply) => {
                 let _ = reply.send(self.commit());
             }
         }
+    }
+
+    /// `wall - mono` now: what turns a monotonic time of this boot into
+    /// wall time.
+    fn clock_offset(&self) -> i64 {
+        let stamp = self.clock.stamp();
+        stamp.wall_ms - stamp.mono_ms
     }
 
     fn fetch(&self, after: [i64; 3], limit: usize) -> Result<Vec<Row>, StoreError> {
@@ -279,7 +298,7 @@ impl Batcher {
                 refused: &self.refused,
                 dropped: &self.dropped,
             },
-            self.clock.now_ms(),
+            self.clock.stamp(),
         )?;
         self.note_evictions(&report.evicted);
         let inserted = !self.readings.is_empty();
@@ -327,5 +346,14 @@ impl Batcher {
                 }
             });
         }
+    }
+}
+
+/// Corrects a reading taken while the wall clock was unsynchronised, as
+/// [`super::Outbox::correct_times`] does for stored rows.
+fn correct(reading: &mut Reading, offset_ms: i64) {
+    if reading.unsynced {
+        reading.ts_ms = reading.mono_ms + offset_ms;
+        reading.unsynced = false;
     }
 }

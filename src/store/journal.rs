@@ -4,6 +4,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
+use super::limits::Now;
 use super::{Outbox, StoreError};
 use crate::reading::{Priority, Qos};
 
@@ -51,12 +52,20 @@ impl Outbox {
     /// what is older than the retention or over the row cap. One
     /// transaction, on disk when this returns: only then may the broker
     /// get its ack.
+    ///
+    /// An id is kept for the retention by its time since boot when it was
+    /// received in this boot, so that the jump of the wall clock when NTP
+    /// syncs (days, on a Pi that was off for days) does not prune the ids
+    /// of the last minutes and let a redelivered command run twice.
     pub fn journal_command(
         &mut self,
         id: &str,
-        now_ms: i64,
+        now: impl Into<Now>,
         limits: JournalLimits,
     ) -> Result<Journaled, StoreError> {
+        let now = now.into();
+        let now_ms = now.wall_ms;
+        let boot = (self.boot != 0).then_some(self.boot);
         let tx = self.conn.transaction()?;
         let seen: Option<(i64, Option<String>)> = tx
             .query_row(
@@ -71,15 +80,20 @@ impl Outbox {
             Some(_) => Journaled::Running,
             None => {
                 tx.execute(
-                    "INSERT INTO command_journal (id, received_ms, state) VALUES (?1, ?2, ?3)",
-                    params![id, now_ms, RECEIVED],
+                    "INSERT INTO command_journal (id, received_ms, state, mono_ms, boot, unsynced)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, now_ms, RECEIVED, now.mono_ms, boot, now.unsynced],
                 )?;
                 Journaled::New
             }
         };
+        // A range read of the age index, as before; this boot's young ids
+        // are spared whatever their wall time says.
+        let mono_cutoff = now.mono_ms.map(|m| m - limits.retention_ms);
         tx.execute(
-            "DELETE FROM command_journal WHERE received_ms < ?1",
-            [now_ms - limits.retention_ms],
+            "DELETE FROM command_journal WHERE received_ms < ?1
+             AND NOT coalesce(boot = ?2 AND mono_ms >= ?3, 0)",
+            params![now_ms - limits.retention_ms, boot, mono_cutoff],
         )?;
         let rows: i64 = tx.query_row(
             "SELECT value FROM meta WHERE key = 'journal_rows'",

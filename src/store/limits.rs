@@ -29,16 +29,81 @@ impl Limits {
     }
 }
 
+/// The time the store acts at: the wall clock, and, when known, the
+/// monotonic time of this boot, which ages this boot's rows even when the
+/// wall clock jumps (as it does when NTP first syncs on a Pi), and
+/// whether the wall clock was synchronised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub wall_ms: i64,
+    pub mono_ms: Option<i64>,
+    pub unsynced: bool,
+}
+
+impl From<i64> for Now {
+    fn from(wall_ms: i64) -> Now {
+        Now {
+            wall_ms,
+            mono_ms: None,
+            unsynced: false,
+        }
+    }
+}
+
+impl From<crate::clock::Stamp> for Now {
+    fn from(stamp: crate::clock::Stamp) -> Now {
+        Now {
+            wall_ms: stamp.wall_ms,
+            mono_ms: Some(stamp.mono_ms),
+            unsynced: stamp.unsynced,
+        }
+    }
+}
+
+/// How old a row is deemed: by the monotonic clock when the row was taken
+/// in this boot and the commit knows its monotonic time, else by the wall
+/// clock.
+#[derive(Debug, Clone, Copy)]
+struct Cutoff {
+    wall_ms: i64,
+    /// This boot's number and the monotonic cutoff.
+    mono: Option<(i64, i64)>,
+}
+
+impl Cutoff {
+    fn older(&self, ts_ms: i64, mono_ms: Option<i64>, boot: Option<i64>) -> bool {
+        match (self.mono, mono_ms, boot) {
+            (Some((this_boot, cutoff)), Some(mono), Some(b)) if b == this_boot => mono < cutoff,
+            _ => ts_ms < self.wall_ms,
+        }
+    }
+
+    /// Every row counts as old (eviction by count, not by age).
+    const ANY_ROW: Cutoff = Cutoff {
+        wall_ms: i64::MAX,
+        mono: None,
+    };
+}
+
 /// Rows read per step while evicting: bounds the work of one step.
 const STEP: i64 = 512;
 
 /// Drops what the limits no longer allow. Runs inside the commit's
 /// transaction, so the queue is never seen above its limits.
-pub fn enforce(conn: &Connection, limits: &Limits, now_ms: i64) -> rusqlite::Result<Evicted> {
+pub fn enforce(
+    conn: &Connection,
+    limits: &Limits,
+    now: Now,
+    boot: i64,
+) -> rusqlite::Result<Evicted> {
     let mut evicted = Evicted::new();
     if let Some(age) = limits.max_age_ms {
+        let cutoff = Cutoff {
+            wall_ms: now.wall_ms - age,
+            mono: now.mono_ms.filter(|_| boot != 0).map(|m| (boot, m - age)),
+        };
         for priority in Priority::ALL {
-            evict_older_than(conn, priority, now_ms - age, &mut evicted)?;
+            evict_older_than(conn, priority, cutoff, &mut evicted)?;
         }
     }
     // Each pass frees at least one row, so this ends; the bound only guards
@@ -94,7 +159,7 @@ fn evict_oldest(conn: &Connection, mut count: u64, evicted: &mut Evicted) -> rus
     for priority in Priority::ALL.into_iter().rev() {
         while count > 0 {
             let take = count.min(STEP as u64) as i64;
-            let n = evict_prefix(conn, priority, take, i64::MAX, evicted)?;
+            let n = evict_prefix(conn, priority, take, Cutoff::ANY_ROW, evicted)?;
             total += n;
             count -= n;
             if (n as i64) < take {
@@ -110,31 +175,32 @@ fn evict_oldest(conn: &Connection, mut count: u64, evicted: &mut Evicted) -> rus
 fn evict_older_than(
     conn: &Connection,
     priority: Priority,
-    cutoff_ms: i64,
+    cutoff: Cutoff,
     evicted: &mut Evicted,
 ) -> rusqlite::Result<()> {
-    while evict_prefix(conn, priority, STEP, cutoff_ms, evicted)? == STEP as u64 {}
+    while evict_prefix(conn, priority, STEP, cutoff, evicted)? == STEP as u64 {}
     Ok(())
 }
 
 /// Deletes the first rows of `priority`, at most `take`, stopping at the
-/// first one not older than `cutoff_ms`. Returns how many went.
+/// first one not older than `cutoff`. Returns how many went.
 fn evict_prefix(
     conn: &Connection,
     priority: Priority,
     take: i64,
-    cutoff_ms: i64,
+    cutoff: Cutoff,
     evicted: &mut Evicted,
 ) -> rusqlite::Result<u64> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, ts_ms, device FROM outbox WHERE priority = ?1 ORDER BY seq LIMIT ?2",
+        "SELECT seq, ts_ms, device, mono_ms, boot FROM outbox WHERE priority = ?1
+         ORDER BY seq LIMIT ?2",
     )?;
     let mut last = None;
     let mut n = 0;
     let mut rows = stmt.query(params![priority as i64, take])?;
     while let Some(row) = rows.next()? {
         let (seq, ts_ms): (i64, i64) = (row.get(0)?, row.get(1)?);
-        if ts_ms >= cutoff_ms {
+        if !cutoff.older(ts_ms, row.get(3)?, row.get(4)?) {
             break;
         }
         *evicted.entry(row.get(2)?).or_default() += 1;

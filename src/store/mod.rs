@@ -18,6 +18,7 @@ mod queries;
 mod recover;
 mod remote_config;
 mod schema;
+mod times;
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use dead_letters::DeadLetter;
 pub use error::StoreError;
 pub use journal::{CommandAnswer, JournalLimits, Journaled};
-pub use limits::{Evicted, Limits};
+pub use limits::{Evicted, Limits, Now};
 pub use outbox::{Changes, CommitReport, Outbox, Row, RowKey, Totals};
 pub use queries::DeviceStats;
 pub use remote_config::RemoteConfig;
@@ -91,6 +92,7 @@ enum Command {
         oneshot::Sender<Result<(), StoreError>>,
     ),
     SaveConfig(RemoteConfig, oneshot::Sender<Result<(), StoreError>>),
+    CorrectTimes(oneshot::Sender<Result<usize, StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -123,7 +125,8 @@ impl Store {
         settings: &StoreConfig,
         clock: Clock,
     ) -> Result<(Store, StoreThread), StoreError> {
-        let outbox = Outbox::open(path, Limits::from_config(settings))?;
+        let mut outbox = Outbox::open(path, Limits::from_config(settings))?;
+        outbox.enter_boot(&clock.boot_id())?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (committed_tx, committed) = watch::channel(0);
         let batcher = batcher::Batcher::new(outbox, rx, committed_tx, settings, clock.clone());
@@ -254,6 +257,16 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// The wall clock is synchronised now: corrects the times of this
+    /// boot's readings taken before, queued or stored, from their
+    /// monotonic time, and clears their mark. Returns the stored rows
+    /// corrected.
+    pub async fn correct_times(&self) -> Result<usize, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::CorrectTimes(reply)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Commits everything queued so far.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -289,6 +302,8 @@ mod tests {
         Reading {
             device: Name::parse("d").unwrap(),
             ts_ms: 0,
+            mono_ms: 0,
+            unsynced: false,
             values,
             quality: Quality::Good,
             error: None,

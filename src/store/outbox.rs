@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::limits::{self, Evicted, Limits};
+use super::limits::{self, Evicted, Limits, Now};
 use super::{StoreError, dead_letters, recover, schema};
 use crate::reading::{Priority, Qos};
 use crate::reading::{Quality, Reading};
@@ -30,6 +30,9 @@ pub struct Row {
     pub values: String,
     pub quality: Quality,
     pub error: Option<String>,
+    /// `ts_ms` was taken while the wall clock was not synchronised, and
+    /// has not been corrected since.
+    pub unsynced: bool,
     /// Set for a message that is not a reading (an answer to a command):
     /// `values` is then its whole payload, sent as it is to this topic.
     pub topic: Option<String>,
@@ -63,6 +66,8 @@ pub struct Totals {
 pub struct Outbox {
     pub(super) conn: Connection,
     pub(super) next_seq: i64,
+    /// This boot's number in the `boot` table; 0 until [`Outbox::enter_boot`].
+    pub(super) boot: i64,
     limits: Limits,
     recovered_from: Option<PathBuf>,
 }
@@ -116,6 +121,7 @@ impl Outbox {
         Ok(Outbox {
             conn,
             next_seq,
+            boot: 0,
             limits,
             recovered_from,
         })
@@ -147,6 +153,7 @@ impl Outbox {
         Ok(Outbox {
             conn,
             next_seq,
+            boot: 0,
             limits: Limits::default(),
             recovered_from: None,
         })
@@ -169,8 +176,9 @@ impl Outbox {
     pub fn commit(
         &mut self,
         changes: &Changes<'_>,
-        now_ms: i64,
+        now: impl Into<Now>,
     ) -> Result<CommitReport, StoreError> {
+        let now = now.into();
         let Changes {
             readings,
             acks,
@@ -182,8 +190,9 @@ impl Outbox {
         let mut report = CommitReport::default();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO outbox (priority, seq, qos, ts_ms, device, quality, vals, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO outbox (priority, seq, qos, ts_ms, device, quality, vals, error,
+                                     mono_ms, boot, unsynced)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for r in readings {
                 // Serialized in place, not cloned into a Value; a map with
@@ -197,7 +206,10 @@ impl Outbox {
                     r.device.as_str(),
                     r.quality as i64,
                     vals,
-                    r.error
+                    r.error,
+                    r.mono_ms,
+                    (self.boot != 0).then_some(self.boot),
+                    r.unsynced
                 ])?;
                 seq += 1;
             }
@@ -209,9 +221,9 @@ impl Outbox {
             if seq != self.next_seq {
                 tx.execute("UPDATE meta SET value = ?1 WHERE key = 'next_seq'", [seq])?;
             }
-            dead_letters::bury(&tx, refused, now_ms)?;
+            dead_letters::bury(&tx, refused, now.wall_ms)?;
             limits::record(&tx, dropped)?;
-            report.evicted = limits::enforce(&tx, &self.limits, now_ms)?;
+            report.evicted = limits::enforce(&tx, &self.limits, now, self.boot)?;
         }
         tx.commit()?;
         self.next_seq = seq;
@@ -235,8 +247,8 @@ impl Outbox {
         limit: usize,
     ) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, qos, ts_ms, device, quality, vals, error, topic, correlation FROM outbox
-             WHERE priority = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            "SELECT seq, qos, ts_ms, device, quality, vals, error, topic, correlation, unsynced
+             FROM outbox WHERE priority = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![priority as i64, after, limit as i64], |r| {
             row(r, priority)
@@ -296,6 +308,7 @@ pub(super) fn row(r: &rusqlite::Row<'_>, priority: Priority) -> rusqlite::Result
         error: r.get(6)?,
         topic: r.get(7)?,
         correlation: r.get(8)?,
+        unsynced: r.get(9)?,
     })
 }
 
@@ -325,6 +338,8 @@ pub(super) mod tests {
         Reading {
             device: Name::parse(device).unwrap(),
             ts_ms: 1_700_000_000_000,
+            mono_ms: 0,
+            unsynced: false,
             values,
             quality: Quality::Good,
             error: None,

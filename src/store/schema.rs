@@ -111,6 +111,34 @@ const MIGRATIONS: &[&str] = &[
         UPDATE meta SET value = value - 1 WHERE key = 'journal_rows';
     END;
     ",
+    // 9: honest time. Each reading (in the outbox or the dead letters,
+    // and each journaled command) keeps its time since boot and the boot
+    // it was taken in, and whether the wall clock was unsynchronised then,
+    // so that its wall time can be corrected once the clock syncs. The
+    // boot id (36 characters) is kept once, in `boot`; a row holds a small
+    // boot number (1 byte) and a flag that costs no payload byte (SQLite
+    // stores 0 and 1 in the record header), so a row grows by about 8
+    // bytes. Rows of older stores have no boot: they are never corrected.
+    // The partial index holds only marked rows, so the correction at each
+    // start and sync is a seek, not a scan of the queue, and a gateway
+    // whose clock is synchronised writes no index entry at all.
+    "
+    ALTER TABLE outbox ADD COLUMN mono_ms INTEGER;
+    ALTER TABLE outbox ADD COLUMN boot INTEGER;
+    ALTER TABLE outbox ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX outbox_unsynced ON outbox (boot) WHERE unsynced = 1;
+    CREATE TABLE boot (
+        one     INTEGER PRIMARY KEY CHECK (one = 1),
+        boot_id TEXT NOT NULL,
+        n       INTEGER NOT NULL
+    );
+    ALTER TABLE command_journal ADD COLUMN mono_ms INTEGER;
+    ALTER TABLE command_journal ADD COLUMN boot INTEGER;
+    ALTER TABLE command_journal ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE dead_letter ADD COLUMN mono_ms INTEGER;
+    ALTER TABLE dead_letter ADD COLUMN boot INTEGER;
+    ALTER TABLE dead_letter ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The schema version this binary writes.

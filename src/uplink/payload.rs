@@ -75,15 +75,23 @@ pub fn timestamp(ts_ms: i64) -> String {
 }
 
 /// `{"seq":42,"ts":"…","device":"boiler","values":{…},"quality":"good"}`,
-/// with `"error":"…"` after a failed read. The values are spliced in as
-/// stored: they were serialized once, at ingest.
+/// with `"error":"…"` after a failed read, and `"clock":"unsynced"` when
+/// `ts` was taken while the wall clock was not synchronised and could not
+/// be corrected (absent otherwise, so payloads of a synced gateway stay as
+/// they were). The values are spliced in as stored: they were serialized
+/// once, at ingest.
 pub fn telemetry(row: &Row) -> String {
     let error = match &row.error {
         Some(e) => format!(r#","error":{}"#, serde_json::Value::from(e.as_str())),
         None => String::new(),
     };
+    let clock = if row.unsynced {
+        r#","clock":"unsynced""#
+    } else {
+        ""
+    };
     format!(
-        r#"{{"seq":{},"ts":"{}","device":{},"values":{},"quality":"{}"{error}}}"#,
+        r#"{{"seq":{},"ts":"{}","device":{},"values":{},"quality":"{}"{error}{clock}}}"#,
         row.seq,
         timestamp(row.ts_ms),
         serde_json::Value::from(row.device.as_str()),
@@ -121,12 +129,14 @@ pub fn config_state(
 }
 
 /// The retained `P/status` while online: the birth message at connect,
-/// refreshed every `gateway.status_interval`.
+/// refreshed every `gateway.status_interval`. `"clock":"unsynced"` while
+/// the wall clock is not synchronised (absent once it is).
 pub fn status(
     version: &str,
     config: &ConfigInfo,
     queue: &QueueStatus,
     health: &Snapshot,
+    clock_synced: bool,
 ) -> String {
     let mut body = json!({
         "state": "online",
@@ -160,6 +170,9 @@ pub fn status(
     }
     if let Some(moved) = &queue.recovered_from {
         body["store"] = json!({ "recovered_from": moved });
+    }
+    if !clock_synced {
+        body["clock"] = "unsynced".into();
     }
     body.to_string()
 }
@@ -207,6 +220,7 @@ mod tests {
             values: r#"{"temperature":21.5}"#.into(),
             quality: Quality::Good,
             error: None,
+            unsynced: false,
             topic: None,
             correlation: None,
         };
@@ -227,6 +241,14 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&telemetry(&bad)).unwrap();
         assert_eq!(parsed["quality"], "bad");
         assert_eq!(parsed["error"], "timeout after 1s \"unit 3\"");
+        assert!(!telemetry(&bad).contains("clock"));
+
+        let unsynced = Row {
+            unsynced: true,
+            ..bad
+        };
+        let parsed: serde_json::Value = serde_json::from_str(&telemetry(&unsynced)).unwrap();
+        assert_eq!(parsed["clock"], "unsynced");
     }
 
     fn info() -> ConfigInfo {
@@ -278,7 +300,8 @@ mod tests {
             .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         let snap = health.snapshot();
         let b: serde_json::Value =
-            serde_json::from_str(&status("0.1.0", &info(), &queue, &snap)).unwrap();
+            serde_json::from_str(&status("0.1.0", &info(), &queue, &snap, false)).unwrap();
+        assert_eq!(b["clock"], "unsynced");
         assert_eq!(b["config_origin"], "local");
         assert_eq!(b["devices"]["pump"]["bad_input"], 2);
         assert_eq!(b["counters"]["published"], 0);
@@ -291,8 +314,9 @@ mod tests {
                 .unwrap()
                 .contains("corrupt")
         );
-        let plain = status("0.1.0", &info(), &QueueStatus::default(), &snap);
+        let plain = status("0.1.0", &info(), &QueueStatus::default(), &snap, true);
         assert!(!plain.contains("store"), "{plain}");
+        assert!(!plain.contains("clock"), "{plain}");
         assert_eq!(offline(), r#"{"state":"offline"}"#);
     }
 }

@@ -690,7 +690,14 @@ impl<'a> Session<'a> {
     async fn publish_status(&mut self) -> Result<(), UplinkError> {
         let queue = self.store.status().await?;
         let info = self.config.info.borrow().clone();
-        let body = payload::status(crate::VERSION, &info, &queue, &self.health.snapshot());
+        let synced = self.store.clock().synced();
+        let body = payload::status(
+            crate::VERSION,
+            &info,
+            &queue,
+            &self.health.snapshot(),
+            synced,
+        );
         self.publish_control(self.settings.topics.status(), body)
     }
 

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use super::{kill_and_reap, poll, read_lossy, send_signal, wait_timeout};
 
+/// The test hook that stands in for the kernel's clock sync state.
+pub const CLOCK_HOOK_ENV: &str = "FIELDGATE_TEST_CLOCK_HOOK";
+
 /// What the gateway logs once its downstream connection has subscribed.
 pub const COMMANDS_READY: &str = "commands: subscribed at";
 
@@ -50,6 +53,14 @@ impl Gateway {
             .stdout(log_file.try_clone().expect("clone log file"))
             .stderr(log_file);
         cmd.env("RUST_LOG", filter);
+        // The host's clock may or may not be NTP-synced; unless a test
+        // says otherwise, the gateway believes it is, so that payloads do
+        // not depend on the machine (see tests/clock.rs).
+        if !env.iter().any(|(k, _)| *k == CLOCK_HOOK_ENV) {
+            let hook = log_dir.join("clock-synced");
+            fs::write(&hook, "synced").expect("write clock hook");
+            cmd.env(CLOCK_HOOK_ENV, hook);
+        }
         cmd.envs(env.iter().copied());
         let child = cmd
             .spawn()

@@ -27,7 +27,7 @@ mod subscriber;
 pub use self::{
     broker::{Broker, publish},
     config::{sim_device, write_config, write_config_mqtt, write_config_with_store},
-    gateway::{COMMANDS_READY, Gateway},
+    gateway::{CLOCK_HOOK_ENV, COMMANDS_READY, Gateway},
     messages::{
         assert_ordered_per_device, device_status, device_values, distinct_seqs, latest_status,
         telemetry,

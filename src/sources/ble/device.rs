@@ -194,9 +194,12 @@ impl DeviceState {
     }
 
     pub fn reading(&self, values: Map<String, Value>, error: Option<String>) -> Reading {
+        let stamp = self.ingest.clock().stamp();
         Reading {
             device: self.name.clone(),
-            ts_ms: self.ingest.clock().now_ms(),
+            ts_ms: stamp.wall_ms,
+            mono_ms: stamp.mono_ms,
+            unsynced: stamp.unsynced,
             values,
             quality: if error.is_some() {
                 Quality::Bad

@@ -35,6 +35,10 @@ pub struct DeviceFilter {
     sent: HashMap<String, Sent>,
     /// The last reading was bad: the next good one sends every value.
     faulted: bool,
+    /// `ts_ms - mono_ms` and the sync mark of the last reading: a window is
+    /// stamped at its end, and its monotonic time and mark follow from the
+    /// last sample's.
+    last_clock: (i64, bool),
 }
 
 impl DeviceFilter {
@@ -57,6 +61,7 @@ impl DeviceFilter {
             windows,
             sent: HashMap::new(),
             faulted: false,
+            last_clock: (0, false),
         }
     }
 
@@ -72,6 +77,7 @@ impl DeviceFilter {
         let mut closed = Vec::new();
         let values = std::mem::take(&mut reading.values);
         let recovered = std::mem::replace(&mut self.faulted, reading.quality == Quality::Bad);
+        self.last_clock = (reading.ts_ms - reading.mono_ms, reading.unsynced);
         for (point, value) in values {
             if let Some(window) = self.windows.get_mut(&point) {
                 // Not a number: nothing to summarise.
@@ -149,6 +155,8 @@ impl DeviceFilter {
             .map(|(ts_ms, values)| Reading {
                 device: self.device.clone(),
                 ts_ms,
+                mono_ms: ts_ms - self.last_clock.0,
+                unsynced: self.last_clock.1,
                 values,
                 quality: Quality::Good,
                 error: None,
@@ -194,6 +202,8 @@ mod tests {
         Reading {
             device: Name::parse("d").unwrap(),
             ts_ms,
+            mono_ms: ts_ms,
+            unsynced: false,
             values,
             quality: if error.is_some() {
                 Quality::Bad

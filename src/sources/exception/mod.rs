@@ -126,6 +126,8 @@ mod tests {
         Reading {
             device: Name::parse(device).unwrap(),
             ts_ms,
+            mono_ms: ts_ms,
+            unsynced: false,
             values,
             quality: Quality::Good,
             error: None,

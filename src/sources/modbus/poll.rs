@@ -213,7 +213,7 @@ impl Poller {
 
     /// Polls, publishes what is due, and logs a change of fault.
     pub async fn poll_and_publish(&mut self, link: &mut ModbusLink, ingest: &Ingest) -> bool {
-        let ts_ms = ingest.clock().now_ms();
+        let stamp = ingest.clock().stamp();
         let outcomes = self.poll(link).await;
         let publication = self.publisher.publish(outcomes, Instant::now());
         let fault = self.publisher.fault().map(str::to_owned);
@@ -230,7 +230,9 @@ impl Poller {
         };
         let reading = Reading {
             device: self.device.name.clone(),
-            ts_ms,
+            ts_ms: stamp.wall_ms,
+            mono_ms: stamp.mono_ms,
+            unsynced: stamp.unsynced,
             values: publication.values,
             quality: publication.quality,
             error: publication.error,

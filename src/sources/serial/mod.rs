@@ -356,9 +356,15 @@ impl PortTask {
                 return Ok(());
             }
         };
+        let stamp = self.ingest.clock().stamp();
+        // A time the device wrote itself comes from its clock, not ours:
+        // ours being unsynced says nothing about it, and it is never
+        // corrected.
         let reading = Reading {
             device: self.device.name.clone(),
-            ts_ms: parsed.ts_ms.unwrap_or_else(|| self.ingest.clock().now_ms()),
+            ts_ms: parsed.ts_ms.unwrap_or(stamp.wall_ms),
+            mono_ms: stamp.mono_ms,
+            unsynced: stamp.unsynced && parsed.ts_ms.is_none(),
             values: parsed.values,
             quality: Quality::Good,
             error: None,

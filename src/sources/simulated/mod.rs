@@ -28,7 +28,8 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let ts_ms = ingest.clock().now_ms();
+        let stamp = ingest.clock().stamp();
+        let ts_ms = stamp.wall_ms;
         let values: Map<String, Value> = device
             .points
             .iter()
@@ -37,6 +38,8 @@ pub async fn run(
         let reading = Reading {
             device: device.name.clone(),
             ts_ms,
+            mono_ms: stamp.mono_ms,
+            unsynced: stamp.unsynced,
             values,
             quality: Quality::Good,
             error: None,
