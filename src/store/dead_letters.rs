@@ -32,8 +32,8 @@ pub(super) fn bury(
     }
     let mut dead = tx.prepare_cached(
         "INSERT OR IGNORE INTO dead_letter
-            (seq, priority, qos, ts_ms, device, quality, vals, error, reason, at_ms, topic, correlation)
-         SELECT seq, priority, qos, ts_ms, device, quality, vals, error, ?3, ?4, topic, correlation
+            (seq, priority, qos, ts_ms, device, quality, vals, error, reason, at_ms, topic, correlation, kind)
+         SELECT seq, priority, qos, ts_ms, device, quality, vals, error, ?3, ?4, topic, correlation, kind
          FROM outbox WHERE priority = ?1 AND seq = ?2",
     )?;
     let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE priority = ?1 AND seq = ?2")?;
@@ -103,8 +103,8 @@ impl Outbox {
         let tx = self.conn.transaction()?;
         let moved = tx.execute(
             "INSERT OR IGNORE INTO outbox
-                (priority, seq, qos, ts_ms, device, quality, vals, error, topic, correlation)
-             SELECT priority, seq, qos, ts_ms, device, quality, vals, error, topic, correlation
+                (priority, seq, qos, ts_ms, device, quality, vals, error, topic, correlation, kind)
+             SELECT priority, seq, qos, ts_ms, device, quality, vals, error, topic, correlation, kind
              FROM dead_letter WHERE ?1 IS NULL OR device = ?1",
             [device],
         )?;
