@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod amqtt;
+mod availability;
 mod broker;
 mod config;
 mod gateway;
@@ -25,6 +26,10 @@ mod subscriber;
 // Each test binary uses its own part of these, and names them unqualified.
 #[allow(unused_imports)]
 pub use self::{
+    availability::{
+        AVAILABILITY, availability, availability_changes, clear_retained_availability,
+        retained_availability,
+    },
     broker::{Broker, publish},
     config::{sim_device, write_config, write_config_mqtt, write_config_with_store},
     gateway::{COMMANDS_READY, Gateway},
