@@ -18,9 +18,18 @@ pub const POLLS_BEFORE_OFFLINE: u32 = 3;
 /// When a device that is not polled is reported offline, unless it says.
 pub const DEFAULT_OFFLINE_AFTER: Duration = Duration::from_secs(60);
 
-/// A polled device's `offline_after`: the one set, or three polls.
+/// The shortest default `offline_after`: three polls of a device polled
+/// every few milliseconds pass in one slow commit of the store, and the
+/// device would flap between online and offline.
+pub const MIN_DEFAULT_OFFLINE_AFTER: Duration = Duration::from_secs(1);
+
+/// A polled device's `offline_after`: the one set, or three polls (at
+/// least [`MIN_DEFAULT_OFFLINE_AFTER`]).
 pub fn offline_after_polls(set: Option<Duration>, poll: Duration) -> Duration {
-    set.unwrap_or_else(|| Duration(poll.get().saturating_mul(POLLS_BEFORE_OFFLINE)))
+    set.unwrap_or_else(|| {
+        let polls = Duration(poll.get().saturating_mul(POLLS_BEFORE_OFFLINE));
+        polls.max(MIN_DEFAULT_OFFLINE_AFTER)
+    })
 }
 
 /// The `offline_after` problem, if any.

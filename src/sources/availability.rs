@@ -195,6 +195,8 @@ mod tests {
         let found = devices(concat!(
             "  - { name: sim, kind: simulated, poll: 2s, points: [ { name: v, signal: sine } ] }\n",
             "  - { name: set, kind: simulated, poll: 2s, offline_after: 1m, points: [ { name: v, signal: sine } ] }\n",
+            "  - { name: fast, kind: simulated, poll: 10ms, points: [ { name: v, signal: sine } ] }\n",
+            "  - { name: short, kind: simulated, poll: 10ms, offline_after: 50ms, points: [ { name: v, signal: sine } ] }\n",
             "  - { name: mb, kind: modbus, tcp: { host: h }, poll: 5s, points: [ { name: v, register: input, address: 0 } ] }\n",
             "  - { name: line, kind: serial, port: /dev/null, format: json, fields: { t: t } }\n",
             "  - { name: stale, kind: serial, port: /dev/null, format: json, stale_after: 2m, fields: { t: t } }\n",
@@ -202,12 +204,13 @@ mod tests {
             "  - { name: slow, kind: ble, address: 'A4:C1:38:00:00:02', decoder: atc, min_interval: 30s }\n",
             "  - { name: gatt, kind: ble, address: 'A4:C1:38:00:00:03', decoder: gatt, poll: 10s, characteristics: [ { point: x, uuid: 2a37, service: 180d } ] }\n",
         ));
-        let got: Vec<(String, Duration)> = (found.iter())
+        let got: std::collections::BTreeMap<String, Duration> = (found.iter())
             .map(|d| (d.name().to_string(), d.spec().offline_after().get()))
             .collect();
-        let want: Vec<(String, Duration)> = [
+        let want: std::collections::BTreeMap<String, Duration> = [
             ("sim", 6),
             ("set", 60),
+            ("fast", 1),
             ("mb", 15),
             ("line", 60),
             ("stale", 120),
@@ -217,12 +220,14 @@ mod tests {
         ]
         .into_iter()
         .map(|(n, s)| (n.to_owned(), s * S))
+        .chain([("short".to_owned(), Duration::from_millis(50))])
         .collect();
         assert_eq!(got, want);
     }
 
     #[test]
     fn the_group_reports_each_device_once() {
+        // (poll 1s and 2s: three polls each, above the 1 s floor)
         let group = devices(concat!(
             "  - { name: a, kind: simulated, poll: 1s, points: [ { name: v, signal: sine } ] }\n",
             "  - { name: b, kind: simulated, poll: 2s, points: [ { name: v, signal: sine } ] }\n",

@@ -35,7 +35,7 @@ pub use self::{
     gateway::{COMMANDS_READY, Gateway},
     messages::{
         assert_ordered_per_device, device_status, device_values, distinct_seqs, latest_status,
-        telemetry,
+        reading_seqs_fit, telemetry,
     },
     pty::Pty,
     rig::{Rig, TELEMETRY},
