@@ -529,6 +529,7 @@ fn under_the_readme_acl_the_gateway_works_and_only_the_cloud_commands_it() {
     // Online means subscribed (the subscriptions go first).
     cloud.wait_for("/status", &["\"online\""], &gw);
     cloud.wait_for("/telemetry/boiler", &["\"temperature\""], &gw);
+    cloud.wait_for("/availability/boiler", &["online"], &gw);
     assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     let set = |version: &str, range: &str| {
