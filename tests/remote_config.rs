@@ -85,6 +85,11 @@ fn pushed_devices_start_and_stop_while_untouched_ones_flow_on_and_survive_an_off
         gone,
         "removed, yet still publishing"
     );
+    // Its retained availability is cleared; the new device's is online.
+    rig.expect(&gw, LONG, |m| {
+        availability(m, "gone").last().map(String::as_str) == Some("")
+            && availability(m, "fresh").last().map(String::as_str) == Some("online")
+    });
     rig.expect(&gw, LONG, |m| readings_of(m, "keep") >= 400);
     assert_eq!(
         readings_of(&rig.sub.messages(), "keep"),
