@@ -73,6 +73,7 @@ fn a_modbus_unit_that_stops_answering_goes_offline_within_offline_after_and_back
     let messages = sub.messages();
     let offline = messages.iter().rfind(|m| m.text() == "offline").unwrap();
     let after = offline.at.duration_since(stopped);
+    eprintln!("offline {after:?} after the unit stopped answering");
     // Its last answer came at most one poll before it stopped; the timer
     // notices the threshold at once, and the message goes first.
     assert!(

@@ -842,6 +842,7 @@ fn a_sensor_whose_adverts_stop_goes_offline() {
     assert_eq!(last.json()["quality"], "good");
     let offline = av.messages().into_iter().rfind(|m| m.text() == "offline");
     let silent_for = offline.expect("offline").at.duration_since(last.at);
+    eprintln!("offline {silent_for:?} after the last reading");
     assert!(
         silent_for >= Duration::from_millis(1_500) && silent_for <= Duration::from_secs(5),
         "offline {silent_for:?} after the last reading (offline_after 2s)"

@@ -16,6 +16,7 @@
 //! trackers) repeats nothing the broker already has.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -89,7 +90,11 @@ impl Tracker {
 
 /// The trackers of one group's devices, by device name.
 #[derive(Debug, Default)]
-pub struct Availability(HashMap<String, Mutex<Tracker>>);
+pub struct Availability {
+    trackers: HashMap<String, Mutex<Tracker>>,
+    /// The store refused the last change (a full disk, say).
+    failing: AtomicBool,
+}
 
 impl Availability {
     pub fn new(devices: &[DeviceConfig], now: Instant) -> Availability {
@@ -97,17 +102,20 @@ impl Availability {
             let tracker = Tracker::new(device.spec().offline_after().get(), now);
             (device.name().to_string(), Mutex::new(tracker))
         });
-        Availability(trackers.collect())
+        Availability {
+            trackers: trackers.collect(),
+            failing: AtomicBool::new(false),
+        }
     }
 
     /// A reading of `device`; its new state when it changed.
     pub fn reading(&self, device: &str, read: bool, now: Instant) -> Option<DeviceState> {
-        lock(self.0.get(device)?).reading(read, now)
+        lock(self.trackers.get(device)?).reading(read, now)
     }
 
     /// The devices that went offline by `now`.
     pub fn check(&self, now: Instant) -> Vec<String> {
-        (self.0.iter())
+        (self.trackers.iter())
             .filter(|(_, t)| lock(t).check(now).is_some())
             .map(|(device, _)| device.clone())
             .collect()
@@ -115,13 +123,25 @@ impl Availability {
 
     /// The earliest time a device may go offline.
     pub fn next_check(&self) -> Option<Instant> {
-        self.0.values().filter_map(|t| lock(t).next_check()).min()
+        self.trackers
+            .values()
+            .filter_map(|t| lock(t).next_check())
+            .min()
     }
 
-    pub fn unreported(&self, device: &str) {
-        if let Some(t) = self.0.get(device) {
+    /// The store could not take `device`'s change: it is reported again
+    /// with the next reading or check. Says whether this starts a run of
+    /// failures.
+    pub fn unstored(&self, device: &str) -> bool {
+        if let Some(t) = self.trackers.get(device) {
             lock(t).unreported();
         }
+        !self.failing.swap(true, Ordering::Relaxed)
+    }
+
+    /// The store took a change; says whether that ends a run of failures.
+    pub fn stored(&self) -> bool {
+        self.failing.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -242,5 +262,13 @@ mod tests {
         assert_eq!(av.next_check(), Some(t0 + 6 * S));
         assert_eq!(av.check(t0 + 6 * S), ["b"]);
         assert_eq!(av.next_check(), None);
+
+        // The store refuses a change: said once, reported again next time.
+        assert_eq!(av.reading("b", true, t0 + 7 * S), Some(DeviceState::Online));
+        assert!(av.unstored("b"));
+        assert!(!av.unstored("b"), "once per run of failures");
+        assert_eq!(av.reading("b", true, t0 + 8 * S), Some(DeviceState::Online));
+        assert!(av.stored(), "the run ends");
+        assert!(!av.stored());
     }
 }

@@ -128,17 +128,26 @@ impl Ingest {
         device: &str,
         state: DeviceState,
     ) -> Result<(), StoreError> {
+        let Some(availability) = &self.availability else {
+            return Ok(());
+        };
         match self.store.set_availability(device.to_owned(), state).await {
-            Ok(true) => tracing::info!("device {device} is {}", state.as_str()),
-            Ok(false) => {}
+            Ok(changed) => {
+                if availability.stored() {
+                    tracing::info!("availability changes are stored again");
+                }
+                if changed {
+                    tracing::info!("device {device} is {}", state.as_str());
+                }
+            }
             Err(StoreError::Closed) => return Err(StoreError::Closed),
             Err(e) => {
-                tracing::warn!(
-                    "cannot store that device {device} is {}: {e}",
-                    state.as_str()
-                );
-                if let Some(availability) = &self.availability {
-                    availability.unreported(device);
+                // Said once per episode: a full disk fails every poll.
+                if availability.unstored(device) {
+                    tracing::warn!(
+                        "cannot store that device {device} is {} (retried with its next reading): {e}",
+                        state.as_str()
+                    );
                 }
             }
         }
