@@ -53,6 +53,8 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         })?;
     // A Pi that reboots offline comes up with its last good configuration.
     let running = effective(&local, &store).await;
+    // Devices removed while the gateway was stopped.
+    forget_removed(&store, &running).await;
     let queued = store.status().await.map(|s| s.rows).unwrap_or_default();
     tracing::info!(
         gateway = %local.gateway.id,
@@ -283,6 +285,7 @@ impl Gateway {
             change.restarted
         );
         self.running = new;
+        forget_removed(&self.store, &self.running).await;
         self.info.send_replace(info_of(&self.running));
         self.batches.send_replace(batches_of(&self.running));
     }
@@ -311,6 +314,23 @@ async fn effective(local: &Config, store: &Store) -> Config {
             );
             local.clone()
         }
+    }
+}
+
+/// Clears the availability of devices `running` no longer has: their
+/// state goes, and an empty retained message removes it at the broker.
+async fn forget_removed(store: &Store, running: &Config) {
+    let keep = running
+        .devices
+        .iter()
+        .map(|d| d.name().to_string())
+        .collect();
+    match store.forget_availability(keep).await {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!("availability cleared for removed devices {gone:?}");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot clear the availability of removed devices: {e}"),
     }
 }
 

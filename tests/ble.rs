@@ -798,3 +798,62 @@ fn repeated_adverts_and_reads_are_sent_at_the_heartbeat_moves_beyond_the_deadban
     assert!(rate.iter().all(|(_, b)| (90.0..=99.0).contains(b)));
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
+
+#[test]
+fn a_sensor_whose_adverts_stop_goes_offline() {
+    // The mock stops advertising after six rounds (1.8 s); with the
+    // scanner watchdog off nothing brings the adverts back.
+    let bluez = MockBluez::start_with(&[("FIELDGATE_TEST_STALL", "power")]);
+    let devices = livingroom("    min_interval: 0s\n    stale_after: 1h\n    offline_after: 2s\n");
+    let (gw, rig) = start(
+        &bluez.address,
+        "check-ble-avail",
+        &devices,
+        "  watchdog: 0s\n",
+    );
+    let av = Subscriber::connect(rig.broker.port, "check-ble-avail-states", AVAILABILITY);
+    let state = |m: &[Message]| availability(m, "livingroom").last().cloned();
+    assert!(
+        av.wait_until(WAIT, |m| state(m).as_deref() == Some("online")),
+        "{}\n{}",
+        gw.log(),
+        bluez.logs()
+    );
+    assert!(
+        bluez.wait_for_driver("stalled", WAIT),
+        "{}\n{}",
+        gw.log(),
+        bluez.logs()
+    );
+    assert!(
+        av.wait_until(WAIT, |m| state(m).as_deref() == Some("offline")),
+        "{:?}\n{}\n{}",
+        availability(&av.messages(), "livingroom"),
+        gw.log(),
+        bluez.logs()
+    );
+    // Offline only once the last reading is `offline_after` old: it was
+    // the last advert's, no bad reading came between (stale_after 1h).
+    let messages = rig.sub.messages();
+    let last = messages
+        .iter()
+        .rfind(|m| m.topic.ends_with("/telemetry/livingroom"))
+        .expect("readings");
+    assert_eq!(last.json()["quality"], "good");
+    let offline = av.messages().into_iter().rfind(|m| m.text() == "offline");
+    let silent_for = offline.expect("offline").at.duration_since(last.at);
+    eprintln!("offline {silent_for:?} after the last reading");
+    assert!(
+        silent_for >= Duration::from_millis(1_500) && silent_for <= Duration::from_secs(5),
+        "offline {silent_for:?} after the last reading (offline_after 2s)"
+    );
+    assert_eq!(
+        availability_changes(&av.messages(), "livingroom"),
+        ["online", "offline"]
+    );
+    let retained = retained_availability(rig.broker.port, "check-ble-avail-fresh");
+    assert_eq!(
+        retained.get("livingroom").map(String::as_str),
+        Some("offline")
+    );
+}

@@ -764,7 +764,11 @@ fn a_flood_of_20000_journaled_commands_keeps_the_journal_bounded() {
     };
     assert!(
         sub.wait_until(Duration::from_secs(120), answered),
-        "{}",
+        "{} answers, {} readings\n{}",
+        (sub.messages().iter())
+            .filter(|m| m.topic.ends_with("/responses"))
+            .count(),
+        telemetry(&sub.messages()).len(),
         gw.log()
     );
     let drained = t0.elapsed();

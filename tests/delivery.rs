@@ -30,10 +30,11 @@ fn ten_thousand_qos1_readings_arrive_complete_and_in_order() {
     );
     let messages = rig.sub.messages();
     let seqs = distinct_seqs(&messages);
-    assert_eq!(
-        seqs,
-        (1..=10_000).collect(),
-        "a seq is missing or unexpected"
+    assert!(
+        reading_seqs_fit(&seqs, 10_000, 10),
+        "a seq is missing or unexpected: {} seqs, up to {:?}",
+        seqs.len(),
+        seqs.last()
     );
     assert_ordered_per_device(&messages);
     assert!(telemetry(&messages).iter().all(|(_, _, qos)| *qos == 1));
@@ -75,7 +76,7 @@ fn broker_restart_mid_flow_loses_nothing() {
         gw.log()
     );
     let messages = rig.sub.messages();
-    assert_eq!(distinct_seqs(&messages), (1..=4_000).collect());
+    assert!(reading_seqs_fit(&distinct_seqs(&messages), 4_000, 2));
     assert_ordered_per_device(&messages);
     let log = gw.log();
     assert!(
@@ -104,10 +105,11 @@ fn without_a_broker_readings_accumulate_then_drain() {
     // The queue grows while there is nowhere to send it.
     let queued = || queued_rows(&rig.config);
     let deadline = Instant::now() + LONG;
-    while queued() < 300 && Instant::now() < deadline {
+    // The readings, and the device's `online`.
+    while queued() < 301 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(queued(), 300, "all readings must wait in the store");
+    assert_eq!(queued(), 301, "all readings must wait in the store");
     assert!(gw.is_running());
     assert_eq!(rig.sub.count(), 0);
 
@@ -133,7 +135,11 @@ fn without_a_broker_readings_accumulate_then_drain() {
 
     rig.broker.restart();
     rig.expect(&gw, LONG, |m| distinct_seqs(m).len() >= 300);
-    assert_eq!(distinct_seqs(&rig.sub.messages()), (1..=300).collect());
+    assert!(reading_seqs_fit(
+        &distinct_seqs(&rig.sub.messages()),
+        300,
+        1
+    ));
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
     assert_eq!(stored_rows(rig.dir.path()), 0);
 }
@@ -157,7 +163,8 @@ fn kill_9_loses_no_committed_reading() {
     // The first connection waits up to `mqtt.connect_jitter`; the
     // subscriber may already hold every seq from before the kill.
     assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
-    rig.expect_seqs_below(&gw, LONG, committed_below);
+    // Below it, each device's `online` went to its availability topic.
+    rig.expect_seqs_below(&gw, LONG, committed_below, 2);
     assert_ordered_per_device(&rig.sub.messages());
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
     assert_eq!(stored_rows(dir), 0, "{}", gw.log());
@@ -250,7 +257,7 @@ fn mixed_qos_1_and_2_with_inflight_100_delete_exactly_the_acked_rows() {
         10_000,
         "no row may be sent twice on one connection"
     );
-    assert_eq!(distinct_seqs(&messages), (1..=10_000).collect());
+    assert!(reading_seqs_fit(&distinct_seqs(&messages), 10_000, 10));
     let qos2 = received.iter().filter(|(_, _, q)| *q == 2).count();
     assert_eq!(qos2, 5_000);
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());

@@ -85,8 +85,9 @@ struct Outcome {
     hwm_kb: u64,
 }
 
-/// Waits for `total` readings on `subs` together, then checks and
-/// measures: nothing missing, order per device, memory.
+/// Waits for `total` readings of [`two_devices`] on `subs` together,
+/// then checks and measures: nothing missing, order per device, memory.
+/// Two seqs of the first `total + 2` are the devices' `online` messages.
 #[track_caller]
 fn settle(
     case: &str,
@@ -108,14 +109,18 @@ fn settle(
     let drain = fault_end.elapsed().as_secs_f64();
     let messages = all();
     let seqs = distinct_seqs(&messages);
-    let missing: Vec<i64> = (1..=total).filter(|s| !seqs.contains(s)).take(10).collect();
+    let missing: Vec<i64> = (1..=total + 2).filter(|s| !seqs.contains(s)).collect();
     assert!(
-        missing.is_empty(),
-        "{case}: {} of {total} arrived, missing e.g. {missing:?}\n{}",
+        missing.len() <= 2,
+        "{case}: {} of {total} arrived, missing e.g. {:?}\n{}",
         seqs.len(),
+        &missing[..missing.len().min(10)],
         gw.log()
     );
-    assert_eq!(seqs, (1..=total).collect(), "{case}: unexpected seqs");
+    assert!(
+        reading_seqs_fit(&seqs, total as usize, 2),
+        "{case}: unexpected seqs"
+    );
     assert_ordered_per_device(earlier);
     for sub in subs {
         assert_ordered_per_device(&sub.messages());

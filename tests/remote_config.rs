@@ -85,6 +85,11 @@ fn pushed_devices_start_and_stop_while_untouched_ones_flow_on_and_survive_an_off
         gone,
         "removed, yet still publishing"
     );
+    // Its retained availability is cleared; the new device's is online.
+    rig.expect(&gw, LONG, |m| {
+        availability(m, "gone").last().map(String::as_str) == Some("")
+            && availability(m, "fresh").last().map(String::as_str) == Some("online")
+    });
     rig.expect(&gw, LONG, |m| readings_of(m, "keep") >= 400);
     assert_eq!(
         readings_of(&rig.sub.messages(), "keep"),
@@ -533,6 +538,7 @@ fn under_the_readme_acl_the_gateway_works_and_only_the_cloud_commands_it() {
     // Online means subscribed (the subscriptions go first).
     cloud.wait_for("/status", &["\"online\""], &gw);
     cloud.wait_for("/telemetry/boiler", &["\"temperature\""], &gw);
+    cloud.wait_for("/availability/boiler", &["online"], &gw);
     assert!(gw.wait_for_commands(LONG), "{}", gw.log());
 
     let set = |version: &str, range: &str| {

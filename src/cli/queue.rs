@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use clap::Subcommand;
 use fieldgate::config::{Config, Duration};
-use fieldgate::store::{self, Outbox, StoreError};
+use fieldgate::store::{self, Outbox, RowKind, StoreError};
 use fieldgate::uplink::payload;
 
 #[derive(Subcommand)]
@@ -78,12 +78,13 @@ pub fn run(config: &Config, action: Action) -> anyhow::Result<QueueOutcome> {
         Action::Stats => stats(&outbox, now)?,
         Action::Peek { count, device } => {
             for row in outbox.peek(count, device.as_deref())? {
-                outln!(
-                    "{:<6} qos{} {}",
-                    row.priority.as_str(),
-                    row.qos as u8,
-                    payload::telemetry(&row)
-                )?;
+                let body = match row.kind {
+                    RowKind::Availability => {
+                        format!("availability of {}: {:?}", row.device, row.values)
+                    }
+                    RowKind::Reading => payload::telemetry(&row),
+                };
+                outln!("{:<6} qos{} {body}", row.priority.as_str(), row.qos as u8)?;
             }
         }
         Action::DeadLetters { count, device } => {

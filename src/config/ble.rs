@@ -70,6 +70,11 @@ pub struct BleDevice {
     /// problem on `P/status`).
     #[serde(default = "BleDevice::default_stale_after")]
     pub stale_after: Duration,
+    /// Reported `offline` when no reading carried a value for this long;
+    /// for `gatt` three polls, for advertisements three `min_interval`s
+    /// but at least 60 s (adverts are lost in radio noise) when unset.
+    #[serde(default)]
+    pub offline_after: Option<Duration>,
     /// `gatt` only: how often the `mode: read` characteristics are read.
     #[serde(default = "BleDevice::default_poll")]
     pub poll: Duration,
@@ -135,6 +140,15 @@ impl DeviceSpec for BleDevice {
             .collect()
     }
 
+    fn offline_after(&self) -> Duration {
+        if self.decoder == Decoder::Gatt {
+            return report::offline_after_polls(self.offline_after, self.poll);
+        }
+        let adverts = report::offline_after_polls(None, self.min_interval);
+        let unset = adverts.max(report::DEFAULT_OFFLINE_AFTER);
+        self.offline_after.unwrap_or(unset)
+    }
+
     fn report(&self) -> Report {
         let report = |c: &Characteristic| PointReport {
             deadband: c.deadband.or(self.deadband),
@@ -151,6 +165,7 @@ impl DeviceSpec for BleDevice {
 
     fn problems(&self) -> Vec<(String, String)> {
         let mut found = report::heartbeat_problems(self.heartbeat);
+        found.extend(report::offline_after_problems(self.offline_after));
         match (&self.address, &self.local_name) {
             (Some(_), Some(_)) => found.push((
                 "local_name".into(),

@@ -27,6 +27,9 @@ pub trait DeviceSpec {
     fn report(&self) -> super::report::Report {
         super::report::Report::default()
     }
+    /// How long without a reading that carries a value before the device
+    /// is reported `offline` (`offline_after`, or its kind's default).
+    fn offline_after(&self) -> Duration;
     /// Checks across fields, as (path below the device, message).
     fn problems(&self) -> Vec<(String, String)> {
         Vec::new()

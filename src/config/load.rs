@@ -764,7 +764,7 @@ devices:
                 "12: devices[1].rtu: expected `rtu: { port: … }` or `tcp: { host: … }`",
                 "14: devices[1].colour: unknown key `colour`, expected one of `name`, `rtu`, `tcp`, \
                  `unit`, `poll`, `timeout`, `retries`, `address_base`, `max_gap`, `max_registers`, \
-                 `max_bits`, `heartbeat`, `qos`, `priority`, `batch`, `points`",
+                 `max_bits`, `heartbeat`, `offline_after`, `qos`, `priority`, `batch`, `points`",
                 "16: devices[1].points[0].min: does not apply to points that are not writable",
                 "17: devices[1].points[1].register: unknown value `holdng`, did you mean `holding`? \
                  Expected one of `coil`, `discrete`, `input`, `holding`",

@@ -50,6 +50,10 @@ pub struct ModbusDevice {
     /// Points with a `deadband` are published at least this often.
     #[serde(default = "ModbusDevice::default_heartbeat")]
     pub heartbeat: Duration,
+    /// Reported `offline` when no poll read a value for this long; three
+    /// polls when unset.
+    #[serde(default)]
+    pub offline_after: Option<Duration>,
     /// MQTT QoS of this device's readings; `mqtt.qos` when unset.
     #[serde(default)]
     pub qos: Option<Qos>,
@@ -366,6 +370,10 @@ impl DeviceSpec for ModbusDevice {
         self.points.iter().map(spec).collect()
     }
 
+    fn offline_after(&self) -> Duration {
+        report::offline_after_polls(self.offline_after, self.poll)
+    }
+
     fn report(&self) -> Report {
         Report {
             heartbeat: self.heartbeat,
@@ -415,6 +423,7 @@ impl DeviceSpec for ModbusDevice {
             ("poll", self.poll),
             ("timeout", self.timeout),
             ("heartbeat", self.heartbeat),
+            ("offline_after", self.offline_after.unwrap_or(self.poll)),
         ] {
             if d.get().is_zero() {
                 push(key, "must be at least 1ms".into());

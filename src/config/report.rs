@@ -12,6 +12,36 @@ use crate::config::Duration;
 /// The heartbeat when a device does not set one.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(300);
 
+/// Polls without a value before a polled device is reported offline.
+pub const POLLS_BEFORE_OFFLINE: u32 = 3;
+
+/// When a device that is not polled is reported offline, unless it says.
+pub const DEFAULT_OFFLINE_AFTER: Duration = Duration::from_secs(60);
+
+/// The shortest default `offline_after`: three polls of a device polled
+/// every few milliseconds pass in one slow commit of the store, and the
+/// device would flap between online and offline.
+pub const MIN_DEFAULT_OFFLINE_AFTER: Duration = Duration::from_secs(1);
+
+/// A polled device's `offline_after`: the one set, or three polls (at
+/// least [`MIN_DEFAULT_OFFLINE_AFTER`]).
+pub fn offline_after_polls(set: Option<Duration>, poll: Duration) -> Duration {
+    set.unwrap_or_else(|| {
+        let polls = Duration(poll.get().saturating_mul(POLLS_BEFORE_OFFLINE));
+        polls.max(MIN_DEFAULT_OFFLINE_AFTER)
+    })
+}
+
+/// The `offline_after` problem, if any.
+pub fn offline_after_problems(set: Option<Duration>) -> Vec<(String, String)> {
+    match set {
+        Some(d) if d.get().is_zero() => {
+            vec![("offline_after".into(), "must be at least 1ms".into())]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// How far a point must move from the value last sent before it is sent
 /// again.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -341,6 +371,32 @@ mod tests {
             reports[3].points[0].1.deadband,
             Some(Deadband::Absolute(0.0))
         );
+    }
+
+    #[test]
+    fn a_bad_offline_after_is_reported_at_its_position_for_every_kind() {
+        let found = problems(concat!(
+            "  - { name: s, kind: simulated, offline_after: 0s, points: [ { name: a, signal: sine } ] }\n",
+            "  - { name: p, kind: serial, port: /dev/null, format: json, offline_after: 0ms, fields: { t: t } }\n",
+            "  - { name: m, kind: modbus, tcp: { host: h }, offline_after: 0s, points: [ { name: v, register: input, address: 0 } ] }\n",
+            "  - { name: b, kind: ble, address: 'A4:C1:38:00:00:01', decoder: bthome, offline_after: soon }\n",
+        ));
+        let texts: Vec<String> = found
+            .iter()
+            .map(|(line, _, t)| format!("{line}: {t}"))
+            .collect();
+        for expected in [
+            "4: devices[0].offline_after: must be at least 1ms",
+            "5: devices[1].offline_after: must be at least 1ms",
+            "6: devices[2].offline_after: must be at least 1ms",
+            "7: devices[3].offline_after: invalid duration `soon`",
+        ] {
+            assert!(
+                texts.iter().any(|t| t.starts_with(expected)),
+                "{expected}\n{texts:?}"
+            );
+        }
+        assert_eq!(texts.len(), 4, "{texts:?}");
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct SerialDevice {
     /// Report the device as stale when no line arrives for this long.
     #[serde(default)]
     pub stale_after: Option<Duration>,
+    /// Reported `offline` when no reading carried a value for this long;
+    /// `stale_after` when unset, else 60 s.
+    #[serde(default)]
+    pub offline_after: Option<Duration>,
     /// Points with a `deadband` are sent at least this often.
     #[serde(default = "SerialDevice::default_heartbeat")]
     pub heartbeat: Duration,
@@ -174,6 +178,11 @@ impl DeviceSpec for SerialDevice {
             .collect()
     }
 
+    fn offline_after(&self) -> Duration {
+        // A line comes when the device sends one: there is no poll to count.
+        (self.offline_after.or(self.stale_after)).unwrap_or(report::DEFAULT_OFFLINE_AFTER)
+    }
+
     fn report(&self) -> Report {
         let report = |f: &Field| PointReport {
             deadband: f.deadband,
@@ -191,7 +200,11 @@ impl DeviceSpec for SerialDevice {
     fn problems(&self) -> Vec<(String, String)> {
         let mut found: Vec<(String, String)> = Vec::new();
         let mut problem = |path: &str, message: String| found.push((path.to_owned(), message));
-        for (path, message) in report::heartbeat_problems(self.heartbeat) {
+        let timing = report::heartbeat_problems(self.heartbeat);
+        for (path, message) in timing
+            .into_iter()
+            .chain(report::offline_after_problems(self.offline_after))
+        {
             problem(&path, message);
         }
         for (source, field) in &self.fields {

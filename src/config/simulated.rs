@@ -34,6 +34,10 @@ pub struct SimulatedDevice {
     /// Points with a `deadband` are sent at least this often.
     #[serde(default = "SimulatedDevice::default_heartbeat")]
     pub heartbeat: Duration,
+    /// Reported `offline` when no reading carried a value for this long;
+    /// three polls when unset.
+    #[serde(default)]
+    pub offline_after: Option<Duration>,
     /// Stop after this many readings (demos and load tests); unset: forever.
     #[serde(default)]
     pub count: Option<u64>,
@@ -61,6 +65,10 @@ impl DeviceSpec for SimulatedDevice {
         self.points.iter().map(read_only).collect()
     }
 
+    fn offline_after(&self) -> Duration {
+        report::offline_after_polls(self.offline_after, self.poll)
+    }
+
     fn report(&self) -> Report {
         Report {
             heartbeat: self.heartbeat,
@@ -81,6 +89,7 @@ impl DeviceSpec for SimulatedDevice {
         }
         found.extend(duplicate_point_names(self.points.iter().map(|p| &p.name)));
         found.extend(report::heartbeat_problems(self.heartbeat));
+        found.extend(report::offline_after_problems(self.offline_after));
         for (i, point) in self.points.iter().enumerate() {
             let path = format!("points[{i}]");
             found.extend(report::point_problems(&path, &point.report(), true));

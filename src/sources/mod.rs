@@ -4,6 +4,7 @@
 //! an [`Ingest`] handle; it never talks to MQTT. Stopping is cooperative:
 //! every task watches the same cancellation token.
 
+mod availability;
 pub mod ble;
 mod exception;
 pub mod modbus;
@@ -25,7 +26,7 @@ use crate::clock::{Clock, Deadline};
 use crate::config::{BleConfig, DeviceConfig};
 use crate::health::{DeviceHealth, Health};
 use crate::reading::{Name, Qos, Reading};
-use crate::store::{Store, StoreError};
+use crate::store::{DeviceState, Store, StoreError};
 
 /// Where sources put readings: the store's append queue, counted, through
 /// the report-by-exception rules of the devices of a group.
@@ -35,6 +36,8 @@ pub struct Ingest {
     health: Arc<Health>,
     /// The rules of the group this handle was given to; none outside one.
     filters: Option<Arc<exception::Filters>>,
+    /// The availability of the group's devices; none outside a group.
+    availability: Option<Arc<availability::Availability>>,
 }
 
 impl Ingest {
@@ -43,17 +46,20 @@ impl Ingest {
             store,
             health,
             filters: None,
+            availability: None,
         }
     }
 
     /// A handle that applies the deadbands, heartbeats and windows of
-    /// `devices`, with state of its own.
+    /// `devices`, and tracks their availability, with state of its own.
     fn for_group(&self, devices: &[DeviceConfig], default_qos: Qos) -> Ingest {
         let filters = exception::Filters::new(devices, default_qos);
+        let now = self.clock().monotonic();
         Ingest {
             store: self.store.clone(),
             health: self.health.clone(),
             filters: (!filters.is_empty()).then(|| Arc::new(filters)),
+            availability: Some(Arc::new(availability::Availability::new(devices, now))),
         }
     }
 
@@ -70,6 +76,14 @@ impl Ingest {
         // carries the points that did read (a failed point has no value in
         // it), and those values are as good as in any other reading.
         device.remember(reading.ts_ms, &reading.values);
+        if let Some(availability) = &self.availability {
+            let now = self.clock().monotonic();
+            let read = !reading.values.is_empty();
+            if let Some(state) = availability.reading(reading.device.as_str(), read, now) {
+                self.report_availability(reading.device.as_str(), state)
+                    .await?;
+            }
+        }
         let Some(filters) = &self.filters else {
             return self.store.append(reading).await;
         };
@@ -86,6 +100,56 @@ impl Ingest {
         };
         for reading in filters.close_ended(self.clock().now_ms()) {
             self.store.append(reading).await?;
+        }
+        Ok(())
+    }
+
+    /// Reports the devices that stopped reading.
+    async fn check_availability(&self) -> Result<(), StoreError> {
+        let Some(availability) = &self.availability else {
+            return Ok(());
+        };
+        for device in availability.check(self.clock().monotonic()) {
+            self.report_availability(&device, DeviceState::Offline)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// When a device may next go offline.
+    fn next_availability_check(&self) -> Option<std::time::Instant> {
+        self.availability.as_ref()?.next_check()
+    }
+
+    /// Stores a change of a device's availability; one the store could not
+    /// take is reported again at the next reading or check.
+    async fn report_availability(
+        &self,
+        device: &str,
+        state: DeviceState,
+    ) -> Result<(), StoreError> {
+        let Some(availability) = &self.availability else {
+            return Ok(());
+        };
+        match self.store.set_availability(device.to_owned(), state).await {
+            Ok(changed) => {
+                if availability.stored() {
+                    tracing::info!("availability changes are stored again");
+                }
+                if changed {
+                    tracing::info!("device {device} is {}", state.as_str());
+                }
+            }
+            Err(StoreError::Closed) => return Err(StoreError::Closed),
+            Err(e) => {
+                // Said once per episode: a full disk fails every poll.
+                if availability.unstored(device) {
+                    tracing::warn!(
+                        "cannot store that device {device} is {} (retried with its next reading): {e}",
+                        state.as_str()
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -232,6 +296,7 @@ pub fn spawn_group(
     if ingest.filters.as_ref().is_some_and(|f| f.has_windows()) {
         tasks.spawn(exception::run_timer(ingest.clone(), cancel.clone()));
     }
+    tasks.spawn(availability::run_timer(ingest.clone(), cancel.clone()));
     for device in devices {
         let delivery = device.delivery(default_qos);
         match device {

@@ -181,6 +181,25 @@ impl Batcher {
                 }
                 let _ = reply.send(result);
             }
+            Command::SetAvailability(device, state, reply) => {
+                let now_ms = self.clock.now_ms();
+                let result = self.outbox.set_availability(&device, state, now_ms);
+                if matches!(result, Ok(true)) {
+                    self.committed.send_modify(|n| *n += 1);
+                }
+                let _ = reply.send(result);
+            }
+            Command::ForgetAvailability(keep, reply) => {
+                let now_ms = self.clock.now_ms();
+                let result = self.outbox.forget_availability(&keep, now_ms);
+                if result.as_ref().is_ok_and(|gone| !gone.is_empty()) {
+                    self.committed.send_modify(|n| *n += 1);
+                }
+                let _ = reply.send(result);
+            }
+            Command::Availability(reply) => {
+                let _ = reply.send(self.outbox.availability());
+            }
             Command::LoadConfig(reply) => {
                 let _ = reply.send(self.outbox.remote_config());
             }

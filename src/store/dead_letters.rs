@@ -33,9 +33,9 @@ pub(super) fn bury(
     let mut dead = tx.prepare_cached(
         "INSERT OR IGNORE INTO dead_letter
             (seq, priority, qos, ts_ms, device, quality, vals, error, reason, at_ms, topic, correlation,
-             mono_ms, boot, unsynced)
+             mono_ms, boot, unsynced, kind)
          SELECT seq, priority, qos, ts_ms, device, quality, vals, error, ?3, ?4, topic, correlation,
-             mono_ms, boot, unsynced
+             mono_ms, boot, unsynced, kind
          FROM outbox WHERE priority = ?1 AND seq = ?2",
     )?;
     let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE priority = ?1 AND seq = ?2")?;
@@ -106,9 +106,9 @@ impl Outbox {
         let moved = tx.execute(
             "INSERT OR IGNORE INTO outbox
                 (priority, seq, qos, ts_ms, device, quality, vals, error, topic, correlation,
-                 mono_ms, boot, unsynced)
+                 mono_ms, boot, unsynced, kind)
              SELECT priority, seq, qos, ts_ms, device, quality, vals, error, topic, correlation,
-                 mono_ms, boot, unsynced
+                 mono_ms, boot, unsynced, kind
              FROM dead_letter WHERE ?1 IS NULL OR device = ?1",
             [device],
         )?;

@@ -8,6 +8,7 @@
 //! arrived during the last one. The uplink reads committed rows only, and
 //! learns about new ones through a watch channel.
 
+mod availability;
 mod batcher;
 mod dead_letters;
 mod error;
@@ -24,11 +25,12 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use availability::DeviceState;
 pub use dead_letters::DeadLetter;
 pub use error::StoreError;
 pub use journal::{CommandAnswer, JournalLimits, Journaled};
 pub use limits::{Evicted, Limits, Now};
-pub use outbox::{Changes, CommitReport, Outbox, Row, RowKey, Totals};
+pub use outbox::{Changes, CommitReport, Outbox, Row, RowKey, RowKind, Totals};
 pub use queries::DeviceStats;
 pub use remote_config::RemoteConfig;
 pub use schema::SCHEMA_VERSION;
@@ -93,6 +95,16 @@ enum Command {
     ),
     SaveConfig(RemoteConfig, oneshot::Sender<Result<(), StoreError>>),
     CorrectTimes(oneshot::Sender<Result<usize, StoreError>>),
+    SetAvailability(
+        String,
+        DeviceState,
+        oneshot::Sender<Result<bool, StoreError>>,
+    ),
+    ForgetAvailability(
+        Vec<String>,
+        oneshot::Sender<Result<Vec<String>, StoreError>>,
+    ),
+    Availability(oneshot::Sender<Result<Vec<(String, DeviceState)>, StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -264,6 +276,35 @@ impl Store {
     pub async fn correct_times(&self) -> Result<usize, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::CorrectTimes(reply)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records a device's availability and queues its retained message,
+    /// in a transaction of its own, unless it is the state stored already;
+    /// says whether it changed.
+    pub async fn set_availability(
+        &self,
+        device: String,
+        state: DeviceState,
+    ) -> Result<bool, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::SetAvailability(device, state, reply))
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Forgets the availability of every device not in `keep`, queueing
+    /// an empty retained message for each; returns those forgotten.
+    pub async fn forget_availability(&self, keep: Vec<String>) -> Result<Vec<String>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ForgetAvailability(keep, reply)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every device's current availability, as stored.
+    pub async fn availability(&self) -> Result<Vec<(String, DeviceState)>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Availability(reply)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

@@ -38,6 +38,27 @@ pub struct Row {
     pub topic: Option<String>,
     /// MQTT 5 correlation data to send with it.
     pub correlation: Option<Vec<u8>>,
+    pub kind: RowKind,
+}
+
+/// What a row is, besides a reading or an answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RowKind {
+    /// A reading, or a message with its own `topic` (an answer).
+    #[default]
+    Reading = 0,
+    /// The retained availability of `device`: `values` is the whole
+    /// payload (`online`, `offline`, or empty when the device is gone).
+    Availability = 1,
+}
+
+impl RowKind {
+    fn from_code(code: i64) -> RowKind {
+        match code {
+            1 => RowKind::Availability,
+            _ => RowKind::Reading,
+        }
+    }
 }
 
 impl Row {
@@ -247,7 +268,7 @@ impl Outbox {
         limit: usize,
     ) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, qos, ts_ms, device, quality, vals, error, topic, correlation, unsynced
+            "SELECT seq, qos, ts_ms, device, quality, vals, error, topic, correlation, unsynced, kind
              FROM outbox WHERE priority = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![priority as i64, after, limit as i64], |r| {
@@ -309,6 +330,7 @@ pub(super) fn row(r: &rusqlite::Row<'_>, priority: Priority) -> rusqlite::Result
         topic: r.get(7)?,
         correlation: r.get(8)?,
         unsynced: r.get(9)?,
+        kind: RowKind::from_code(r.get(10)?),
     })
 }
 

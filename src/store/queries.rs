@@ -43,7 +43,7 @@ impl Outbox {
         let mut rows = Vec::new();
         for priority in Priority::ALL {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, qos, ts_ms, device, quality, vals, error, topic, correlation, unsynced FROM outbox
+                "SELECT seq, qos, ts_ms, device, quality, vals, error, topic, correlation, unsynced, kind FROM outbox
                  WHERE priority = ?1 AND (?2 IS NULL OR device = ?2) ORDER BY seq LIMIT ?3",
             )?;
             let found = stmt.query_map(

@@ -139,6 +139,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE dead_letter ADD COLUMN boot INTEGER;
     ALTER TABLE dead_letter ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 0;
     ",
+    // 10: device availability. An outbox row of kind 1 is a device's
+    // retained availability message (its topic follows from the device);
+    // `availability` keeps each device's current state, so that every
+    // connection can publish it again and a restart starts from it.
+    "
+    ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE dead_letter ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE availability (
+        device TEXT PRIMARY KEY,
+        state  TEXT NOT NULL,
+        at_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this binary writes.

@@ -45,6 +45,11 @@ impl Topics {
         format!("{}/telemetry/{device}", self.base)
     }
 
+    /// Retained: `online`, `offline`, or empty once the device is removed.
+    pub fn availability(&self, device: &str) -> String {
+        format!("{}/availability/{device}", self.base)
+    }
+
     pub fn status(&self) -> String {
         format!("{}/status", self.base)
     }
@@ -223,6 +228,7 @@ mod tests {
             unsynced: false,
             topic: None,
             correlation: None,
+            kind: crate::store::RowKind::Reading,
         };
         let text = telemetry(&row);
         assert_eq!(

@@ -17,7 +17,7 @@ use super::{Channels, LinkLog, Settings, UplinkError, credentials, payload, tls}
 use crate::config::{BatchConfig, BrokerUrl, Protocol};
 use crate::health::Health;
 use crate::reading::Qos;
-use crate::store::{Row, RowKey, Store, StoreError};
+use crate::store::{Row, RowKey, RowKind, Store, StoreError};
 
 /// A link is declared dead after this many keep-alive periods of silence.
 /// rumqttc pings once per period, so a live broker is never silent for
@@ -26,6 +26,11 @@ const SILENCE_FACTOR: f64 = 1.5;
 
 /// Rows fetched per message of room, at most, when devices batch.
 const FETCH_CAP: usize = 5_000;
+
+/// Status messages in flight beyond a full window of rows, at most: the
+/// client's channel has room for the window and 8 more (see `open`), and
+/// a connection may carry one availability message per device.
+const CONTROL_ROOM: usize = 4;
 
 /// Windows' worth of messages fetched from the store at once.
 const FETCH_AHEAD: usize = 4;
@@ -77,6 +82,9 @@ pub(super) struct Session<'a> {
     /// The row publishes among those that answer a command, so that they
     /// are not counted as readings.
     answers: HashSet<RowKey>,
+    /// The row publishes that say a device's availability, neither
+    /// readings nor answers.
+    availability: HashSet<RowKey>,
     link: Option<MqttLink>,
     flight: Inflight,
     /// Per priority, the highest `seq` fetched.
@@ -122,6 +130,7 @@ impl<'a> Session<'a> {
             broker_max: None,
             sizes: HashMap::new(),
             answers: HashSet::new(),
+            availability: HashSet::new(),
             link: None,
             flight: Inflight::new(packet_ids(settings.max_inflight)),
             cursors: [0; 3],
@@ -312,6 +321,7 @@ impl<'a> Session<'a> {
         correlation: Option<Vec<u8>>,
         keys: Vec<RowKey>,
         qos: Qos,
+        retain: bool,
     ) -> Result<(), UplinkError> {
         let size =
             poison::packet_size(&topic, body.len(), correlation.as_ref().map_or(0, Vec::len));
@@ -324,7 +334,7 @@ impl<'a> Session<'a> {
         let client = self.client()?;
         match correlation {
             Some(c) => client.try_publish_correlated(topic, qos, body, c)?,
-            None => client.try_publish(topic, qos, false, body)?,
+            None => client.try_publish(topic, qos, retain, body)?,
         }
         if let Some(first) = keys.first() {
             self.sizes.insert(*first, (size, Instant::now()));
@@ -420,7 +430,11 @@ impl<'a> Session<'a> {
 
     /// Sends status messages, in order, while packet ids are free.
     fn send_controls(&mut self) -> Result<(), UplinkError> {
-        while !self.controls.is_empty() && self.flight.can_send(Qos::AtLeastOnce) {
+        let room = self.settings.max_inflight + CONTROL_ROOM;
+        while !self.controls.is_empty()
+            && self.flight.can_send(Qos::AtLeastOnce)
+            && self.flight.outstanding() < room
+        {
             let Some(control) = self.controls.pop_front() else {
                 break;
             };
@@ -434,7 +448,11 @@ impl<'a> Session<'a> {
 
     /// Routes a fetched row: straight to `ready`, or into its device's batch.
     fn enqueue(&mut self, row: Row, now: Instant) {
-        let Some(config) = self.config.batches.borrow().get(&row.device).copied() else {
+        let config = match row.kind {
+            RowKind::Reading => self.config.batches.borrow().get(&row.device).copied(),
+            RowKind::Availability => None,
+        };
+        let Some(config) = config else {
             self.ready.push_back(Pending::Single(row));
             return;
         };
@@ -517,10 +535,20 @@ impl<'a> Session<'a> {
                     return Ok(());
                 }
                 let body = row.values.into_bytes();
-                self.send_rows(topic, body, row.correlation, keys, qos)?;
+                self.send_rows(topic, body, row.correlation, keys, qos, false)?;
                 // Sent, not refused for its size.
                 if self.sizes.contains_key(&key) {
                     self.answers.insert(key);
+                }
+                return Ok(());
+            }
+            Pending::Single(row) if row.kind == RowKind::Availability => {
+                let key = row.key();
+                let topic = self.settings.topics.availability(&row.device);
+                let body = row.values.into_bytes();
+                self.send_rows(topic, body, None, vec![key], row.qos, true)?;
+                if self.sizes.contains_key(&key) {
+                    self.availability.insert(key);
                 }
                 return Ok(());
             }
@@ -552,7 +580,7 @@ impl<'a> Session<'a> {
             }
         };
         let topic = self.settings.topics.telemetry(&device);
-        self.send_rows(topic, body.into_bytes(), None, keys, qos)
+        self.send_rows(topic, body.into_bytes(), None, keys, qos, false)
     }
 
     /// Applies one event; returns true when it completed a connection.
@@ -580,6 +608,7 @@ impl<'a> Session<'a> {
                 }
                 self.publish_status().await?;
                 self.publish_config_state()?;
+                self.publish_availability().await?;
                 return Ok(true);
             }
             // Nothing is subscribed on this connection (commands and
@@ -641,15 +670,20 @@ impl<'a> Session<'a> {
             return false;
         };
         self.answers.remove(first);
+        self.availability.remove(first);
         self.sizes.remove(first).is_some()
     }
 
     fn deliver(&mut self, rows: Vec<RowKey>) {
-        let counter = match rows.first() {
-            Some(k) if self.answers.contains(k) => &self.health.answers_published,
-            _ => &self.health.published,
-        };
-        counter.fetch_add(rows.len() as u64, Relaxed);
+        match rows.first() {
+            Some(k) if self.availability.contains(k) => {}
+            Some(k) if self.answers.contains(k) => {
+                self.health.answers_published.fetch_add(1, Relaxed);
+            }
+            _ => {
+                self.health.published.fetch_add(rows.len() as u64, Relaxed);
+            }
+        }
         if self.finished(&rows) {
             self.poison.probe = self.poison.probe.saturating_sub(1);
         }
@@ -699,6 +733,18 @@ impl<'a> Session<'a> {
             synced,
         );
         self.publish_control(self.settings.topics.status(), body)
+    }
+
+    /// Every device's current availability, retained, on every connection:
+    /// the broker may have lost its retained messages (a restart without
+    /// persistence), and a subscriber that clears one by mistake gets it
+    /// back. Queued changes, sent after these, end on the same states.
+    async fn publish_availability(&mut self) -> Result<(), UplinkError> {
+        for (device, state) in self.store.availability().await? {
+            let topic = self.settings.topics.availability(&device);
+            self.publish_control(topic, state.as_str().to_owned())?;
+        }
+        Ok(())
     }
 
     /// The retained outcome of the last configuration received, if any.

@@ -39,8 +39,10 @@ fn write(dir: &Path, store: &str, mqtt_head: &str, mqtt_tail: &str, devices: &st
 }
 
 /// `count` readings from a simulated device at `poll`, with `extra` keys.
+/// It is not reported offline once its readings end (`offline_after: 1h`),
+/// so its availability costs one message (and one seq), `online`, per store.
 pub fn sim_device(name: &str, poll: &str, count: u64, extra: &str) -> String {
     format!(
-        "  - name: {name}\n    kind: simulated\n    poll: {poll}\n    count: {count}\n{extra}    points:\n      - {{ name: v, signal: ramp, min: 0, max: 1000, period: 10s }}\n"
+        "  - name: {name}\n    kind: simulated\n    poll: {poll}\n    count: {count}\n    offline_after: 1h\n{extra}    points:\n      - {{ name: v, signal: ramp, min: 0, max: 1000, period: 10s }}\n"
     )
 }

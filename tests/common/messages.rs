@@ -27,6 +27,15 @@ pub fn distinct_seqs(messages: &[Message]) -> BTreeSet<i64> {
         .collect()
 }
 
+/// The seqs `readings` readings of `devices` simulated devices (see
+/// `sim_device`) get from a fresh store: the store's seqs are shared with
+/// each device's `online` message, which the telemetry topics do not
+/// carry, so `devices` of the first `readings + devices` are not readings.
+pub fn reading_seqs_fit(seqs: &BTreeSet<i64>, readings: usize, devices: usize) -> bool {
+    let top = (readings + devices) as i64;
+    seqs.len() == readings && seqs.iter().all(|s| (1..=top).contains(s))
+}
+
 /// Panics unless every device's readings arrived in ascending seq order,
 /// ignoring re-sent duplicates of already-seen seqs.
 pub fn assert_ordered_per_device(messages: &[Message]) {

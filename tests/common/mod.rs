@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod amqtt;
+mod availability;
 mod broker;
 mod config;
 mod gateway;
@@ -25,12 +26,16 @@ mod subscriber;
 // Each test binary uses its own part of these, and names them unqualified.
 #[allow(unused_imports)]
 pub use self::{
+    availability::{
+        AVAILABILITY, availability, availability_changes, clear_retained_availability,
+        retained_availability,
+    },
     broker::{Broker, publish},
     config::{sim_device, write_config, write_config_mqtt, write_config_with_store},
     gateway::{CLOCK_HOOK_ENV, COMMANDS_READY, Gateway},
     messages::{
         assert_ordered_per_device, device_status, device_values, distinct_seqs, latest_status,
-        telemetry,
+        reading_seqs_fit, telemetry,
     },
     pty::Pty,
     rig::{Rig, TELEMETRY},
