@@ -1,5 +1,12 @@
 //! The store thread: batches appends and acks into transactions, and keeps
 //! readings in memory, bounded, while the disk refuses to take them.
+//!
+//! A reading is numbered when it arrives and, while the uplink has caught
+//! up with the store, handed to it at once ([`Batcher::forward`]) while it
+//! waits for its commit. When its ack comes first, it leaves the batch and
+//! is never written: with a healthy broker most readings never touch the
+//! card. Commits stay in `seq` order, so the table always holds a prefix
+//! of what was handed out, which the uplink's cursors rely on.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -10,7 +17,7 @@ use super::limits::Evicted;
 use super::{Changes, Command, Outbox, QueueStatus, Row, RowKey, StoreError};
 use crate::clock::Clock;
 use crate::config::StoreConfig;
-use crate::reading::{Priority, Reading};
+use crate::reading::Priority;
 
 /// Commands handled per wake-up of the store thread, at most: what the
 /// channel holds.
@@ -24,7 +31,10 @@ pub(super) struct Batcher {
     flush_interval: Duration,
     flush_rows: usize,
     memory_buffer: usize,
-    readings: Vec<Reading>,
+    /// Staged readings waiting for the next commit, in `seq` order.
+    readings: Vec<Row>,
+    /// Where new readings go as they arrive, while the uplink is caught up.
+    live: Option<mpsc::Sender<Row>>,
     acks: Vec<RowKey>,
     /// Rows the broker refused, with its reason.
     refused: Vec<(RowKey, String)>,
@@ -58,6 +68,7 @@ impl Batcher {
             flush_rows: settings.flush_rows.get() as usize,
             memory_buffer: settings.memory_buffer.get() as usize,
             readings: Vec::new(),
+            live: None,
             acks: Vec::new(),
             refused: Vec::new(),
             acked: HashSet::new(),
@@ -118,7 +129,9 @@ impl Batcher {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Append(reading) => {
-                self.readings.push(reading);
+                let row = self.outbox.stage(&reading);
+                self.forward(&row);
+                self.readings.push(row);
                 self.oldest.get_or_insert_with(Instant::now);
                 if self.failing {
                     self.bound_memory();
@@ -126,11 +139,14 @@ impl Batcher {
             }
             Command::Ack(keys) => {
                 for key in keys {
-                    if self.acked.insert(key) {
+                    // Acknowledged before its commit: never written.
+                    if let Ok(i) = self.readings.binary_search_by_key(&key.seq, |r| r.seq) {
+                        self.readings.remove(i);
+                    } else if self.acked.insert(key) {
                         self.acks.push(key);
+                        self.oldest.get_or_insert_with(Instant::now);
                     }
                 }
-                self.oldest.get_or_insert_with(Instant::now);
             }
             Command::Refused(keys, reason) => {
                 for key in keys {
@@ -146,15 +162,27 @@ impl Batcher {
                 max_attempts,
                 reply,
             } => {
+                // Attempts are counted on rows in the table.
+                if keys.iter().any(|k| self.is_staged(k.seq)) {
+                    let _ = self.commit();
+                }
                 let now_ms = self.clock.now_ms();
                 let _ = reply.send(self.outbox.suspect(&keys, &reason, max_attempts, now_ms));
             }
             Command::Fetch {
                 after,
                 limit,
+                live,
                 reply,
             } => {
-                let _ = reply.send(self.fetch(after, limit));
+                let rows = self.fetch(after, limit);
+                // Caught up: from here on, new readings go to the uplink as
+                // they arrive. A fetch always ends the previous forwarding.
+                self.live = match &rows {
+                    Ok(rows) if rows.len() < limit => live,
+                    _ => None,
+                };
+                let _ = reply.send(rows);
             }
             Command::NextSeq(reply) => {
                 let _ = reply.send(self.outbox.next_seq());
@@ -170,8 +198,13 @@ impl Batcher {
                 let _ = reply.send(self.outbox.command_running(&id));
             }
             Command::Answer(id, answer, reply) => {
+                // Readings staged before the answer are committed first, so
+                // that the table stays a prefix of the seqs handed out.
+                let _ = self.commit();
                 let result = self.outbox.answer_command(&id, &answer);
                 if result.is_ok() {
+                    // The answer is in the table only: the uplink fetches it.
+                    self.live = None;
                     self.committed.send_modify(|n| *n += 1);
                 }
                 let _ = reply.send(result);
@@ -205,8 +238,29 @@ impl Batcher {
                     break;
                 }
             }
+            // Then what waits for its commit: all of it is newer than the
+            // table's rows.
+            if rows.len() < limit {
+                let staged = (self.readings.iter())
+                    .filter(|r| r.priority == priority && r.seq > after)
+                    .take_while(|r| self.outbox.is_reserved(r.seq));
+                rows.extend(staged.take(limit - rows.len()).cloned());
+            }
         }
         Ok(rows)
+    }
+
+    /// Hands a staged reading to the uplink, while it is caught up. A full
+    /// or closed channel ends the forwarding: the uplink fetches again.
+    fn forward(&mut self, row: &Row) {
+        let Some(live) = &self.live else { return };
+        if !self.outbox.is_reserved(row.seq) || live.try_send(row.clone()).is_err() {
+            self.live = None;
+        }
+    }
+
+    fn is_staged(&self, seq: i64) -> bool {
+        self.readings.binary_search_by_key(&seq, |r| r.seq).is_ok()
     }
 
     fn status(&self) -> Result<QueueStatus, StoreError> {
@@ -221,6 +275,7 @@ impl Batcher {
             evicted,
             dead_letters: self.outbox.dead_letters()?,
             buffered: if self.failing { self.readings.len() } else { 0 },
+            written: self.outbox.rows_written(),
             recovered_from: self
                 .outbox
                 .recovered_from()
@@ -233,6 +288,7 @@ impl Batcher {
             && self.acks.is_empty()
             && self.refused.is_empty()
             && self.dropped.is_empty()
+            && !self.outbox.needs_reserve()
         {
             self.oldest = None;
             return Ok(());
@@ -318,9 +374,9 @@ impl Batcher {
             }
             let dropped = &mut self.dropped;
             self.readings.retain(|r| {
-                if excess > 0 && r.delivery.priority == priority {
+                if excess > 0 && r.priority == priority {
                     excess -= 1;
-                    *dropped.entry(r.device.to_string()).or_default() += 1;
+                    *dropped.entry(r.device.clone()).or_default() += 1;
                     false
                 } else {
                     true
