@@ -6,13 +6,18 @@
 //! No store, no bookkeeping: the clock runs from CONNACK until the last
 //! PUBACK (QoS 1) or the last message written to the socket (QoS 0).
 //!
+//! With `--lines FILE` it only writes the payloads to FILE, one a line,
+//! for `mosquitto_pub -l`, the second baseline.
+//!
 //! ```sh
 //! cargo run --release --example bench_baseline -- --port 1883 /tmp/state/fieldgate.db
+//! cargo run --release --example bench_baseline -- --lines /tmp/payloads /tmp/state/fieldgate.db
 //! ```
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Parser;
 use fieldgate::reading::{Priority, Qos};
 use fieldgate::store::Outbox;
@@ -23,8 +28,11 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 struct Args {
     /// The store whose rows to publish (it is only read).
     db: PathBuf,
+    #[arg(long, required_unless_present = "lines")]
+    port: Option<u16>,
+    /// Write the payloads to this file, one a line, and exit.
     #[arg(long)]
-    port: u16,
+    lines: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// The gateway id in the topics (the payloads are the gateway's own;
@@ -56,8 +64,19 @@ async fn main() -> anyhow::Result<()> {
     drop(outbox);
     let total = messages.len();
     anyhow::ensure!(total > 0, "{} holds no rows", args.db.display());
+    if let Some(path) = &args.lines {
+        let mut text = Vec::new();
+        for (_, _, body) in &messages {
+            text.extend_from_slice(body);
+            text.push(b'\n');
+        }
+        std::fs::write(path, text)?;
+        println!("messages={total}");
+        return Ok(());
+    }
+    let port = args.port.context("--port is needed to publish")?;
 
-    let mut options = MqttOptions::new("bench-baseline", args.host, args.port);
+    let mut options = MqttOptions::new("bench-baseline", args.host, port);
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_inflight(args.inflight);

@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     while done < args.rows {
         let n = args.batch.min(args.rows - done);
         let readings: Vec<_> = (done..done + n)
-            .map(|i| devices[i % devices.len()].reading(first_ts + i as i64))
+            .map(|i| outbox.stage(&devices[i % devices.len()].reading(first_ts + i as i64)))
             .collect();
         let changes = Changes {
             readings: &readings,

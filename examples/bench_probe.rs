@@ -12,22 +12,30 @@
 //! - `steady`: the gateway reads its devices at a steady rate. After
 //!   `--warmup` seconds, over `--seconds`: readings taken (the store's
 //!   `next_seq`), bytes written to disk per reading (`write_bytes`, deletes
-//!   after ack included), CPU time per reading (`utime + stime`), and the
+//!   after ack included), on-CPU time per reading (field 1 of
+//!   `/proc/<pid>/task/*/schedstat`, summed over the threads), and the
 //!   latency from each reading's `ts` to its arrival at the subscriber,
-//!   p50 and p99.
-//! - `idle`: the RSS (`VmRSS`) after `--seconds`.
+//!   p50 and p99. With `--baseline-lines`, a `mosquitto_pub -l -q 1` runs
+//!   beside it in the same window, fed those payloads at `--baseline-rate`
+//!   messages per second (in ticks of 10 ms), and its on-CPU time per
+//!   message is printed too.
+//! - `idle`: the RSS (`VmRSS`) after `--seconds`, its anonymous and
+//!   file-backed parts (`smaps_rollup`), and the peak (`VmHWM`).
 //!
 //! ```sh
 //! bench_probe steady --port 1883 --db state/fieldgate.db -- fieldgate run --config steady.yaml
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use fieldgate::store::Outbox;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
@@ -64,6 +72,13 @@ enum Mode {
         warmup: u64,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Payloads, one a line, for a paced `mosquitto_pub -l` beside the
+        /// gateway.
+        #[arg(long)]
+        baseline_lines: Option<PathBuf>,
+        /// Its messages per second.
+        #[arg(long, default_value_t = 1_000)]
+        baseline_rate: u32,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -91,17 +106,29 @@ async fn main() -> anyhow::Result<()> {
             db,
             warmup,
             seconds,
+            baseline_lines,
+            baseline_rate,
             command,
         } => {
             let (warmup, window) = (Duration::from_secs(warmup), Duration::from_secs(seconds));
-            steady((port, topic), &db, warmup, window, &command).await
+            let baseline = match baseline_lines {
+                Some(path) => Some(Baseline::start(port, &path, baseline_rate)?),
+                None => None,
+            };
+            steady((port, topic), &db, warmup, window, baseline, &command).await
         }
         Mode::Idle { seconds, command } => {
             let mut gateway = spawn(&command)?;
             tokio::time::sleep(Duration::from_secs(seconds)).await;
-            let rss = proc_field(pid(&gateway)?, "status", "VmRSS:")?;
+            let pid = pid(&gateway)?;
+            let rss = proc_field(pid, "status", "VmRSS:")?;
+            let peak = proc_field(pid, "status", "VmHWM:")?;
+            let anon = proc_field(pid, "smaps_rollup", "Anonymous:")?;
             stop(&mut gateway).await?;
-            println!("idle_rss_kb={rss}");
+            println!(
+                "idle_rss_kb={rss} anon_kb={anon} file_kb={} peak_rss_kb={peak}",
+                rss.saturating_sub(anon)
+            );
             Ok(())
         }
     }
@@ -145,9 +172,9 @@ async fn steady(
     db: &Path,
     warmup: Duration,
     window: Duration,
+    mut baseline: Option<Baseline>,
     command: &[String],
 ) -> anyhow::Result<()> {
-    let tick: f64 = run_text("getconf", &["CLK_TCK"])?.trim().parse()?;
     let (mut messages, subscriber) = subscribe(broker).await?;
     let mut gateway = spawn(command)?;
     let pid = pid(&gateway)?;
@@ -155,10 +182,11 @@ async fn steady(
     let sample = || -> anyhow::Result<(i64, u64, u64)> {
         let seq = Outbox::open_read_only(db)?.next_seq();
         let written = proc_field(pid, "io", "write_bytes:")?;
-        Ok((seq, written, cpu_ticks(pid)?))
+        Ok((seq, written, on_cpu_ns(pid)?))
     };
     while messages.try_recv().is_ok() {} // arrived during the warm-up
     let before = sample()?;
+    let baseline_before = baseline.as_ref().map(Baseline::sample).transpose()?;
     let end = Instant::now() + window;
     let mut latencies_us = Vec::new();
     while let Ok(Some((at, wall, body))) =
@@ -169,8 +197,23 @@ async fn steady(
         }
     }
     let after = sample()?;
+    let baseline_after = baseline.as_ref().map(Baseline::sample).transpose()?;
     subscriber.abort();
     stop(&mut gateway).await?;
+    let baseline_figures = match (&mut baseline, baseline_before, baseline_after) {
+        (Some(baseline), Some(b), Some(a)) => {
+            baseline.stop().await?;
+            let per_message = (a.1 - b.1) as f64 / 1e3 / (a.0 - b.0).max(1) as f64;
+            let per_reading =
+                (after.2 - before.2) as f64 / 1e3 / (after.0 - before.0).max(1) as f64;
+            format!(
+                " baseline_msgs_per_s={:.0} baseline_cpu_us_per_msg={per_message:.2} cpu_ratio={:.3}",
+                (a.0 - b.0) as f64 / window.as_secs_f64(),
+                per_reading / per_message,
+            )
+        }
+        _ => String::new(),
+    };
 
     let readings = (after.0 - before.0).max(1) as f64;
     latencies_us.sort_unstable();
@@ -181,10 +224,10 @@ async fn steady(
             .map_or(f64::NAN, |&us| us as f64 / 1e3)
     };
     println!(
-        "readings_per_s={:.0} bytes_per_reading={:.0} cpu_us_per_reading={:.2} latency_p50_ms={:.1} latency_p99_ms={:.1} received={}",
+        "readings_per_s={:.0} bytes_per_reading={:.0} cpu_us_per_reading={:.2} latency_p50_ms={:.1} latency_p99_ms={:.1} received={}{baseline_figures}",
         readings / window.as_secs_f64(),
         (after.1 - before.1) as f64 / readings,
-        (after.2 - before.2) as f64 / tick * 1e6 / readings,
+        (after.2 - before.2) as f64 / 1e3 / readings,
         pick(0.50),
         pick(0.99),
         latencies_us.len(),
@@ -284,21 +327,89 @@ fn proc_field(pid: u32, file: &str, key: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {key} in /proc/{pid}/{file}"))
 }
 
-/// utime + stime of the whole process, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses: state is the
-    // first, utime the 12th, stime the 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("unreadable /proc stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let field = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields.get(i).context("short /proc stat")?.parse()?)
-    };
-    Ok(field(11)? + field(12)?)
+/// Nanoseconds on a CPU, summed over the threads the process has now
+/// (field 1 of each `/proc/<pid>/task/<tid>/schedstat`). Finer than
+/// utime + stime, which count whole clock ticks.
+fn on_cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        // A thread may end between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue;
+        };
+        let ns: u64 = text
+            .split_whitespace()
+            .next()
+            .context("empty schedstat")?
+            .parse()?;
+        total += ns;
+    }
+    Ok(total)
+}
+
+/// A `mosquitto_pub -l -q 1` fed the same payloads at a steady rate: the
+/// CPU a plain C client spends per message, in the same run.
+struct Baseline {
+    child: Child,
+    pid: u32,
+    /// Lines written to its stdin so far.
+    sent: Arc<AtomicU64>,
+    feeder: tokio::task::JoinHandle<()>,
+}
+
+impl Baseline {
+    fn start(port: u16, lines: &Path, rate: u32) -> anyhow::Result<Baseline> {
+        let text =
+            std::fs::read(lines).with_context(|| format!("cannot read {}", lines.display()))?;
+        let lines: Vec<Vec<u8>> = text
+            .split_inclusive(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
+        anyhow::ensure!(!lines.is_empty(), "no payloads");
+        let mut child = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-l"])
+            .args(["-i", &format!("bench-mosquitto-pub-{}", std::process::id())])
+            .args(["-t", "fieldgate/mosquitto_pub/telemetry/dev0"])
+            .stdin(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start mosquitto_pub")?;
+        let pid = child.id().context("mosquitto_pub exited at once")?;
+        let mut stdin = child.stdin.take().context("no stdin")?;
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        let per_tick = (rate as usize / 100).max(1);
+        let feeder = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut next = lines.iter().cycle();
+            loop {
+                tick.tick().await;
+                for line in next.by_ref().take(per_tick) {
+                    if stdin.write_all(line).await.is_err() {
+                        return;
+                    }
+                }
+                counter.fetch_add(per_tick as u64, Ordering::Relaxed);
+            }
+        });
+        Ok(Baseline {
+            child,
+            pid,
+            sent,
+            feeder,
+        })
+    }
+
+    /// Messages handed to it, and its on-CPU nanoseconds.
+    fn sample(&self) -> anyhow::Result<(u64, u64)> {
+        Ok((self.sent.load(Ordering::Relaxed), on_cpu_ns(self.pid)?))
+    }
+
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        self.feeder.abort();
+        self.child.kill().await?;
+        Ok(())
+    }
 }
 
 fn run_text(program: &str, args: &[&str]) -> anyhow::Result<String> {

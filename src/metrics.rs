@@ -156,6 +156,12 @@ pub fn render(health: &Snapshot, queue: &QueueStatus) -> String {
         "Readings held in memory while the disk is full",
         queue.buffered as i64,
     );
+    gauge(
+        &mut r,
+        "queue_written",
+        "Readings written to the card since the start (those acknowledged before their commit are not)",
+        queue.written as i64,
+    );
     per_device(
         &mut r,
         "evicted",

@@ -44,7 +44,8 @@ fn stored(dir: &Path) -> Vec<Stored> {
         let conn = rusqlite::Connection::open_with_flags(&db, flags)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let mut stmt =
-            conn.prepare("SELECT seq, ts_ms, mono_ms, unsynced FROM outbox ORDER BY seq")?;
+            // Readings only: a device's availability is a row too.
+            conn.prepare("SELECT seq, ts_ms, mono_ms, unsynced FROM outbox WHERE kind = 0 ORDER BY seq")?;
         stmt.query_map([], |r| {
             Ok(Stored {
                 seq: r.get(0)?,
@@ -109,8 +110,11 @@ fn queued_readings_get_their_true_time_once_the_clock_syncs() {
     // Then the rest queue, still marked.
     rig.broker.stop();
     let dir = rig.dir.path();
+    // The device's `online` took one seq too.
     wait_for("every reading stored", &gw, || {
-        stored(dir).last().is_some_and(|r| r.seq == count as i64)
+        stored(dir)
+            .last()
+            .is_some_and(|r| r.seq == count as i64 + 1)
     });
     let before = stored(dir);
     assert!(before.len() >= 5, "{before:?}");
@@ -192,6 +196,7 @@ fn readings_of_an_earlier_boot_keep_their_mark() {
     let dir = rig.dir.path();
     wait_for("every reading stored", &gw, || stored(dir).len() == 5);
     assert!(gw.sigterm_and_wait(LONG).success());
+    let first_boot: Vec<i64> = stored(dir).iter().map(|r| r.seq).collect();
 
     // The Pi reboots (a new boot id), and this time NTP syncs.
     let db = dir.join("state").join("fieldgate.db");
@@ -207,11 +212,17 @@ fn readings_of_an_earlier_boot_keep_their_mark() {
         gw.log()
     );
     rig.broker.restart();
-    rig.expect(&gw, LONG, |m| distinct_seqs(m).len() >= 5);
+    let all_arrived = |m: &[Message]| {
+        let seqs = distinct_seqs(m);
+        first_boot.iter().all(|s| seqs.contains(s))
+    };
+    rig.expect(&gw, LONG, all_arrived);
     let now = true_now_ms();
     let queued = rig.sub.messages().into_iter().map(|m| m.json());
-    // The new boot's own readings (seq 6 on) are taken synced.
-    for m in queued.filter(|m| m["seq"].as_i64().is_some_and(|s| s <= 5)) {
+    // The new boot's own readings are taken synced.
+    let of_first_boot =
+        |m: &serde_json::Value| m["seq"].as_i64().is_some_and(|s| first_boot.contains(&s));
+    for m in queued.filter(of_first_boot) {
         // Their time since boot counted from another start: left as the
         // wrong wall clock said, and said to be so.
         assert_eq!(m["clock"], "unsynced", "{m}");

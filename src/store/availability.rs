@@ -10,7 +10,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::outbox::RowKind;
+use super::outbox::{RowKind, reserve};
 use super::{Outbox, StoreError};
 use crate::reading::{Priority, Qos};
 
@@ -69,8 +69,10 @@ impl Outbox {
             params![device, state.as_str(), ts_ms],
         )?;
         let seq = queue(&tx, self.next_seq, device, state.as_str(), ts_ms)?;
+        let reserved = reserve(&tx, seq, self.reserved)?;
         tx.commit()?;
         self.next_seq = seq;
+        self.reserved = reserved.unwrap_or(self.reserved);
         Ok(true)
     }
 
@@ -97,8 +99,10 @@ impl Outbox {
             tx.execute("DELETE FROM availability WHERE device = ?1", [device])?;
             seq = queue(&tx, seq, device, "", ts_ms)?;
         }
+        let reserved = reserve(&tx, seq, self.reserved)?;
         tx.commit()?;
         self.next_seq = seq;
+        self.reserved = reserved.unwrap_or(self.reserved);
         Ok(gone)
     }
 
@@ -121,7 +125,7 @@ impl Outbox {
 }
 
 /// Queues the retained message `payload` of `device` as row `seq`; returns
-/// the next `seq`.
+/// the next `seq` (the caller moves the counter on disk with [`reserve`]).
 fn queue(
     tx: &Transaction<'_>,
     seq: i64,
@@ -141,10 +145,6 @@ fn queue(
             payload,
             RowKind::Availability as i64
         ],
-    )?;
-    tx.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
-        [seq + 1],
     )?;
     Ok(seq + 1)
 }
@@ -205,13 +205,14 @@ mod tests {
                 ("pump".into(), DeviceState::Offline)
             ]
         );
-        // Stored before the restart: nothing new to say.
+        // Stored before the restart: nothing new to say, nothing queued.
+        let next = store.next_seq();
         assert!(
             !store
                 .set_availability("pump", DeviceState::Offline, 5)
                 .unwrap()
         );
-        assert_eq!(store.next_seq(), 4);
+        assert_eq!(store.next_seq(), next);
     }
 
     #[test]

@@ -1,5 +1,12 @@
 //! The store thread: batches appends and acks into transactions, and keeps
 //! readings in memory, bounded, while the disk refuses to take them.
+//!
+//! A reading is numbered when it arrives and, while the uplink has caught
+//! up with the store, handed to it at once ([`Batcher::forward`]) while it
+//! waits for its commit. When its ack comes first, it leaves the batch and
+//! is never written: with a healthy broker most readings never touch the
+//! card. Commits stay in `seq` order, so the table always holds a prefix
+//! of what was handed out, which the uplink's cursors rely on.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -7,10 +14,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::limits::Evicted;
-use super::{Changes, Command, Outbox, QueueStatus, Row, RowKey, StoreError};
+use super::{Changes, Command, Outbox, QueueStatus, Row, RowKey, Staged, StoreError};
 use crate::clock::Clock;
 use crate::config::StoreConfig;
-use crate::reading::{Priority, Reading};
+use crate::reading::Priority;
 
 /// Commands handled per wake-up of the store thread, at most: what the
 /// channel holds.
@@ -24,7 +31,10 @@ pub(super) struct Batcher {
     flush_interval: Duration,
     flush_rows: usize,
     memory_buffer: usize,
-    readings: Vec<Reading>,
+    /// Staged readings waiting for the next commit, in `seq` order.
+    readings: Vec<Staged>,
+    /// Where new readings go as they arrive, while the uplink is caught up.
+    live: Option<mpsc::Sender<Row>>,
     acks: Vec<RowKey>,
     /// Rows the broker refused, with its reason.
     refused: Vec<(RowKey, String)>,
@@ -58,6 +68,7 @@ impl Batcher {
             flush_rows: settings.flush_rows.get() as usize,
             memory_buffer: settings.memory_buffer.get() as usize,
             readings: Vec::new(),
+            live: None,
             acks: Vec::new(),
             refused: Vec::new(),
             acked: HashSet::new(),
@@ -117,13 +128,15 @@ impl Batcher {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Append(mut reading) => {
+            Command::Append(reading) => {
+                let mut staged = self.outbox.stage(&reading);
                 // Stamped just before the clock synced and the stored rows
                 // were corrected: correct it the same way.
-                if reading.unsynced && self.clock.synced() {
-                    correct(&mut reading, self.clock_offset());
+                if staged.row.unsynced && self.clock.synced() {
+                    correct(&mut staged, self.clock_offset());
                 }
-                self.readings.push(reading);
+                self.forward(&staged.row);
+                self.readings.push(staged);
                 self.oldest.get_or_insert_with(Instant::now);
                 if self.failing {
                     self.bound_memory();
@@ -131,11 +144,14 @@ impl Batcher {
             }
             Command::Ack(keys) => {
                 for key in keys {
-                    if self.acked.insert(key) {
+                    // Acknowledged before its commit: never written.
+                    if let Ok(i) = self.readings.binary_search_by_key(&key.seq, |s| s.row.seq) {
+                        self.readings.remove(i);
+                    } else if self.acked.insert(key) {
                         self.acks.push(key);
+                        self.oldest.get_or_insert_with(Instant::now);
                     }
                 }
-                self.oldest.get_or_insert_with(Instant::now);
             }
             Command::Refused(keys, reason) => {
                 for key in keys {
@@ -151,15 +167,27 @@ impl Batcher {
                 max_attempts,
                 reply,
             } => {
+                // Attempts are counted on rows in the table.
+                if keys.iter().any(|k| self.is_staged(k.seq)) {
+                    let _ = self.commit();
+                }
                 let now_ms = self.clock.now_ms();
                 let _ = reply.send(self.outbox.suspect(&keys, &reason, max_attempts, now_ms));
             }
             Command::Fetch {
                 after,
                 limit,
+                live,
                 reply,
             } => {
-                let _ = reply.send(self.fetch(after, limit));
+                let rows = self.fetch(after, limit);
+                // Caught up: from here on, new readings go to the uplink as
+                // they arrive. A fetch always ends the previous forwarding.
+                self.live = match &rows {
+                    Ok(rows) if rows.len() < limit => live,
+                    _ => None,
+                };
+                let _ = reply.send(rows);
             }
             Command::NextSeq(reply) => {
                 let _ = reply.send(self.outbox.next_seq());
@@ -175,24 +203,35 @@ impl Batcher {
                 let _ = reply.send(self.outbox.command_running(&id));
             }
             Command::Answer(id, answer, reply) => {
+                // Readings staged before the answer are committed first, so
+                // that the table stays a prefix of the seqs handed out.
+                let _ = self.commit();
                 let result = self.outbox.answer_command(&id, &answer);
                 if result.is_ok() {
+                    // The answer is in the table only: the uplink fetches it.
+                    self.live = None;
                     self.committed.send_modify(|n| *n += 1);
                 }
                 let _ = reply.send(result);
             }
             Command::SetAvailability(device, state, reply) => {
+                // As for answers: the table stays a prefix of the seqs, and
+                // the uplink fetches what only the table has.
+                let _ = self.commit();
                 let now_ms = self.clock.now_ms();
                 let result = self.outbox.set_availability(&device, state, now_ms);
                 if matches!(result, Ok(true)) {
+                    self.live = None;
                     self.committed.send_modify(|n| *n += 1);
                 }
                 let _ = reply.send(result);
             }
             Command::ForgetAvailability(keep, reply) => {
                 let now_ms = self.clock.now_ms();
+                let _ = self.commit();
                 let result = self.outbox.forget_availability(&keep, now_ms);
                 if result.as_ref().is_ok_and(|gone| !gone.is_empty()) {
+                    self.live = None;
                     self.committed.send_modify(|n| *n += 1);
                 }
                 let _ = reply.send(result);
@@ -208,8 +247,8 @@ impl Batcher {
             }
             Command::CorrectTimes(reply) => {
                 let offset = self.clock_offset();
-                for reading in &mut self.readings {
-                    correct(reading, offset);
+                for staged in &mut self.readings {
+                    correct(staged, offset);
                 }
                 let _ = reply.send(self.outbox.correct_times(offset));
             }
@@ -243,8 +282,31 @@ impl Batcher {
                     break;
                 }
             }
+            // Then what waits for its commit: all of it is newer than the
+            // table's rows.
+            if rows.len() < limit {
+                let staged = (self.readings.iter().map(|s| &s.row))
+                    .filter(|r| r.priority == priority && r.seq > after)
+                    .take_while(|r| self.outbox.is_reserved(r.seq));
+                rows.extend(staged.take(limit - rows.len()).cloned());
+            }
         }
         Ok(rows)
+    }
+
+    /// Hands a staged reading to the uplink, while it is caught up. A full
+    /// or closed channel ends the forwarding: the uplink fetches again.
+    fn forward(&mut self, row: &Row) {
+        let Some(live) = &self.live else { return };
+        if !self.outbox.is_reserved(row.seq) || live.try_send(row.clone()).is_err() {
+            self.live = None;
+        }
+    }
+
+    fn is_staged(&self, seq: i64) -> bool {
+        self.readings
+            .binary_search_by_key(&seq, |s| s.row.seq)
+            .is_ok()
     }
 
     fn status(&self) -> Result<QueueStatus, StoreError> {
@@ -259,6 +321,7 @@ impl Batcher {
             evicted,
             dead_letters: self.outbox.dead_letters()?,
             buffered: if self.failing { self.readings.len() } else { 0 },
+            written: self.outbox.rows_written(),
             recovered_from: self
                 .outbox
                 .recovered_from()
@@ -271,6 +334,7 @@ impl Batcher {
             && self.acks.is_empty()
             && self.refused.is_empty()
             && self.dropped.is_empty()
+            && !self.outbox.needs_reserve()
         {
             self.oldest = None;
             return Ok(());
@@ -355,10 +419,10 @@ impl Batcher {
                 break;
             }
             let dropped = &mut self.dropped;
-            self.readings.retain(|r| {
-                if excess > 0 && r.delivery.priority == priority {
+            self.readings.retain(|s| {
+                if excess > 0 && s.row.priority == priority {
                     excess -= 1;
-                    *dropped.entry(r.device.to_string()).or_default() += 1;
+                    *dropped.entry(s.row.device.clone()).or_default() += 1;
                     false
                 } else {
                     true
@@ -370,9 +434,9 @@ impl Batcher {
 
 /// Corrects a reading taken while the wall clock was unsynchronised, as
 /// [`super::Outbox::correct_times`] does for stored rows.
-fn correct(reading: &mut Reading, offset_ms: i64) {
-    if reading.unsynced {
-        reading.ts_ms = reading.mono_ms + offset_ms;
-        reading.unsynced = false;
+fn correct(staged: &mut Staged, offset_ms: i64) {
+    if staged.row.unsynced {
+        staged.row.ts_ms = staged.mono_ms + offset_ms;
+        staged.row.unsynced = false;
     }
 }

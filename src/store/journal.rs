@@ -153,13 +153,22 @@ impl Outbox {
                 answer.correlation
             ],
         )?;
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
-            [self.next_seq + 1],
-        )?;
-        tx.commit()?;
         self.next_seq += 1;
-        Ok(())
+        match super::outbox::reserve(&tx, self.next_seq, self.reserved)
+            .and_then(|r| Ok((tx.commit()?, r)))
+        {
+            Ok(((), reserved)) => {
+                if let Some(r) = reserved {
+                    self.reserved = r;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Not written: the seq may be handed out again.
+                self.next_seq -= 1;
+                Err(e)
+            }
+        }
     }
 }
 

@@ -30,7 +30,7 @@ pub use dead_letters::DeadLetter;
 pub use error::StoreError;
 pub use journal::{CommandAnswer, JournalLimits, Journaled};
 pub use limits::{Evicted, Limits, Now};
-pub use outbox::{Changes, CommitReport, Outbox, Row, RowKey, RowKind, Totals};
+pub use outbox::{Changes, CommitReport, Outbox, Row, RowKey, RowKind, Staged, Totals};
 pub use queries::DeviceStats;
 pub use remote_config::RemoteConfig;
 pub use schema::SCHEMA_VERSION;
@@ -60,6 +60,9 @@ pub struct QueueStatus {
     pub dead_letters: Evicted,
     /// Readings held in memory because the disk refuses writes.
     pub buffered: usize,
+    /// Readings written to the card since the start: those the broker
+    /// acknowledged before their commit never are.
+    pub written: u64,
     /// Where a damaged store was moved at start, if it was.
     pub recovered_from: Option<String>,
 }
@@ -77,6 +80,7 @@ enum Command {
     Fetch {
         after: [i64; 3],
         limit: usize,
+        live: Option<mpsc::Sender<Row>>,
         reply: oneshot::Sender<Result<Vec<Row>, StoreError>>,
     },
     Status(oneshot::Sender<Result<QueueStatus, StoreError>>),
@@ -202,10 +206,25 @@ impl Store {
     /// Committed, undelivered rows: highest priority first, then by `seq`,
     /// skipping each priority's rows up to `after[priority]`.
     pub async fn fetch(&self, after: [i64; 3], limit: usize) -> Result<Vec<Row>, StoreError> {
+        self.fetch_live(after, limit, None).await
+    }
+
+    /// [`Store::fetch`], and when it returns fewer than `limit` rows (the
+    /// caller has caught up), every reading appended from then on is also
+    /// sent to `live` as it arrives, before its commit, until `live` is full
+    /// or closed, or the next fetch. Rows in `live` are newer than those
+    /// returned; an ack before the commit means the row is never written.
+    pub async fn fetch_live(
+        &self,
+        after: [i64; 3],
+        limit: usize,
+        live: Option<mpsc::Sender<Row>>,
+    ) -> Result<Vec<Row>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Fetch {
             after,
             limit,
+            live,
             reply,
         })
         .await?;
@@ -372,8 +391,6 @@ mod tests {
         for v in 0..5 {
             store.append(reading(v.into())).await.unwrap();
         }
-        // Not visible before the commit.
-        assert!(store.fetch([0; 3], 10).await.unwrap().is_empty());
         store.flush().await.unwrap();
         let rows = store.fetch([0; 3], 10).await.unwrap();
         assert_eq!(
@@ -392,6 +409,82 @@ mod tests {
 
         store.flush().await.unwrap();
         assert_eq!(store.status().await.unwrap().rows, 2);
+        drop(store);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn readings_acked_before_their_commit_are_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) =
+            Store::open(&dir.path().join("s.db"), &lazy(), Clock::system()).unwrap();
+        for v in 0..3 {
+            store.append(reading(v.into())).await.unwrap();
+        }
+        // Staged rows are fetched before their commit, after the table's.
+        let rows = store.fetch([0; 3], 10).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+
+        // Caught up: from here on, readings come as they are appended.
+        let (live, mut fresh) = mpsc::channel(16);
+        let none = store.fetch_live([0, 3, 0], 10, Some(live)).await.unwrap();
+        assert!(none.is_empty());
+        for v in 3..6 {
+            store.append(reading(v.into())).await.unwrap();
+        }
+        let mut forwarded = Vec::new();
+        for _ in 0..3 {
+            forwarded.push(fresh.recv().await.unwrap());
+        }
+        assert_eq!(
+            forwarded.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [4, 5, 6]
+        );
+        assert_eq!(forwarded[0].values, r#"{"v":3.0}"#);
+
+        // Five acked before the commit, one not: one row is written.
+        let mut keys: Vec<RowKey> = rows.iter().map(Row::key).collect();
+        keys.extend(forwarded[..2].iter().map(Row::key));
+        store.ack(keys).await.unwrap();
+        store.flush().await.unwrap();
+        let status = store.status().await.unwrap();
+        assert_eq!((status.rows, status.written), (1, 1));
+        let left = store.fetch([0; 3], 10).await.unwrap();
+        assert_eq!(left.iter().map(|r| r.seq).collect::<Vec<_>>(), [6]);
+
+        // Its ack deletes it from the table, as for any committed row.
+        store.ack(vec![left[0].key()]).await.unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(store.status().await.unwrap().rows, 0);
+        drop(store);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn a_full_live_channel_ends_forwarding_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) =
+            Store::open(&dir.path().join("s.db"), &lazy(), Clock::system()).unwrap();
+        let (live, mut fresh) = mpsc::channel(2);
+        assert!(
+            store
+                .fetch_live([0; 3], 10, Some(live))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        for v in 0..5 {
+            store.append(reading(v.into())).await.unwrap();
+        }
+        // A round trip: the store thread has taken all five.
+        store.status().await.unwrap();
+        // Two fit; the third found the channel full and ended it.
+        assert_eq!(fresh.recv().await.unwrap().seq, 1);
+        assert_eq!(fresh.recv().await.unwrap().seq, 2);
+        assert!(fresh.recv().await.is_none());
+        // The rest comes with the next fetch, from the cursor on.
+        let rows = store.fetch([0, 2, 0], 10).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4, 5]);
         drop(store);
         thread.join();
     }

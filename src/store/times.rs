@@ -158,10 +158,11 @@ mod tests {
         r.mono_ms = 100_000;
         r.ts_ms = 1_000;
         let now_wall = 3 * DAY_MS;
+        let first = [store.stage(&r)];
         let report = store
             .commit(
                 &super::super::Changes {
-                    readings: &[r.clone()],
+                    readings: &first,
                     ..Default::default()
                 },
                 super::super::Now {
@@ -183,8 +184,9 @@ mod tests {
             mono_ms: Some(159_000),
             unsynced: false,
         };
+        let staged = [store.stage(&r)];
         let changes = super::super::Changes {
-            readings: &[r],
+            readings: &staged,
             ..Default::default()
         };
         assert!(store.commit(&changes, young).unwrap().evicted.is_empty());

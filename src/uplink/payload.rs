@@ -155,6 +155,7 @@ pub fn status(
             "evicted": queue.evicted,
             "dead_letters": queue.dead_letters,
             "buffered": queue.buffered,
+            "written": queue.written,
         },
         "counters": {
             "readings_in": health.readings_in,

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +33,13 @@ const FETCH_CAP: usize = 5_000;
 /// a connection may carry one availability message per device.
 const CONTROL_ROOM: usize = 4;
 
-/// Windows' worth of messages fetched from the store at once.
+/// Windows' worth of messages fetched from the store at once; also how
+/// many fresh readings wait in the ready queue at most.
 const FETCH_AHEAD: usize = 4;
+
+/// Fresh readings the store hands over ahead of their commit, waiting to be
+/// taken; when the channel is full the store stops, and they are fetched.
+const LIVE_CAPACITY: usize = 1_024;
 
 /// One publish waiting for room in the window (or for the throttle).
 enum Pending {
@@ -94,6 +100,8 @@ pub(super) struct Session<'a> {
     caught_up: bool,
     /// Fetched, ready to publish, in fetch order.
     ready: VecDeque<Pending>,
+    /// Fresh readings from the store, before their commit, once caught up.
+    live: Option<mpsc::Receiver<Row>>,
     /// Status messages, sent before any reading.
     controls: VecDeque<Control>,
     open_batches: BTreeMap<String, OpenBatch>,
@@ -137,6 +145,7 @@ impl<'a> Session<'a> {
             connected: false,
             caught_up: false,
             ready: VecDeque::new(),
+            live: None,
             controls: VecDeque::new(),
             open_batches: BTreeMap::new(),
             throttle: Throttle::new(settings.max_messages_per_second, Instant::now().into_std()),
@@ -183,6 +192,7 @@ impl<'a> Session<'a> {
         loop {
             self.refill().await?;
             let wake = self.next_wake();
+            let room = self.connected && self.ready.len() < self.ahead();
             let Some(link) = self.link.as_mut() else {
                 return Err(UplinkError::Disconnected);
             };
@@ -217,7 +227,11 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
-                changed = committed.changed(), if self.connected && self.caught_up => {
+                row = next_live(&mut self.live), if room => {
+                    self.take_live(row);
+                }
+                // While fresh readings arrive on `live`, commits bring nothing new.
+                changed = committed.changed(), if self.connected && self.caught_up && self.live.is_none() => {
                     if changed.is_err() {
                         return Err(StoreError::Closed.into());
                     }
@@ -287,8 +301,15 @@ impl<'a> Session<'a> {
             let limit = (FETCH_AHEAD * window * per_message.unwrap_or(1))
                 .min(FETCH_CAP)
                 .max(window);
-            let rows = self.store.fetch(self.cursors, limit).await?;
+            // A fetch ends the forwarding of the last one: what its channel
+            // still held is newer than the cursors, so it comes again.
+            let (live, rx) = mpsc::channel(LIVE_CAPACITY);
+            let rows = self
+                .store
+                .fetch_live(self.cursors, limit, Some(live))
+                .await?;
             self.caught_up = rows.len() < limit;
+            self.live = self.caught_up.then_some(rx);
             for row in rows {
                 self.cursors[row.priority as usize] = row.seq;
                 self.enqueue(row, now);
@@ -296,6 +317,30 @@ impl<'a> Session<'a> {
             self.publish_ready(now)?;
         }
         Ok(())
+    }
+
+    /// Fresh readings from the store: queued like fetched ones. The end of
+    /// the channel means the store stopped forwarding: fetch again.
+    fn take_live(&mut self, first: Option<Row>) {
+        let Some(first) = first else {
+            self.live = None;
+            self.caught_up = false;
+            return;
+        };
+        let now = Instant::now();
+        let mut row = Some(first);
+        while let Some(r) = row.take() {
+            self.cursors[r.priority as usize] = r.seq;
+            self.enqueue(r, now);
+            if self.ready.len() < self.ahead() {
+                row = self.live.as_mut().and_then(|l| l.try_recv().ok());
+            }
+        }
+    }
+
+    /// Messages waiting in the ready queue at most.
+    fn ahead(&self) -> usize {
+        FETCH_AHEAD * self.window()
     }
 
     /// Publishes in flight at most: one while suspects are probed.
@@ -825,6 +870,14 @@ impl<'a> Session<'a> {
             );
         }
         Ok(())
+    }
+}
+
+/// The next fresh reading, or never when none are forwarded.
+async fn next_live(live: &mut Option<mpsc::Receiver<Row>>) -> Option<Row> {
+    match live {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -39,7 +39,7 @@ pub use self::{
     },
     pty::Pty,
     rig::{Rig, TELEMETRY},
-    store::{next_seq, queue, queued_rows, stored_rows},
+    store::{next_seq, queue, queued_rows, stored_rows, stored_seqs},
     subscriber::{Message, Subscriber},
 };
 

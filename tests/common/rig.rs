@@ -3,6 +3,7 @@
 //! The subscriber connects before any gateway starts, so it misses nothing
 //! the gateway publishes.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,21 +55,25 @@ impl Rig {
         assert!(self.sub.wait_until(timeout, pred), "{}", gw.log());
     }
 
-    /// Waits until every seq below `end` (all the store had committed)
-    /// arrived at least once, but for `others` that are not readings
-    /// (availability messages); fails naming some that did not.
+    /// Waits until every seq of `want` (readings the store had committed)
+    /// arrived at least once; fails naming some that did not.
     #[track_caller]
-    pub fn expect_seqs_below(&self, gw: &Gateway, timeout: Duration, end: i64, others: usize) {
+    pub fn expect_seqs(&self, gw: &Gateway, timeout: Duration, want: &BTreeSet<i64>) {
         let all = |m: &[Message]| {
             let seqs = distinct_seqs(m);
-            (1..end).filter(|s| !seqs.contains(s)).count() <= others
+            want.iter().all(|s| seqs.contains(s))
         };
         let complete = self.sub.wait_until(timeout, all);
         let seqs = distinct_seqs(&self.sub.messages());
-        let missing: Vec<i64> = (1..end).filter(|s| !seqs.contains(s)).take(10).collect();
+        let missing: Vec<i64> = want
+            .iter()
+            .copied()
+            .filter(|s| !seqs.contains(s))
+            .take(10)
+            .collect();
         assert!(
             complete,
-            "committed seqs missing ({others} may be), e.g. {missing:?}\n{}",
+            "committed seqs missing, e.g. {missing:?}\n{}",
             gw.log()
         );
     }

@@ -1,6 +1,7 @@
 //! The gateway's store seen from outside: through `fieldgate queue` while it
 //! runs, and through the library once it has stopped.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
@@ -39,10 +40,34 @@ pub fn stored_rows(dir: &Path) -> u64 {
         .rows
 }
 
-/// The seq the store would give next: everything below was committed.
+/// The seq the store would give next: it never goes back.
 pub fn next_seq(dir: &Path) -> i64 {
     let db = dir.join("state").join("fieldgate.db");
-    fieldgate::store::Outbox::open(&db, Default::default())
+    fieldgate::store::Outbox::open_read_only(&db)
         .expect("open store")
         .next_seq()
+}
+
+/// The seqs of the readings in the store of a stopped gateway: committed and
+/// not yet acknowledged (those acknowledged before their commit never
+/// were written).
+pub fn stored_seqs(dir: &Path) -> BTreeSet<i64> {
+    use fieldgate::store::RowKind;
+    let db = dir.join("state").join("fieldgate.db");
+    let outbox = fieldgate::store::Outbox::open_read_only(&db).expect("open store");
+    let mut seqs = BTreeSet::new();
+    for priority in fieldgate::reading::Priority::ALL {
+        let mut after = 0;
+        loop {
+            let rows = outbox.fetch(priority, after, 10_000).expect("read store");
+            let Some(last) = rows.last() else { break };
+            after = last.seq;
+            // Readings only: answers and availability go to other topics.
+            let readings = rows
+                .iter()
+                .filter(|r| r.kind == RowKind::Reading && r.topic.is_none());
+            seqs.extend(readings.map(|r| r.seq));
+        }
+    }
+    seqs
 }
