@@ -5,7 +5,9 @@
 //! up with the store, handed to it at once ([`Batcher::forward`]) while it
 //! waits for its commit. When its ack comes first, it leaves the batch and
 //! is never written: with a healthy broker most readings never touch the
-//! card. Commits stay in `seq` order, so the table always holds a prefix
+//! card. The commit at the end of a flush interval leaves out the readings
+//! staged in its second half ([`Batcher::commit_due`]): their acks are
+//! still on their way. Commits stay in `seq` order, so the table always holds a prefix
 //! of what was handed out, which the uplink's cursors rely on.
 
 use std::collections::HashSet;
@@ -35,6 +37,9 @@ pub(super) struct Batcher {
     readings: Vec<Staged>,
     /// Where new readings go as they arrive, while the uplink is caught up.
     live: Option<mpsc::Sender<Row>>,
+    /// The highest seq of a staged reading handed to the uplink: those up
+    /// to it may be on their way, so memory bounds never drop them.
+    handed: i64,
     acks: Vec<RowKey>,
     /// Rows the broker refused, with its reason.
     refused: Vec<(RowKey, String)>,
@@ -69,6 +74,7 @@ impl Batcher {
             memory_buffer: settings.memory_buffer.get() as usize,
             readings: Vec::new(),
             live: None,
+            handed: 0,
             acks: Vec::new(),
             refused: Vec::new(),
             acked: HashSet::new(),
@@ -91,7 +97,7 @@ impl Batcher {
             match next {
                 // The flush interval is up; a failure is logged and retried.
                 None => {
-                    let _ = self.commit();
+                    let _ = self.commit_due();
                 }
                 Some(None) => break, // every handle dropped
                 Some(Some(command)) => {
@@ -265,7 +271,7 @@ impl Batcher {
         stamp.wall_ms - stamp.mono_ms
     }
 
-    fn fetch(&self, after: [i64; 3], limit: usize) -> Result<Vec<Row>, StoreError> {
+    fn fetch(&mut self, after: [i64; 3], limit: usize) -> Result<Vec<Row>, StoreError> {
         let mut rows = Vec::new();
         for priority in Priority::ALL {
             let mut after = after[priority as usize];
@@ -283,12 +289,16 @@ impl Batcher {
                 }
             }
             // Then what waits for its commit: all of it is newer than the
-            // table's rows.
-            if rows.len() < limit {
+            // table's rows. Not while the disk refuses writes: memory is
+            // bounded then, and what the uplink holds must not be dropped.
+            if rows.len() < limit && !self.failing {
                 let staged = (self.readings.iter().map(|s| &s.row))
                     .filter(|r| r.priority == priority && r.seq > after)
                     .take_while(|r| self.outbox.is_reserved(r.seq));
+                let before = rows.len();
                 rows.extend(staged.take(limit - rows.len()).cloned());
+                let newest = rows[before..].iter().map(|r| r.seq).max();
+                self.handed = self.handed.max(newest.unwrap_or(0));
             }
         }
         Ok(rows)
@@ -298,8 +308,11 @@ impl Batcher {
     /// or closed channel ends the forwarding: the uplink fetches again.
     fn forward(&mut self, row: &Row) {
         let Some(live) = &self.live else { return };
-        if !self.outbox.is_reserved(row.seq) || live.try_send(row.clone()).is_err() {
+        if self.failing || !self.outbox.is_reserved(row.seq) || live.try_send(row.clone()).is_err()
+        {
             self.live = None;
+        } else {
+            self.handed = row.seq;
         }
     }
 
@@ -329,17 +342,41 @@ impl Batcher {
         })
     }
 
+    /// The commit of the flush interval: the staged readings that have
+    /// waited half of it or more, and every ack. The younger ones wait for
+    /// the next, due when the oldest of them has waited the whole interval:
+    /// most are acknowledged by then and never written, and none waits
+    /// longer than the interval.
+    fn commit_due(&mut self) -> Result<(), StoreError> {
+        // A refused row is moved to the dead letters from the table.
+        if !self.refused.is_empty() {
+            return self.commit();
+        }
+        let Some(young) = Instant::now().checked_sub(self.flush_interval / 2) else {
+            return self.commit();
+        };
+        let due = self.readings.partition_point(|s| s.arrived <= young);
+        self.commit_upto(due)
+    }
+
+    /// Commits every staged reading, ack and refusal.
     fn commit(&mut self) -> Result<(), StoreError> {
-        if self.readings.is_empty()
+        self.commit_upto(self.readings.len())
+    }
+
+    /// Commits the first `due` staged readings (the table stays a prefix of
+    /// the seqs handed out) and every ack and refusal.
+    fn commit_upto(&mut self, due: usize) -> Result<(), StoreError> {
+        if due == 0
             && self.acks.is_empty()
             && self.refused.is_empty()
             && self.dropped.is_empty()
             && !self.outbox.needs_reserve()
         {
-            self.oldest = None;
+            self.oldest = self.readings.first().map(|s| s.arrived);
             return Ok(());
         }
-        let mut result = self.try_commit();
+        let mut result = self.try_commit(due);
         if matches!(&result, Err(e) if e.is_disk_full()) {
             // Make room and try once more: a checkpoint lets the WAL be
             // reused, and evicting the lowest-priority rows frees pages.
@@ -348,7 +385,7 @@ impl Batcher {
             if let Ok(evicted) = self.outbox.make_room(room) {
                 self.note_evictions(&evicted);
             }
-            result = self.try_commit();
+            result = self.try_commit(due);
         }
         match result {
             Ok(()) => {
@@ -373,10 +410,10 @@ impl Batcher {
         }
     }
 
-    fn try_commit(&mut self) -> Result<(), StoreError> {
+    fn try_commit(&mut self, due: usize) -> Result<(), StoreError> {
         let report = self.outbox.commit(
             &Changes {
-                readings: &self.readings,
+                readings: &self.readings[..due],
                 acks: &self.acks,
                 refused: &self.refused,
                 dropped: &self.dropped,
@@ -384,13 +421,13 @@ impl Batcher {
             self.clock.stamp(),
         )?;
         self.note_evictions(&report.evicted);
-        let inserted = !self.readings.is_empty();
-        self.readings.clear();
+        let inserted = due > 0;
+        self.readings.drain(..due);
         self.acks.clear();
         self.refused.clear();
         self.acked.clear();
         self.dropped.clear();
-        self.oldest = None;
+        self.oldest = self.readings.first().map(|s| s.arrived);
         if inserted {
             self.committed.send_modify(|n| *n += 1);
         }
@@ -411,7 +448,9 @@ impl Batcher {
     }
 
     /// While the disk refuses writes, memory holds at most `memory_buffer`
-    /// readings; beyond that the oldest of the lowest priority go, counted.
+    /// readings; beyond that the oldest of the lowest priority go, counted,
+    /// but for those already handed to the uplink (a window's worth at
+    /// most: nothing is handed out while writes fail).
     fn bound_memory(&mut self) {
         let mut excess = self.readings.len().saturating_sub(self.memory_buffer);
         for priority in Priority::ALL.into_iter().rev() {
@@ -419,8 +458,9 @@ impl Batcher {
                 break;
             }
             let dropped = &mut self.dropped;
+            let handed = self.handed;
             self.readings.retain(|s| {
-                if excess > 0 && s.row.priority == priority {
+                if excess > 0 && s.row.priority == priority && s.row.seq > handed {
                     excess -= 1;
                     *dropped.entry(s.row.device.clone()).or_default() += 1;
                     false

@@ -461,6 +461,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_interval_commit_leaves_young_readings_for_their_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreConfig {
+            flush_interval: Duration::from_secs(1),
+            ..lazy()
+        };
+        let (store, thread) =
+            Store::open(&dir.path().join("s.db"), &settings, Clock::system()).unwrap();
+        let (live, mut fresh) = mpsc::channel(16);
+        assert!(
+            store
+                .fetch_live([0; 3], 10, Some(live))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Never acked: committed when the interval is up.
+        store.append(reading(1.0)).await.unwrap();
+        fresh.recv().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+        // Staged a tenth of an interval before that commit: left out of
+        // it, and acked before the next.
+        store.append(reading(2.0)).await.unwrap();
+        let young = fresh.recv().await.unwrap();
+        let written = || async { store.status().await.unwrap().written };
+        for _ in 0..100 {
+            if written().await > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        store.ack(vec![young.key()]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        let status = store.status().await.unwrap();
+        assert_eq!((status.written, status.rows), (1, 1), "{status:?}");
+        let rows = store.fetch([0; 3], 10).await.unwrap();
+        let values: Vec<&str> = rows.iter().map(|r| r.values.as_str()).collect();
+        assert_eq!(values, [r#"{"v":1.0}"#]);
+        drop(store);
+        thread.join();
+    }
+
+    #[tokio::test]
     async fn a_full_live_channel_ends_forwarding_and_nothing_is_lost() {
         let dir = tempfile::tempdir().unwrap();
         let (store, thread) =

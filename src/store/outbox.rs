@@ -79,6 +79,8 @@ pub struct Staged {
     pub row: Row,
     /// Its time since boot: what corrects `row.ts_ms` once the clock syncs.
     pub mono_ms: i64,
+    /// When it was staged: it is committed within a flush interval of it.
+    pub arrived: std::time::Instant,
 }
 
 /// What identifies a row in the table.
@@ -245,6 +247,7 @@ impl Outbox {
         Staged {
             row,
             mono_ms: reading.mono_ms,
+            arrived: std::time::Instant::now(),
         }
     }
 
