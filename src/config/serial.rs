@@ -462,7 +462,7 @@ pub enum TimeFormat {
 /// A regular expression, compiled when the config is read so that
 /// `fieldgate check` reports a broken one at its position.
 #[derive(Debug, Clone)]
-pub struct Pattern(pub regex::Regex);
+pub struct Pattern(pub regex_lite::Regex);
 
 /// Two patterns are the same when their text is.
 impl PartialEq for Pattern {
@@ -474,7 +474,7 @@ impl PartialEq for Pattern {
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        regex::Regex::new(&text).map(Pattern).map_err(|e| {
+        regex_lite::Regex::new(&text).map(Pattern).map_err(|e| {
             // The crate's message spans several lines (pattern, caret, error):
             // keep its last line, the reason.
             let full = e.to_string();
@@ -548,7 +548,7 @@ mod tests {
         assert_eq!(
             problems(devices),
             [
-                "9:14: devices[0].pattern: invalid regular expression: unclosed character class",
+                "9:14: devices[0].pattern: invalid regular expression: found unclosed character class",
                 "10:27: devices[0].fields.t.point: invalid name `T`, expected 1 to 64 characters of a-z, 0-9, `_` or `-`",
                 "11:18: devices[0].write.sp: unknown placeholder `{x}`, expected `{point}` or `{value}`",
             ]

@@ -54,7 +54,7 @@ pub struct LineParser {
     columns: Vec<String>,
     separator: String,
     kv_separator: String,
-    pattern: Option<regex::Regex>,
+    pattern: Option<regex_lite::Regex>,
     fields: Vec<(String, Field)>,
     timestamp: Option<TimestampField>,
 }
@@ -64,7 +64,7 @@ enum Record<'a> {
     Json(Map<String, Value>),
     Cells(Vec<&'a str>),
     Pairs(Vec<(&'a str, &'a str)>),
-    Captures(regex::Captures<'a>),
+    Captures(regex_lite::Captures<'a>),
 }
 
 /// A field's raw value.
