@@ -192,15 +192,13 @@ impl Store {
         reason: String,
         max_attempts: u32,
     ) -> Result<bool, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Suspect {
+        self.request(|reply| Command::Suspect {
             keys,
             reason,
             max_attempts,
             reply,
         })
-        .await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        .await
     }
 
     /// Committed, undelivered rows: highest priority first, then by `seq`,
@@ -220,21 +218,17 @@ impl Store {
         limit: usize,
         live: Option<mpsc::Sender<Row>>,
     ) -> Result<Vec<Row>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Fetch {
+        self.request(|reply| Command::Fetch {
             after,
             limit,
             live,
             reply,
         })
-        .await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        .await
     }
 
     pub async fn status(&self) -> Result<QueueStatus, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Status(reply)).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(Command::Status).await
     }
 
     /// The `seq` the next committed row gets: rows below it are stored.
@@ -246,16 +240,13 @@ impl Store {
 
     /// The cached remote configuration.
     pub async fn remote_config(&self) -> Result<Option<RemoteConfig>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::LoadConfig(reply)).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(Command::LoadConfig).await
     }
 
     /// Caches a remote configuration; done when it is on disk.
     pub async fn save_remote_config(&self, config: RemoteConfig) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::SaveConfig(config, reply)).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(|reply| Command::SaveConfig(config, reply))
+            .await
     }
 
     /// Records a command id before it is acknowledged; says whether it was
@@ -265,16 +256,13 @@ impl Store {
         id: String,
         limits: JournalLimits,
     ) -> Result<Journaled, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Journal { id, limits, reply }).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(|reply| Command::Journal { id, limits, reply })
+            .await
     }
 
     /// Marks a command as handed to its device; done when it is on disk.
     pub async fn command_running(&self, id: String) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Running(id, reply)).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(|reply| Command::Running(id, reply)).await
     }
 
     /// Keeps the answer to a command and queues it for the uplink.
@@ -283,9 +271,8 @@ impl Store {
         id: String,
         answer: CommandAnswer,
     ) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Answer(id, answer, reply)).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(|reply| Command::Answer(id, answer, reply))
+            .await
     }
 
     /// The wall clock is synchronised now: corrects the times of this
@@ -293,9 +280,7 @@ impl Store {
     /// monotonic time, and clears their mark. Returns the stored rows
     /// corrected.
     pub async fn correct_times(&self) -> Result<usize, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::CorrectTimes(reply)).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(Command::CorrectTimes).await
     }
 
     /// Records a device's availability and queues its retained message,
@@ -306,32 +291,25 @@ impl Store {
         device: String,
         state: DeviceState,
     ) -> Result<bool, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::SetAvailability(device, state, reply))
-            .await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(|reply| Command::SetAvailability(device, state, reply))
+            .await
     }
 
     /// Forgets the availability of every device not in `keep`, queueing
     /// an empty retained message for each; returns those forgotten.
     pub async fn forget_availability(&self, keep: Vec<String>) -> Result<Vec<String>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::ForgetAvailability(keep, reply)).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(|reply| Command::ForgetAvailability(keep, reply))
+            .await
     }
 
     /// Every device's current availability, as stored.
     pub async fn availability(&self) -> Result<Vec<(String, DeviceState)>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Availability(reply)).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(Command::Availability).await
     }
 
     /// Commits everything queued so far.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Flush(reply)).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(Command::Flush).await
     }
 
     /// The gateway's clock.
@@ -342,6 +320,17 @@ impl Store {
     /// Changes (the value counts commits) whenever new rows are committed.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
+    }
+
+    /// Sends the command `make` builds around a reply channel, and waits
+    /// for the store thread's answer.
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn send(&self, command: Command) -> Result<(), StoreError> {
