@@ -109,8 +109,9 @@ gateway_config() {
     mkdir -p "$dir"
     {
         echo "gateway: { id: $2, state_dir: $dir/state, status_interval: 1h }"
-        # drain_rate 0: the drain figures measure the link, not the pacing.
-        echo "mqtt: { url: \"mqtt://127.0.0.1:$port\", drain_rate: 0${6:+, $6} }"
+        # drain_rate 0: the drain figures measure the link, not the pacing;
+        # connect_jitter 0s: the start-up figure, not a random wait.
+        echo "mqtt: { url: \"mqtt://127.0.0.1:$port\", drain_rate: 0, connect_jitter: 0s${6:+, $6} }"
         echo "store: { ${5:-} }"
         echo "devices:"
         [ "$4" -eq 0 ] && echo "  []"
