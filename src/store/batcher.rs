@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::limits::Evicted;
+use super::limits::{Evicted, InFlight};
 use super::{Changes, Command, Outbox, QueueStatus, Row, RowKey, Staged, StoreError};
 use crate::clock::Clock;
 use crate::config::StoreConfig;
@@ -37,9 +37,10 @@ pub(super) struct Batcher {
     readings: Vec<Staged>,
     /// Where new readings go as they arrive, while the uplink is caught up.
     live: Option<mpsc::Sender<Row>>,
-    /// The highest seq of a staged reading handed to the uplink: those up
-    /// to it may be on their way, so memory bounds never drop them.
-    handed: i64,
+    /// Per priority, the highest seq handed to the uplink (stored or
+    /// staged): those up to it may be on their way, so neither the memory
+    /// bound nor the store's limits drop them.
+    handed: InFlight,
     acks: Vec<RowKey>,
     /// Rows the broker refused, with its reason.
     refused: Vec<(RowKey, String)>,
@@ -74,7 +75,7 @@ impl Batcher {
             memory_buffer: settings.memory_buffer.get() as usize,
             readings: Vec::new(),
             live: None,
-            handed: 0,
+            handed: [0; 3],
             acks: Vec::new(),
             refused: Vec::new(),
             acked: HashSet::new(),
@@ -295,11 +296,14 @@ impl Batcher {
                 let staged = (self.readings.iter().map(|s| &s.row))
                     .filter(|r| r.priority == priority && r.seq > after)
                     .take_while(|r| self.outbox.is_reserved(r.seq));
-                let before = rows.len();
                 rows.extend(staged.take(limit - rows.len()).cloned());
-                let newest = rows[before..].iter().map(|r| r.seq).max();
-                self.handed = self.handed.max(newest.unwrap_or(0));
             }
+        }
+        // Every row handed out is either acknowledged soon or resent first
+        // after a reconnect.
+        for row in &rows {
+            let top = &mut self.handed[row.priority as usize];
+            *top = (*top).max(row.seq);
         }
         Ok(rows)
     }
@@ -312,7 +316,7 @@ impl Batcher {
         {
             self.live = None;
         } else {
-            self.handed = row.seq;
+            self.handed[row.priority as usize] = row.seq;
         }
     }
 
@@ -382,7 +386,10 @@ impl Batcher {
             // reused, and evicting the lowest-priority rows frees pages.
             let _ = self.outbox.checkpoint();
             let room = self.readings.len().max(self.flush_rows) as u64;
-            if let Ok(evicted) = self.outbox.make_room(room) {
+            if let Ok(evicted) = self.outbox.make_room(&self.acks, room, self.handed) {
+                for key in self.acks.drain(..) {
+                    self.acked.remove(&key);
+                }
                 self.note_evictions(&evicted);
             }
             result = self.try_commit(due);
@@ -417,6 +424,7 @@ impl Batcher {
                 acks: &self.acks,
                 refused: &self.refused,
                 dropped: &self.dropped,
+                in_flight: self.handed,
             },
             self.clock.stamp(),
         )?;
@@ -458,7 +466,7 @@ impl Batcher {
                 break;
             }
             let dropped = &mut self.dropped;
-            let handed = self.handed;
+            let handed = self.handed[priority as usize];
             self.readings.retain(|s| {
                 if excess > 0 && s.row.priority == priority && s.row.seq > handed {
                     excess -= 1;

@@ -12,6 +12,17 @@ use crate::reading::Priority;
 /// Readings dropped, per device.
 pub type Evicted = BTreeMap<String, u64>;
 
+/// Per priority, the highest seq handed to the uplink: rows up to it are
+/// on their way to the broker (or delivered and waiting for their delete),
+/// so the size limits and a full disk never evict them; their ack, or
+/// their resend after a reconnect, decides. Evicting them would count as
+/// lost a reading the broker then acknowledges. At most the uplink's
+/// window is held this way.
+pub type InFlight = [i64; 3];
+
+/// Nothing handed out: every row may be evicted.
+pub const NONE_IN_FLIGHT: InFlight = [0; 3];
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
     pub max_rows: Option<u64>,
@@ -95,6 +106,7 @@ pub fn enforce(
     limits: &Limits,
     now: Now,
     boot: i64,
+    in_flight: InFlight,
 ) -> rusqlite::Result<Evicted> {
     let mut evicted = Evicted::new();
     if let Some(age) = limits.max_age_ms {
@@ -102,6 +114,8 @@ pub fn enforce(
             wall_ms: now.wall_ms - age,
             mono: now.mono_ms.filter(|_| boot != 0).map(|m| (boot, m - age)),
         };
+        // Expired rows go even when handed out: an expired reading must
+        // not be resent after a reconnect.
         for priority in Priority::ALL {
             evict_older_than(conn, priority, cutoff, &mut evicted)?;
         }
@@ -124,7 +138,7 @@ pub fn enforce(
             0
         };
         let wanted = over_rows.max(for_bytes);
-        if evict_oldest(conn, wanted, &mut evicted)? == 0 {
+        if evict_oldest(conn, wanted, in_flight, &mut evicted)? == 0 {
             break;
         }
     }
@@ -132,11 +146,11 @@ pub fn enforce(
     Ok(evicted)
 }
 
-/// Drops up to `count` of the lowest-priority, oldest rows (to make room on
-/// a full disk); counted like any eviction.
-pub fn make_room(conn: &Connection, count: u64) -> rusqlite::Result<Evicted> {
+/// Drops up to `count` of the lowest-priority, oldest rows not in flight
+/// (to make room on a full disk); counted like any eviction.
+pub fn make_room(conn: &Connection, count: u64, in_flight: InFlight) -> rusqlite::Result<Evicted> {
     let mut evicted = Evicted::new();
-    evict_oldest(conn, count, &mut evicted)?;
+    evict_oldest(conn, count, in_flight, &mut evicted)?;
     record(conn, &evicted)?;
     Ok(evicted)
 }
@@ -154,12 +168,18 @@ pub fn record(conn: &Connection, evicted: &Evicted) -> rusqlite::Result<()> {
 }
 
 /// The lowest priority first: `low`, then `normal`, then `high`.
-fn evict_oldest(conn: &Connection, mut count: u64, evicted: &mut Evicted) -> rusqlite::Result<u64> {
+fn evict_oldest(
+    conn: &Connection,
+    mut count: u64,
+    in_flight: InFlight,
+    evicted: &mut Evicted,
+) -> rusqlite::Result<u64> {
     let mut total = 0;
     for priority in Priority::ALL.into_iter().rev() {
+        let after = in_flight[priority as usize];
         while count > 0 {
             let take = count.min(STEP as u64) as i64;
-            let n = evict_prefix(conn, priority, take, Cutoff::ANY_ROW, evicted)?;
+            let n = evict_prefix(conn, priority, after, take, Cutoff::ANY_ROW, evicted)?;
             total += n;
             count -= n;
             if (n as i64) < take {
@@ -178,26 +198,27 @@ fn evict_older_than(
     cutoff: Cutoff,
     evicted: &mut Evicted,
 ) -> rusqlite::Result<()> {
-    while evict_prefix(conn, priority, STEP, cutoff, evicted)? == STEP as u64 {}
+    while evict_prefix(conn, priority, 0, STEP, cutoff, evicted)? == STEP as u64 {}
     Ok(())
 }
 
-/// Deletes the first rows of `priority`, at most `take`, stopping at the
-/// first one not older than `cutoff`. Returns how many went.
+/// Deletes the first rows of `priority` after seq `after`, at most `take`,
+/// stopping at the first one not older than `cutoff`. Returns how many went.
 fn evict_prefix(
     conn: &Connection,
     priority: Priority,
+    after: i64,
     take: i64,
     cutoff: Cutoff,
     evicted: &mut Evicted,
 ) -> rusqlite::Result<u64> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, ts_ms, device, mono_ms, boot FROM outbox WHERE priority = ?1
-         ORDER BY seq LIMIT ?2",
+        "SELECT seq, ts_ms, device, mono_ms, boot FROM outbox WHERE priority = ?1 AND seq > ?2
+         ORDER BY seq LIMIT ?3",
     )?;
     let mut last = None;
     let mut n = 0;
-    let mut rows = stmt.query(params![priority as i64, take])?;
+    let mut rows = stmt.query(params![priority as i64, after, take])?;
     while let Some(row) = rows.next()? {
         let (seq, ts_ms): (i64, i64) = (row.get(0)?, row.get(1)?);
         if !cutoff.older(ts_ms, row.get(3)?, row.get(4)?) {
@@ -209,8 +230,8 @@ fn evict_prefix(
     }
     drop(rows);
     if let Some(last) = last {
-        conn.prepare_cached("DELETE FROM outbox WHERE priority = ?1 AND seq <= ?2")?
-            .execute(params![priority as i64, last])?;
+        conn.prepare_cached("DELETE FROM outbox WHERE priority = ?1 AND seq > ?2 AND seq <= ?3")?
+            .execute(params![priority as i64, after, last])?;
     }
     Ok(n)
 }

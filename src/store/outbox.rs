@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::limits::{self, Evicted, Limits, Now};
+use super::limits::{self, Evicted, InFlight, Limits, Now};
 use super::{StoreError, dead_letters, recover, schema};
 use crate::reading::{Priority, Qos};
 use crate::reading::{Quality, Reading};
@@ -125,6 +125,8 @@ pub struct Changes<'a> {
     pub refused: &'a [(RowKey, String)],
     /// Readings dropped from memory while the disk was full, per device.
     pub dropped: &'a Evicted,
+    /// What the limits must not evict.
+    pub in_flight: InFlight,
 }
 
 impl Default for Changes<'_> {
@@ -135,6 +137,7 @@ impl Default for Changes<'_> {
             acks: &[],
             refused: &[],
             dropped: &NONE,
+            in_flight: limits::NONE_IN_FLIGHT,
         }
     }
 }
@@ -283,6 +286,7 @@ impl Outbox {
             acks,
             refused,
             dropped,
+            in_flight,
         } = *changes;
         let tx = self.conn.transaction()?;
         let mut report = CommitReport::default();
@@ -316,7 +320,7 @@ impl Outbox {
             reserved = reserve(&tx, self.next_seq, self.reserved)?;
             dead_letters::bury(&tx, refused, now.wall_ms)?;
             limits::record(&tx, dropped)?;
-            report.evicted = limits::enforce(&tx, &self.limits, now, self.boot)?;
+            report.evicted = limits::enforce(&tx, &self.limits, now, self.boot, in_flight)?;
         }
         tx.commit()?;
         self.written += readings.len() as u64;
@@ -326,11 +330,25 @@ impl Outbox {
         Ok(report)
     }
 
-    /// Drops up to `count` of the lowest-priority, oldest rows in a
-    /// transaction of their own: room for a batch on a full disk.
-    pub fn make_room(&mut self, count: u64) -> Result<Evicted, StoreError> {
+    /// Room for a batch on a full disk, in a transaction of its own:
+    /// deletes the delivered rows `acks` (which a delivered reading must
+    /// leave before anything is evicted), then drops up to `count` of the
+    /// lowest-priority, oldest rows not in flight.
+    pub fn make_room(
+        &mut self,
+        acks: &[RowKey],
+        count: u64,
+        in_flight: InFlight,
+    ) -> Result<Evicted, StoreError> {
         let tx = self.conn.transaction()?;
-        let evicted = limits::make_room(&tx, count)?;
+        {
+            let mut delete =
+                tx.prepare_cached("DELETE FROM outbox WHERE priority = ?1 AND seq = ?2")?;
+            for key in acks {
+                delete.execute(params![key.priority as i64, key.seq])?;
+            }
+        }
+        let evicted = limits::make_room(&tx, count, in_flight)?;
         tx.commit()?;
         Ok(evicted)
     }
@@ -617,6 +635,41 @@ pub(super) mod tests {
             store.evictions().unwrap(),
             Evicted::from([("meter".into(), 2), ("weather".into(), 7)])
         );
+    }
+
+    /// Rows handed to the uplink are not evicted by the size limits: their
+    /// ack may be on its way, and a reading both delivered and counted as
+    /// lost would make the counts lie. The next rows go instead.
+    #[test]
+    fn max_rows_leaves_the_rows_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_rows: Some(3),
+            ..Limits::default()
+        };
+        let mut store = open(&dir, limits);
+        let low = |v: f64| reading("weather", Priority::Low, Qos::AtLeastOnce, v);
+        append(&mut store, &[low(0.0), low(1.0), low(2.0)]);
+        let first = seqs(&store.fetch(Priority::Low, 0, 10).unwrap());
+        let mut in_flight = [0; 3];
+        in_flight[Priority::Low as usize] = first[1];
+        let rows: Vec<Staged> = [low(3.0), low(4.0)]
+            .iter()
+            .map(|r| store.stage(r))
+            .collect();
+        let report = store
+            .commit(
+                &Changes {
+                    readings: &rows,
+                    in_flight,
+                    ..Changes::default()
+                },
+                1_700_000_000_000,
+            )
+            .unwrap();
+        assert_eq!(report.evicted, Evicted::from([("weather".into(), 2)]));
+        let left = seqs(&store.fetch(Priority::Low, 0, 10).unwrap());
+        assert_eq!(left, [first[0], first[1], rows[1].row.seq]);
     }
 
     #[test]

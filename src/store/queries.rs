@@ -105,13 +105,23 @@ mod tests {
             batch.push(reading("b", Priority::High, Qos::AtLeastOnce, i.into()));
         }
         append(&mut store, &batch);
+        let a = store.fetch(Priority::Normal, 0, 5).unwrap();
+        // a's first row is delivered, its second on its way: the delivered
+        // one is deleted uncounted, the one in flight stays, and the next
+        // two oldest are evicted.
+        let mut in_flight = [0; 3];
+        in_flight[Priority::Normal as usize] = a[1].seq;
         assert_eq!(
-            store.make_room(2).unwrap(),
+            store.make_room(&[a[0].key()], 2, in_flight).unwrap(),
             Evicted::from([("a".into(), 2)])
         );
+        assert_eq!(
+            seqs(&store.fetch(Priority::Normal, 0, 5).unwrap()),
+            [a[1].seq, a[4].seq]
+        );
         // Purge: by device and by age, not counted as evictions.
-        // a's rows taken at 2s and 3s; the one of 4s stays.
-        assert_eq!(store.purge(Some("a"), Some(4_000)).unwrap(), 2);
+        // a's row taken at 1s goes; the one of 4s stays.
+        assert_eq!(store.purge(Some("a"), Some(4_000)).unwrap(), 1);
         assert_eq!(store.purge(Some("b"), None).unwrap(), 5);
         assert_eq!(store.purge(None, None).unwrap(), 1);
         assert_eq!(store.totals().unwrap().rows, 0);
