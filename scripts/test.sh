@@ -43,4 +43,15 @@ if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.vers
     "$venv/bin/pip" install -q --disable-pip-version-check "amqtt==$amqtt_version"
 fi
 
+# pysparkplug, a Sparkplug host library that is not ours, decodes what
+# tests/sparkplug.rs captures.
+sparkplug_version=0.6.1
+venv=target/sparkplug-venv
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('pysparkplug') != '$sparkplug_version')" 2>/dev/null; then
+    echo "installing pysparkplug $sparkplug_version in $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "pysparkplug==$sparkplug_version"
+fi
+
 cargo test --all-targets --locked "$@"
