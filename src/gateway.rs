@@ -70,6 +70,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     let (info, info_rx) = watch::channel(info_of(&running));
     let (batches, batches_rx) = watch::channel(batches_of(&running));
     let (model, model_rx) = watch::channel(uplink::sparkplug::Model::of(&running));
+    let (rebirth_tx, rebirth_rx) = watch::channel(0);
     // Retained from an earlier run, `P/config/state` may name a remote
     // configuration dropped since (`config clear-remote`): say what runs.
     let (state, state_rx) = watch::channel(Some(state_of(&running, store.clock().now_ms())));
@@ -109,6 +110,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         state: state_rx,
         batches: batches_rx,
         model: model_rx,
+        rebirth: rebirth_rx,
     };
     // Commands and configurations come on a connection of their own, on a
     // session the broker keeps (see `uplink/downstream.rs`).
@@ -116,6 +118,8 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     let inbox = Inbox {
         commands: commands_tx,
         documents: received_tx,
+        rebirth: rebirth_tx,
+        model: gateway.model.subscribe(),
     };
     let downstream_task = tokio::spawn(uplink::run_downstream(
         uplink_settings.clone(),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::modbus_slave::{Slave, Tables};
-use common::sparkplug::{decode, metric, of};
+use common::sparkplug::{decode, host_command, metric, of};
 use common::*;
 use serde_json::Value;
 
@@ -90,12 +90,17 @@ fn data_is_declared_by_its_birth(decoded: &[Value]) -> usize {
     checked
 }
 
-/// One `seq` for all N and D messages but NDEATH: NBIRTH is 0, each next
+/// One `seq` for all N and D messages of the node but NDEATH: NBIRTH is 0, each next
 /// one adds 1, 255 is followed by 0. Returns how many times it wrapped.
 fn seq_is_continuous(decoded: &[Value]) -> usize {
     let mut wraps = 0;
     let mut last: Option<i64> = None;
-    for m in decoded.iter().filter(|m| m["type"] != "NDEATH") {
+    // What hosts send (NCMD, DCMD) has no seq of the node's; NDEATH none.
+    let numbered = ["NBIRTH", "DBIRTH", "NDATA", "DDATA", "DDEATH"];
+    for m in decoded
+        .iter()
+        .filter(|m| numbered.iter().any(|t| m["type"] == *t))
+    {
         let seq = int(&m["seq"]);
         if m["type"] == "NBIRTH" {
             assert_eq!(seq, 0, "NBIRTH has seq 0: {m}");
@@ -142,14 +147,22 @@ fn births_data_seq_and_device_deaths_as_a_sparkplug_host_reads_them() {
 
     let messages = sub.messages();
     for m in messages.iter().filter(|m| !m.topic.contains("/NDEATH/")) {
-        assert_eq!((m.qos, m.retain), (0, false), "QoS 0, not retained: {}", m.topic);
+        assert_eq!(
+            (m.qos, m.retain),
+            (0, false),
+            "QoS 0, not retained: {}",
+            m.topic
+        );
     }
     let decoded = decode(&messages);
     assert_eq!(decoded[0]["type"], "NBIRTH", "NBIRTH first: {}", decoded[0]);
     let nbirth = &decoded[0];
     assert_eq!(metric(nbirth, "bdSeq").unwrap()["datatype"], "INT64");
     let rebirth = metric(nbirth, "Node Control/Rebirth").unwrap();
-    assert_eq!((&rebirth["datatype"], &rebirth["value"]), (&"BOOLEAN".into(), &false.into()));
+    assert_eq!(
+        (&rebirth["datatype"], &rebirth["value"]),
+        (&"BOOLEAN".into(), &false.into())
+    );
 
     let wraps = seq_is_continuous(&decoded);
     assert!(wraps >= 1, "seq came round {wraps} times");
@@ -180,7 +193,10 @@ fn births_data_seq_and_device_deaths_as_a_sparkplug_host_reads_them() {
         assert_eq!(metric(win, name).unwrap()["datatype"], t, "{win}");
     }
     let summary = of(&decoded, "DDATA", Some("win"))[0];
-    assert!(int(&metric(summary, "v/count").unwrap()["value"]) >= 1, "{summary}");
+    assert!(
+        int(&metric(summary, "v/count").unwrap()["value"]) >= 1,
+        "{summary}"
+    );
 
     // DDEATH after the unit stopped, DBIRTH when it came back, in order.
     let meter_life: Vec<&str> = decoded
@@ -231,8 +247,14 @@ fn the_will_carries_the_births_bd_seq_and_a_backlog_comes_back_historical() {
 
     let decoded = decode(&sub.messages());
     let bd_seq = |m: &Value| int(&metric(m, "bdSeq").unwrap()["value"]);
-    let births: Vec<i64> = of(&decoded, "NBIRTH", None).into_iter().map(bd_seq).collect();
-    let deaths: Vec<i64> = of(&decoded, "NDEATH", None).into_iter().map(bd_seq).collect();
+    let births: Vec<i64> = of(&decoded, "NBIRTH", None)
+        .into_iter()
+        .map(bd_seq)
+        .collect();
+    let deaths: Vec<i64> = of(&decoded, "NDEATH", None)
+        .into_iter()
+        .map(bd_seq)
+        .collect();
     // The broker may say the first session's will too when it stops.
     assert_eq!(
         deaths.last(),
@@ -271,5 +293,101 @@ fn the_will_carries_the_births_bd_seq_and_a_backlog_comes_back_historical() {
     // Historical readings keep the time they were taken: in the outage.
     let outage_ts = int(&metric(after[0], "v").unwrap()["timestamp"]);
     let reborn = int(&decoded[second]["timestamp"]);
-    assert!(outage_ts < reborn - 500, "{outage_ts} taken before {reborn}");
+    assert!(
+        outage_ts < reborn - 500,
+        "{outage_ts} taken before {reborn}"
+    );
+}
+
+#[test]
+fn a_host_asks_for_a_rebirth_and_writes_a_modbus_point_by_name_and_by_alias() {
+    let broker = Broker::start();
+    let sub = Subscriber::connect(broker.port, "check-spb-cmd", ALL);
+    let mut slave = Slave::new([(1, Tables::default().holding(0, &[3]))]);
+    let port = slave.serve_tcp(0);
+    let meter = format!(
+        "  - name: meter\n    kind: modbus\n    tcp: {{ host: 127.0.0.1, port: {port} }}\n    poll: 200ms\n    points:\n      - {{ name: setpoint, register: holding, address: 0, type: i16, writable: true, min: -100, max: 100 }}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), broker.port, &meter);
+    let gw = Gateway::start(&config, dir.path());
+    let dbirth = topic("DBIRTH", Some("meter"));
+    wait(&sub, &gw, "DBIRTH", |m| count(m, &dbirth) >= 1);
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
+
+    // NCMD Node Control/Rebirth: NBIRTH and DBIRTH again, nothing between.
+    host_command(broker.port, &["rebirth", "plant", "gw"]);
+    let nbirth = topic("NBIRTH", None);
+    wait(&sub, &gw, "the rebirth", |m| {
+        count(m, &nbirth) >= 2 && count(m, &dbirth) >= 2
+    });
+    let holding = |slave: &Slave| slave.state().units[&1].holding.get(&0).copied();
+    // DCMD by name, with its datatype.
+    let dcmd = |by: &str, key: &str, datatype: &str, value: &str| {
+        let args = ["dcmd", "plant", "gw", "meter", by, key, datatype, value];
+        host_command(broker.port, &args);
+    };
+    dcmd("name", "setpoint", "INT16", "-7");
+    assert!(
+        poll_until(|| holding(&slave) == Some(0xfff9)),
+        "-7 written: {:?}\n{}",
+        holding(&slave),
+        gw.log()
+    );
+    let decoded = decode(&sub.messages());
+    let alias =
+        metric(of(&decoded, "DBIRTH", Some("meter"))[0], "setpoint").unwrap()["alias"].clone();
+    // By alias, without datatype: the DBIRTH's.
+    let alias = alias
+        .as_u64()
+        .unwrap_or_else(|| panic!("an alias: {decoded:?}"));
+    dcmd("alias", &alias.to_string(), "-", "9");
+    assert!(
+        poll_until(|| holding(&slave) == Some(9)),
+        "9 written: {:?}\n{}",
+        holding(&slave),
+        gw.log()
+    );
+    let ddata = topic("DDATA", Some("meter"));
+    let shows = |value: i64| {
+        let ddata = ddata.clone();
+        move |m: &[Message]| {
+            let data: Vec<Message> = m.iter().filter(|x| x.topic == ddata).cloned().collect();
+            decode(&data)
+                .iter()
+                .any(|d| metric(d, "setpoint").is_some_and(|x| x["value"] == value))
+        }
+    };
+    wait(&sub, &gw, "-7 in a DDATA", shows(-7));
+    wait(&sub, &gw, "9 in a DDATA", shows(9));
+
+    let decoded = decode(&sub.messages());
+    seq_is_continuous(&decoded);
+    data_is_declared_by_its_birth(&decoded);
+    // The rebirth: same bdSeq, and the DBIRTH straight after the NBIRTH.
+    let births: Vec<usize> = (decoded.iter().enumerate())
+        .filter(|(_, m)| m["type"] == "NBIRTH")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(births.len(), 2);
+    let bd_seq = |i: usize| metric(&decoded[i], "bdSeq").unwrap()["value"].clone();
+    assert_eq!(bd_seq(births[0]), bd_seq(births[1]));
+    assert_eq!(
+        decoded[births[1] + 1]["type"],
+        "DBIRTH",
+        "{}",
+        decoded[births[1] + 1]
+    );
+}
+
+/// Polls `done` for up to a minute.
+fn poll_until(done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + LONG;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }

@@ -10,8 +10,8 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, de::value::MapAccessDeserializer};
 
-use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
 use crate::config::modbus::ValueType;
+use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
 use crate::config::{BatchConfig, Bounded, DeviceSpec, Duration, PointShape, PointSpec};
 use crate::reading::{Name, Priority, Qos};
 

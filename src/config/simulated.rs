@@ -2,8 +2,8 @@
 
 use serde::Deserialize;
 
-use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
 use crate::config::modbus::ValueType;
+use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
 use crate::config::{
     BatchConfig, DeviceSpec, Duration, PointShape, PointSpec, duplicate_point_names,
 };
@@ -69,7 +69,8 @@ impl DeviceSpec for SimulatedDevice {
     }
 
     fn shapes(&self) -> Vec<PointShape> {
-        let shape = |p: &SimulatedPoint| PointShape::new(&p.name, ValueType::F64, p.aggregate.as_ref());
+        let shape =
+            |p: &SimulatedPoint| PointShape::new(&p.name, ValueType::F64, p.aggregate.as_ref());
         self.points.iter().map(shape).collect()
     }
 

@@ -19,8 +19,8 @@ mod queries;
 mod recover;
 mod remote_config;
 mod schema;
-mod times;
 mod sparkplug;
+mod times;
 
 use std::path::{Path, PathBuf};
 

@@ -15,11 +15,10 @@ impl Outbox {
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('spb_bdseq', 0)",
             [],
         )?;
-        let current: i64 = tx.query_row(
-            "SELECT value FROM meta WHERE key = 'spb_bdseq'",
-            [],
-            |r| r.get(0),
-        )?;
+        let current: i64 =
+            tx.query_row("SELECT value FROM meta WHERE key = 'spb_bdseq'", [], |r| {
+                r.get(0)
+            })?;
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'spb_bdseq'",
             params![(current + 1) % 256],

@@ -167,6 +167,8 @@ pub struct Channels {
     pub batches: watch::Receiver<HashMap<String, BatchConfig>>,
     /// The metrics Sparkplug births declare.
     pub model: watch::Receiver<sparkplug::Model>,
+    /// Sparkplug rebirths asked for by hosts (NCMD), counted.
+    pub rebirth: watch::Receiver<u64>,
 }
 
 /// Runs until `shutdown`: connect, drain, and reconnect with backoff,

@@ -13,8 +13,8 @@ use super::drain::{Candidate, Drain};
 use super::inflight::{Inflight, Mismatch, Tracked};
 use super::link::{self, BrokerRefusal, Event, MqttLink, SessionKind};
 use super::poison::{self, PoisonWatch};
-use super::throttle::Throttle;
 use super::sparkplug::{self, Node};
+use super::throttle::Throttle;
 use super::{Channels, LinkLog, Settings, UplinkError, credentials, payload, tls};
 use crate::config::{BatchConfig, BrokerUrl, Protocol};
 use crate::health::Health;
@@ -201,6 +201,12 @@ impl<'a> Session<'a> {
         let check = (keep_alive / 4).max(Duration::from_millis(100));
         let mut liveness = tokio::time::interval(check);
         let mut config_state = self.config.state.clone();
+        // Sparkplug: a new configuration or a host's NCMD means births again.
+        let mut model = self.config.model.clone();
+        let mut rebirth = self.config.rebirth.clone();
+        model.mark_unchanged();
+        rebirth.mark_unchanged();
+        let sparkplug = self.node.is_some();
         loop {
             self.refill().await?;
             let wake = self.next_wake();
@@ -231,6 +237,12 @@ impl<'a> Session<'a> {
                     if changed.is_ok() {
                         self.publish_config_state()?;
                     }
+                }
+                Ok(()) = model.changed(), if self.connected && sparkplug => {
+                    self.publish_births().await?;
+                }
+                Ok(()) = rebirth.changed(), if self.connected && sparkplug => {
+                    self.publish_births().await?;
                 }
                 _ = liveness.tick(), if self.connected && !keep_alive.is_zero() => {
                     let silent = self.last_heard.elapsed();
@@ -587,7 +599,8 @@ impl<'a> Session<'a> {
         if let Some(node) = self.node.as_deref_mut() {
             node.set_model(self.config.model.borrow().clone());
             let births = node.births(now_ms, crate::VERSION, rows, &offline);
-            self.controls.extend(births.into_iter().map(Control::Sparkplug));
+            self.controls
+                .extend(births.into_iter().map(Control::Sparkplug));
         }
         self.send_controls()
     }

@@ -47,7 +47,10 @@ pub fn decode(messages: &[Message]) -> Vec<Value> {
     // A thread writes while this one reads: a large capture fills both pipes.
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().expect("run the decoder");
-    writer.join().expect("writer").expect("write to the decoder");
+    writer
+        .join()
+        .expect("writer")
+        .expect("write to the decoder");
     assert!(
         out.status.success(),
         "pysparkplug could not decode what the gateway sent: {}",
@@ -73,4 +76,21 @@ pub fn of<'a>(decoded: &'a [Value], kind: &str, device: Option<&str>) -> Vec<&'a
         .iter()
         .filter(|m| m["type"] == kind && m["device"].as_str() == device)
         .collect()
+}
+
+/// Sends what a host sends, encoded by pysparkplug: `args` after the port
+/// as `tests/sparkplug/command.py` takes them.
+pub fn host_command(port: u16, args: &[&str]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sparkplug/command.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("run the host command");
+    assert!(
+        out.status.success(),
+        "the host command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

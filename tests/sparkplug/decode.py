@@ -19,6 +19,7 @@ def metric(m):
         value = value.hex()
     return {
         "name": m.name,
+        "alias": m.alias,
         "datatype": m.datatype.name,
         "value": value,
         "timestamp": m.timestamp,

@@ -30,6 +30,34 @@ impl Model {
             .collect();
         Model { devices }
     }
+
+    /// The alias births give a declared metric: its place among all the
+    /// node's declared metrics, in device and name order, from 1. The
+    /// same configuration gives the same aliases.
+    pub fn alias_of(&self, device: &str, name: &str) -> Option<u64> {
+        let mut alias = 1;
+        for (d, metrics) in &self.devices {
+            if d == device {
+                let at = metrics.keys().position(|n| n == name)?;
+                return Some(alias + at as u64);
+            }
+            alias += metrics.len() as u64;
+        }
+        None
+    }
+
+    /// The metric of `device` that `alias` stands for.
+    pub fn name_of(&self, device: &str, alias: u64) -> Option<String> {
+        let mut first = 1;
+        for (d, metrics) in &self.devices {
+            if d == device {
+                let at = usize::try_from(alias.checked_sub(first)?).ok()?;
+                return metrics.keys().nth(at).cloned();
+            }
+            first += metrics.len() as u64;
+        }
+        None
+    }
 }
 
 /// A point summarised in windows is one metric per function
@@ -135,6 +163,38 @@ pub fn encode(datatype: DataType, value: &Value) -> Option<metric::Value> {
     })
 }
 
+/// A value from a host as JSON, read as `datatype` says (signed integers
+/// are their two's complement in their width), or as its field says.
+pub fn decode(datatype: Option<DataType>, value: &metric::Value) -> Value {
+    use metric::Value as V;
+    let signed = |v: u64, bits: u32| -> i64 {
+        let v = i128::from(v) & ((1i128 << bits) - 1);
+        let half = 1i128 << (bits - 1);
+        (if v >= half { v - (half << 1) } else { v }) as i64
+    };
+    // A host may put any integer in either field (pysparkplug sends an
+    // untyped one as a 64-bit long): its datatype says how wide it is.
+    let whole = match value {
+        V::IntValue(v) => Some(u64::from(*v)),
+        V::LongValue(v) => Some(*v),
+        _ => None,
+    };
+    match (whole, datatype) {
+        (Some(v), Some(DataType::Int8)) => signed(v, 8).into(),
+        (Some(v), Some(DataType::Int16)) => signed(v, 16).into(),
+        (Some(v), Some(DataType::Int32)) => signed(v, 32).into(),
+        (Some(v), Some(DataType::Int64)) => signed(v, 64).into(),
+        (Some(v), _) => v.into(),
+        (None, _) => match value {
+            V::FloatValue(v) => f64::from(*v).into(),
+            V::DoubleValue(v) => (*v).into(),
+            V::BooleanValue(v) => (*v).into(),
+            V::StringValue(v) => v.clone().into(),
+            _ => Value::Null,
+        },
+    }
+}
+
 /// A metric with its name, datatype and timestamp, and its value (or
 /// `is_null`).
 pub fn metric(name: &str, datatype: DataType, ts_ms: i64, value: Option<metric::Value>) -> Metric {
@@ -168,14 +228,64 @@ mod tests {
             encode(DataType::UInt32, &json!(4_000_000_000u64)),
             Some(V::IntValue(4_000_000_000))
         );
-        assert_eq!(encode(DataType::UInt16, &json!(12.0)), Some(V::IntValue(12)));
+        assert_eq!(
+            encode(DataType::UInt16, &json!(12.0)),
+            Some(V::IntValue(12))
+        );
         assert_eq!(encode(DataType::UInt16, &json!(70_000)), None);
         assert_eq!(encode(DataType::UInt16, &json!(-1)), None);
         assert_eq!(encode(DataType::UInt16, &json!(1.5)), None);
         assert_eq!(encode(DataType::Double, &json!("x")), None);
-        assert_eq!(encode(DataType::Double, &json!(3)), Some(V::DoubleValue(3.0)));
-        assert_eq!(encode(DataType::Boolean, &json!(true)), Some(V::BooleanValue(true)));
+        assert_eq!(
+            encode(DataType::Double, &json!(3)),
+            Some(V::DoubleValue(3.0))
+        );
+        assert_eq!(
+            encode(DataType::Boolean, &json!(true)),
+            Some(V::BooleanValue(true))
+        );
         assert_eq!(encode(DataType::String, &json!(1)), None);
+    }
+
+    #[test]
+    fn host_values_are_read_as_their_datatype_says() {
+        assert_eq!(
+            decode(Some(DataType::Int16), &V::IntValue(65_531)),
+            json!(-5)
+        );
+        assert_eq!(
+            decode(Some(DataType::Int64), &V::LongValue(u64::MAX)),
+            json!(-1)
+        );
+        assert_eq!(
+            decode(Some(DataType::UInt32), &V::IntValue(4_000_000_000)),
+            json!(4_000_000_000u64)
+        );
+        assert_eq!(decode(None, &V::DoubleValue(2.5)), json!(2.5));
+        // An untyped -7 as pysparkplug sends it, for an Int16 metric.
+        assert_eq!(
+            decode(Some(DataType::Int16), &V::LongValue(-7i64 as u64)),
+            json!(-7)
+        );
+    }
+
+    #[test]
+    fn aliases_number_the_declared_metrics_in_order() {
+        let mut model = Model::default();
+        model
+            .devices
+            .insert("b".into(), [("x".into(), DataType::Double)].into());
+        let a = [
+            ("p".into(), DataType::Double),
+            ("q".into(), DataType::Boolean),
+        ];
+        model.devices.insert("a".into(), a.into());
+        assert_eq!(model.alias_of("a", "q"), Some(2));
+        assert_eq!(model.alias_of("b", "x"), Some(3));
+        assert_eq!(model.alias_of("b", "y"), None);
+        assert_eq!(model.name_of("b", 3).as_deref(), Some("x"));
+        assert_eq!(model.name_of("b", 2), None);
+        assert_eq!(model.name_of("a", 0), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! `session.rs`; readings stored before the connection came up are sent
 //! with `is_historical`.
 
+mod command;
 mod metric;
 #[allow(clippy::all, missing_docs)]
 mod proto;
@@ -21,8 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message as _;
 
-pub use metric::Model;
+pub use command::{Refused, Request, request};
 use metric::Metrics;
+pub use metric::Model;
 use proto::DataType;
 use proto::payload::Metric;
 use proto::payload::metric::Value;
@@ -60,6 +62,32 @@ impl Settings {
                 .map_or_else(|| config.gateway.id.to_string(), |e| e.as_str().to_owned()),
             qos: section.qos.0,
         })
+    }
+}
+
+impl Settings {
+    /// The NCMD topic (`device` false) or every DCMD topic of this node.
+    pub fn commands_filter(&self, device: bool) -> String {
+        let Settings {
+            group_id,
+            edge_node,
+            ..
+        } = self;
+        match device {
+            false => format!("spBv1.0/{group_id}/NCMD/{edge_node}"),
+            true => format!("spBv1.0/{group_id}/DCMD/{edge_node}/+"),
+        }
+    }
+
+    /// For an NCMD topic of this node `Some(None)`, for a DCMD one
+    /// `Some(Some(device))`; `None` for any other topic.
+    pub fn command_target(&self, topic: &str) -> Option<Option<String>> {
+        if topic == self.commands_filter(false) {
+            return Some(None);
+        }
+        let prefix = self.commands_filter(true);
+        let device = topic.strip_prefix(prefix.strip_suffix('+')?)?;
+        (!device.is_empty() && !device.contains('/')).then(|| Some(device.to_owned()))
     }
 }
 
@@ -150,7 +178,12 @@ impl Node {
         self.seq = 0;
         let metrics = vec![
             metric::metric(BD_SEQ, DataType::Int64, now_ms, Some(bd_value(self.bd_seq))),
-            metric::metric(REBIRTH, DataType::Boolean, now_ms, Some(Value::BooleanValue(false))),
+            metric::metric(
+                REBIRTH,
+                DataType::Boolean,
+                now_ms,
+                Some(Value::BooleanValue(false)),
+            ),
             metric::metric(
                 "Properties/Version",
                 DataType::String,
@@ -191,7 +224,9 @@ impl Node {
                     Some((v, ts)) => (Some(v.clone()), *ts),
                     None => (None, now_ms),
                 };
-                metric::metric(name, *t, ts, value)
+                let mut m = metric::metric(name, *t, ts, value);
+                m.alias = self.model.alias_of(device, name);
+                m
             })
             .collect();
         self.born.insert(device.to_owned(), declared);
