@@ -71,6 +71,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     let (batches, batches_rx) = watch::channel(batches_of(&running));
     let (model, model_rx) = watch::channel(uplink::sparkplug::Model::of(&running));
     let (rebirth_tx, rebirth_rx) = watch::channel(0);
+    let (host_tx, host_rx) = watch::channel(None);
     // Retained from an earlier run, `P/config/state` may name a remote
     // configuration dropped since (`config clear-remote`): say what runs.
     let (state, state_rx) = watch::channel(Some(state_of(&running, store.clock().now_ms())));
@@ -111,6 +112,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         batches: batches_rx,
         model: model_rx,
         rebirth: rebirth_rx,
+        host: host_rx,
     };
     // Commands and configurations come on a connection of their own, on a
     // session the broker keeps (see `uplink/downstream.rs`).
@@ -119,6 +121,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         commands: commands_tx,
         documents: received_tx,
         rebirth: rebirth_tx,
+        host: host_tx,
         model: gateway.model.subscribe(),
     };
     let downstream_task = tokio::spawn(uplink::run_downstream(

@@ -235,8 +235,21 @@ fn the_will_carries_the_births_bd_seq_and_a_backlog_comes_back_historical() {
     broker.restart();
     let nbirth = topic("NBIRTH", None);
     wait(&sub, &gw, "a second NBIRTH and data", |m| {
-        count(m, &nbirth) >= 2 && count(m, &ddata) >= before + 20
+        count(m, &nbirth) >= 2 && count(m, &ddata) > before
     });
+    // Until live data follows the backlog (decoded twice a second).
+    let live =
+        |m: &Value| m["type"] == "DDATA" && metric(m, "v").unwrap()["is_historical"] == false;
+    let live_again = poll_until(|| {
+        std::thread::sleep(Duration::from_millis(500));
+        let decoded = decode(&sub.messages());
+        let second = (decoded.iter().enumerate())
+            .filter(|(_, m)| m["type"] == "NBIRTH")
+            .nth(1)
+            .map_or(decoded.len(), |(i, _)| i);
+        decoded[second..].iter().filter(|m| live(m)).count() >= 3
+    });
+    assert!(live_again, "no live data after the backlog\n{}", gw.log());
     // kill -9: the broker publishes the will.
     gw.kill9();
     let ndeath = topic("NDEATH", None);
@@ -271,24 +284,24 @@ fn the_will_carries_the_births_bd_seq_and_a_backlog_comes_back_historical() {
 
     // After the second NBIRTH, the readings of the outage come first,
     // marked historical; live ones follow, not marked.
-    let second = decoded
-        .iter()
-        .enumerate()
+    // The second session: from its NBIRTH to the next one (the broker may
+    // replay the first session's will in between).
+    let sessions: Vec<usize> = (decoded.iter().enumerate())
         .filter(|(_, m)| m["type"] == "NBIRTH")
         .map(|(i, _)| i)
-        .nth(1)
-        .unwrap();
-    let after: Vec<&Value> = decoded[second..]
+        .collect();
+    let second = sessions[1];
+    let after: Vec<&Value> = decoded[second..sessions[2]]
         .iter()
-        .take_while(|m| m["type"] != "NDEATH")
         .filter(|m| m["type"] == "DDATA")
         .collect();
     let historical = |m: &Value| metric(m, "v").unwrap()["is_historical"] == true;
     let backlog = after.iter().take_while(|m| historical(m)).count();
     assert!(backlog >= 5, "{backlog} historical DDATA after the outage");
+    let kinds: Vec<bool> = after.iter().map(|m| historical(m)).collect();
     assert!(
         after[backlog..].iter().all(|m| !historical(m)) && after.len() > backlog,
-        "live data after the backlog"
+        "live data after the backlog: historical or not, in order: {kinds:?}"
     );
     // Historical readings keep the time they were taken: in the outage.
     let outage_ts = int(&metric(after[0], "v").unwrap()["timestamp"]);
@@ -390,4 +403,83 @@ fn poll_until(done: impl Fn() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// The primary host's retained STATE, as a host publishes it.
+fn host_state(port: u16, online: bool, timestamp: u64) {
+    let payload = format!(r#"{{"online":{online},"timestamp":{timestamp}}}"#);
+    let status = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-r"])
+        .args(["-t", "spBv1.0/STATE/scada", "-m", &payload])
+        .status()
+        .expect("run mosquitto_pub");
+    assert!(status.success(), "mosquitto_pub failed");
+}
+
+#[test]
+fn with_a_primary_host_the_node_is_born_only_while_the_host_is_online() {
+    let broker = Broker::start();
+    let sub = Subscriber::connect(broker.port, "check-spb-host", ALL);
+    let dir = tempfile::tempdir().unwrap();
+    let devices = sim_device("pump", "100ms", 1_000_000, "")
+        + "sparkplug:\n  group_id: plant\n  primary_host: scada\n";
+    let config = write_config(dir.path(), broker.port, "  format: sparkplug\n", &devices);
+    let gw = Gateway::start(&config, dir.path());
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
+    std::thread::sleep(Duration::from_secs(1));
+    let node_messages = |m: &[Message]| -> usize {
+        m.iter()
+            .filter(|x| x.topic.starts_with("spBv1.0/plant/"))
+            .count()
+    };
+    assert_eq!(
+        node_messages(&sub.messages()),
+        0,
+        "nothing before the host is online"
+    );
+
+    let nbirth = topic("NBIRTH", None);
+    let ndeath = topic("NDEATH", None);
+    let ddata = topic("DDATA", Some("pump"));
+    host_state(broker.port, true, 1_000);
+    wait(&sub, &gw, "NBIRTH and data", |m| {
+        count(m, &nbirth) == 1 && count(m, &ddata) >= 3
+    });
+    // Offline: NDEATH from the node itself, then silence.
+    host_state(broker.port, false, 2_000);
+    wait(&sub, &gw, "NDEATH", |m| count(m, &ndeath) == 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let at_death = node_messages(&sub.messages());
+    // A stale STATE (older than the last) changes nothing.
+    host_state(broker.port, true, 1_500);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        node_messages(&sub.messages()),
+        at_death,
+        "silent while the host is offline"
+    );
+    host_state(broker.port, true, 3_000);
+    wait(&sub, &gw, "NBIRTH again", |m| {
+        count(m, &nbirth) == 2 && count(m, &ddata) >= 6
+    });
+
+    let decoded = decode(&sub.messages());
+    seq_is_continuous(&decoded);
+    data_is_declared_by_its_birth(&decoded);
+    let bd_seq = |m: &Value| int(&metric(m, "bdSeq").unwrap()["value"]);
+    let births: Vec<i64> = of(&decoded, "NBIRTH", None)
+        .into_iter()
+        .map(bd_seq)
+        .collect();
+    let deaths: Vec<i64> = of(&decoded, "NDEATH", None)
+        .into_iter()
+        .map(bd_seq)
+        .collect();
+    assert_eq!(deaths, [births[0]], "births {births:?}");
+    assert!(births[1] > births[0], "a new connection: {births:?}");
+    // Nothing of the node's between its NDEATH and its next NBIRTH.
+    let node: Vec<&Value> = decoded.iter().filter(|m| m["group"] == "plant").collect();
+    let death = node.iter().position(|m| m["type"] == "NDEATH").unwrap();
+    let next = node[death + 1];
+    assert_eq!(next["type"], "NBIRTH", "{next}");
 }

@@ -78,6 +78,9 @@ pub struct Inbox {
     pub rebirth: watch::Sender<u64>,
     /// Sparkplug: the declared metrics, whose aliases a DCMD may use.
     pub model: watch::Receiver<sparkplug::Model>,
+    /// Sparkplug: whether the primary host says it is online (`None`:
+    /// not heard yet).
+    pub host: watch::Sender<Option<bool>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +189,8 @@ struct Connection<'a> {
     connected_at: Option<Instant>,
     /// The broker has acknowledged the subscriptions.
     subscribed: bool,
+    /// The timestamp of the newest primary host STATE seen.
+    host_seen: u64,
     /// Whether the CONNACK said the broker still had our session.
     resumed: bool,
     /// Commands handed over, acknowledged once journaled; at most
@@ -205,6 +210,7 @@ impl<'a> Connection<'a> {
             link: None,
             connected_at: None,
             subscribed: false,
+            host_seen: 0,
             resumed: false,
             journaling: FuturesUnordered::new(),
             unacked: VecDeque::new(),
@@ -310,6 +316,9 @@ impl<'a> Connection<'a> {
                 if let Some(spb) = &self.settings.sparkplug {
                     client.try_subscribe(spb.commands_filter(false), Qos::AtMostOnce)?;
                     client.try_subscribe(spb.commands_filter(true), Qos::AtMostOnce)?;
+                    if let Some(state) = spb.state_topic() {
+                        client.try_subscribe(state, Qos::AtLeastOnce)?;
+                    }
                 }
             }
             Event::SubAck(_, true) => {
@@ -378,6 +387,11 @@ impl<'a> Connection<'a> {
             }));
             return Ok(());
         }
+        let state = (self.settings.sparkplug.as_ref()).and_then(|s| s.state_topic());
+        if state.as_deref() == Some(message.topic.as_str()) {
+            self.host_state(&message.payload);
+            return self.ack(message);
+        }
         if let Some(target) =
             (self.settings.sparkplug.as_ref()).and_then(|spb| spb.command_target(&message.topic))
         {
@@ -407,6 +421,27 @@ impl<'a> Connection<'a> {
             tracing::warn!("ignored a message on {}", message.topic);
         }
         self.ack(message)
+    }
+
+    /// The primary host's STATE, `{"online": bool, "timestamp": ms}`: an
+    /// older one than the last seen is stale (Sparkplug 3.0) and ignored.
+    fn host_state(&mut self, payload: &[u8]) {
+        let Some((online, timestamp)) = sparkplug::host_state(payload) else {
+            tracing::warn!(
+                "Sparkplug: ignored a STATE that is not {{\"online\":…,\"timestamp\":…}}: {:?}",
+                String::from_utf8_lossy(payload)
+            );
+            return;
+        };
+        if timestamp < self.host_seen {
+            return;
+        }
+        self.host_seen = timestamp;
+        tracing::info!(
+            "Sparkplug: the primary host is {}",
+            if online { "online" } else { "offline" }
+        );
+        self.inbox.host.send_replace(Some(online));
     }
 
     /// An NCMD (`device` `None`) or a DCMD: a rebirth for the telemetry

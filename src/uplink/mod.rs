@@ -143,6 +143,8 @@ enum UplinkError {
     Silent(Duration),
     #[error("reconnecting to reclaim packet ids held by refused QoS 2 messages")]
     Leaked,
+    #[error("the Sparkplug primary host went offline: NDEATH sent, connecting again")]
+    HostOffline,
 }
 
 /// A command received on `P/commands`, for the gateway to journal and run.
@@ -169,6 +171,8 @@ pub struct Channels {
     pub model: watch::Receiver<sparkplug::Model>,
     /// Sparkplug rebirths asked for by hosts (NCMD), counted.
     pub rebirth: watch::Receiver<u64>,
+    /// Sparkplug: whether the primary host is online (`None`: not heard).
+    pub host: watch::Receiver<Option<bool>>,
 }
 
 /// Runs until `shutdown`: connect, drain, and reconnect with backoff,

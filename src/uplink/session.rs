@@ -204,8 +204,10 @@ impl<'a> Session<'a> {
         // Sparkplug: a new configuration or a host's NCMD means births again.
         let mut model = self.config.model.clone();
         let mut rebirth = self.config.rebirth.clone();
+        let mut host = self.config.host.clone();
         model.mark_unchanged();
         rebirth.mark_unchanged();
+        host.mark_unchanged();
         let sparkplug = self.node.is_some();
         loop {
             self.refill().await?;
@@ -243,6 +245,14 @@ impl<'a> Session<'a> {
                 }
                 Ok(()) = rebirth.changed(), if self.connected && sparkplug => {
                     self.publish_births().await?;
+                }
+                Ok(()) = host.changed(), if self.connected && sparkplug => {
+                    let alive = self.node.as_ref().is_some_and(|n| n.alive());
+                    match (self.host_online(), alive) {
+                        (true, false) => self.publish_births().await?,
+                        (false, true) => return self.die().await,
+                        _ => {}
+                    }
                 }
                 _ = liveness.tick(), if self.connected && !keep_alive.is_zero() => {
                     let silent = self.last_heard.elapsed();
@@ -475,7 +485,10 @@ impl<'a> Session<'a> {
 
     fn publish_ready(&mut self, now: Instant) -> Result<(), UplinkError> {
         self.send_controls()?;
-        if !self.controls.is_empty() {
+        // Sparkplug: no data before NBIRTH (the primary host may not be
+        // online yet); the rows wait in the store.
+        let unborn = self.node.as_ref().is_some_and(|n| !n.alive());
+        if !self.controls.is_empty() || unborn {
             return Ok(());
         }
         while self.flight.outstanding() < self.window() && !self.ready.is_empty() {
@@ -585,9 +598,41 @@ impl<'a> Session<'a> {
         self.send_controls()
     }
 
+    /// Whether births may go out: there is no primary host, or it said
+    /// it is online.
+    fn host_online(&self) -> bool {
+        let primary = (self.settings.sparkplug.as_ref()).is_some_and(|s| s.primary_host.is_some());
+        !primary || *self.config.host.borrow() == Some(true)
+    }
+
+    /// The primary host went offline: NDEATH, and a clean disconnect, as
+    /// Sparkplug 3.0 says; the next connection waits for it to be online.
+    async fn die(&mut self) -> Result<(), UplinkError> {
+        if let Some(node) = self.node.as_deref_mut() {
+            node.dead();
+        }
+        if let Some(death) = self.death.clone() {
+            self.controls.push_back(Control::Sparkplug(death));
+        }
+        self.send_controls()?;
+        self.client()?.try_disconnect()?;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while let Some(link) = self.link.as_mut() {
+            match tokio::time::timeout_at(deadline, link.events.recv()).await {
+                Ok(Some(Ok(Event::Disconnecting))) | Ok(None) | Err(_) => break,
+                Ok(Some(Ok(event))) => {
+                    self.handle(event).await?;
+                }
+                Ok(Some(Err(e))) => return Err(e.into()),
+            }
+        }
+        self.report().await?;
+        Err(UplinkError::HostOffline)
+    }
+
     /// NBIRTH and the DBIRTHs, first on every connection.
     async fn publish_births(&mut self) -> Result<(), UplinkError> {
-        if self.node.is_none() {
+        if self.node.is_none() || !self.host_online() {
             return Ok(());
         }
         let offline = (self.store.availability().await?.into_iter())
@@ -958,9 +1003,10 @@ impl<'a> Session<'a> {
                 self.refill().await?;
             }
             self.send_controls()?;
+            // Sparkplug before NBIRTH: the rows wait for the next start.
+            let unborn = self.node.as_ref().is_some_and(|n| !n.alive());
             if self.flight.outstanding() == 0
-                && self.caught_up
-                && self.ready.is_empty()
+                && ((self.caught_up && self.ready.is_empty()) || unborn)
                 && self.controls.is_empty()
             {
                 if !offline_sent {

@@ -69,6 +69,12 @@ pub fn request(device: Option<&str>, payload: &[u8], model: &Model) -> Result<Re
     Ok(Request::Commands(commands))
 }
 
+/// A primary host's STATE payload: whether it is online, and when it said so.
+pub fn host_state(payload: &[u8]) -> Option<(bool, u64)> {
+    let state: Json = serde_json::from_slice(payload).ok()?;
+    Some((state["online"].as_bool()?, state["timestamp"].as_u64()?))
+}
+
 /// A metric's value as JSON, read as its datatype says (a signed integer
 /// in its two's complement), or as its field says when no datatype is known.
 fn value_of(m: &Metric, datatype: Option<DataType>) -> Option<Json> {

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message as _;
 
-pub use command::{Refused, Request, request};
+pub use command::{Refused, Request, host_state, request};
 use metric::Metrics;
 pub use metric::Model;
 use proto::DataType;
@@ -48,6 +48,8 @@ pub struct Settings {
     pub edge_node: String,
     /// QoS of births, data and DDEATH.
     pub qos: Qos,
+    /// The primary host application whose STATE gates the births.
+    pub primary_host: Option<String>,
 }
 
 impl Settings {
@@ -61,6 +63,7 @@ impl Settings {
                 .as_ref()
                 .map_or_else(|| config.gateway.id.to_string(), |e| e.as_str().to_owned()),
             qos: section.qos.0,
+            primary_host: (section.primary_host.as_ref()).map(|h| h.as_str().to_owned()),
         })
     }
 }
@@ -77,6 +80,12 @@ impl Settings {
             false => format!("spBv1.0/{group_id}/NCMD/{edge_node}"),
             true => format!("spBv1.0/{group_id}/DCMD/{edge_node}/+"),
         }
+    }
+
+    /// The primary host's retained STATE topic, if there is one.
+    pub fn state_topic(&self) -> Option<String> {
+        let host = self.primary_host.as_ref()?;
+        Some(format!("spBv1.0/STATE/{host}"))
     }
 
     /// For an NCMD topic of this node `Some(None)`, for a DCMD one
@@ -113,6 +122,8 @@ pub struct Node {
     last: BTreeMap<String, BTreeMap<String, (Value, i64)>>,
     /// The `seq` of the next message.
     seq: u8,
+    /// NBIRTH went out on this connection: data may follow.
+    alive: bool,
     bd_seq: i64,
 }
 
@@ -125,6 +136,7 @@ impl Node {
             learned: BTreeMap::new(),
             last: BTreeMap::new(),
             seq: 0,
+            alive: false,
             bd_seq: 0,
         }
     }
@@ -158,6 +170,7 @@ impl Node {
     /// NBIRTH of that connection carries the same number.
     pub fn will(&mut self, bd_seq: i64, now_ms: i64) -> Message {
         self.bd_seq = bd_seq;
+        self.alive = false;
         let bd = metric::metric(BD_SEQ, DataType::Int64, now_ms, Some(bd_value(bd_seq)));
         Message {
             topic: self.topic("NDEATH", None),
@@ -176,6 +189,7 @@ impl Node {
     ) -> Vec<Message> {
         self.born.clear();
         self.seq = 0;
+        self.alive = true;
         let metrics = vec![
             metric::metric(BD_SEQ, DataType::Int64, now_ms, Some(bd_value(self.bd_seq))),
             metric::metric(
@@ -234,6 +248,18 @@ impl Node {
             topic: self.topic("DBIRTH", Some(device)),
             payload: encode(now_ms, Some(self.next_seq()), metrics),
         }
+    }
+
+    /// Whether NBIRTH went out on this connection (and no NDEATH since).
+    pub fn alive(&self) -> bool {
+        self.alive
+    }
+
+    /// The node dies on purpose (its primary host went offline): nothing
+    /// more until the next births.
+    pub fn dead(&mut self) {
+        self.alive = false;
+        self.born.clear();
     }
 
     pub fn is_born(&self, device: &str) -> bool {
