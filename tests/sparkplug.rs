@@ -45,6 +45,14 @@ fn config(dir: &std::path::Path, port: u16, devices: &str) -> std::path::PathBuf
     write_config(dir, port, "  format: sparkplug\n", &devices)
 }
 
+/// Where the decoded messages of `kind` are.
+fn positions(decoded: &[Value], kind: &str) -> Vec<usize> {
+    (decoded.iter().enumerate())
+        .filter(|(_, m)| m["type"] == kind)
+        .map(|(i, _)| i)
+        .collect()
+}
+
 fn int(v: &Value) -> i64 {
     v.as_i64().unwrap_or_else(|| panic!("not an integer: {v}"))
 }
@@ -243,10 +251,8 @@ fn the_will_carries_the_births_bd_seq_and_a_backlog_comes_back_historical() {
     let live_again = poll_until(|| {
         std::thread::sleep(Duration::from_millis(500));
         let decoded = decode(&sub.messages());
-        let second = (decoded.iter().enumerate())
-            .filter(|(_, m)| m["type"] == "NBIRTH")
-            .nth(1)
-            .map_or(decoded.len(), |(i, _)| i);
+        let second = positions(&decoded, "NBIRTH").get(1).copied();
+        let second = second.unwrap_or(decoded.len());
         decoded[second..].iter().filter(|m| live(m)).count() >= 3
     });
     assert!(live_again, "no live data after the backlog\n{}", gw.log());
@@ -286,10 +292,7 @@ fn the_will_carries_the_births_bd_seq_and_a_backlog_comes_back_historical() {
     // marked historical; live ones follow, not marked.
     // The second session: from its NBIRTH to the next one (the broker may
     // replay the first session's will in between).
-    let sessions: Vec<usize> = (decoded.iter().enumerate())
-        .filter(|(_, m)| m["type"] == "NBIRTH")
-        .map(|(i, _)| i)
-        .collect();
+    let sessions = positions(&decoded, "NBIRTH");
     let second = sessions[1];
     let after: Vec<&Value> = decoded[second..sessions[2]]
         .iter()
@@ -323,6 +326,7 @@ fn a_host_asks_for_a_rebirth_and_writes_a_modbus_point_by_name_and_by_alias() {
     );
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), broker.port, &meter);
+    let answers = Subscriber::connect(broker.port, "check-spb-answers", "fieldgate/gw/responses");
     let gw = Gateway::start(&config, dir.path());
     let dbirth = topic("DBIRTH", Some("meter"));
     wait(&sub, &gw, "DBIRTH", |m| count(m, &dbirth) >= 1);
@@ -373,15 +377,24 @@ fn a_host_asks_for_a_rebirth_and_writes_a_modbus_point_by_name_and_by_alias() {
     };
     wait(&sub, &gw, "-7 in a DDATA", shows(-7));
     wait(&sub, &gw, "9 in a DDATA", shows(9));
+    // Out of the point's range: refused by the commands path, answered
+    // on `P/responses`, nothing written.
+    dcmd("name", "setpoint", "INT16", "500");
+    let rejected = |m: &[Message]| {
+        m.iter().any(|x| {
+            x.topic == "fieldgate/gw/responses"
+                && x.json()["status"] == "rejected"
+                && x.json()["id"].as_str().is_some_and(|id| id.starts_with("spb-meter-"))
+        })
+    };
+    wait(&answers, &gw, "the refusal on P/responses", rejected);
+    assert_eq!(holding(&slave), Some(9), "nothing written");
 
     let decoded = decode(&sub.messages());
     seq_is_continuous(&decoded);
     data_is_declared_by_its_birth(&decoded);
     // The rebirth: same bdSeq, and the DBIRTH straight after the NBIRTH.
-    let births: Vec<usize> = (decoded.iter().enumerate())
-        .filter(|(_, m)| m["type"] == "NBIRTH")
-        .map(|(i, _)| i)
-        .collect();
+    let births = positions(&decoded, "NBIRTH");
     assert_eq!(births.len(), 2);
     let bd_seq = |i: usize| metric(&decoded[i], "bdSeq").unwrap()["value"].clone();
     assert_eq!(bd_seq(births[0]), bd_seq(births[1]));
@@ -482,4 +495,42 @@ fn with_a_primary_host_the_node_is_born_only_while_the_host_is_online() {
     let death = node.iter().position(|m| m["type"] == "NDEATH").unwrap();
     let next = node[death + 1];
     assert_eq!(next["type"], "NBIRTH", "{next}");
+}
+
+#[test]
+fn with_qos_1_births_and_data_are_acknowledged_and_leave_the_store() {
+    let broker = Broker::start();
+    let sub = Subscriber::connect(broker.port, "check-spb-qos1", ALL);
+    let dir = tempfile::tempdir().unwrap();
+    let devices = sim_device("pump", "100ms", 20, "") + "sparkplug:\n  group_id: plant\n  qos: 1\n";
+    let config = write_config(dir.path(), broker.port, "  format: sparkplug\n", &devices);
+    let status = Subscriber::connect(broker.port, "check-spb-status", "fieldgate/gw/status");
+    let mut gw = Gateway::start(&config, dir.path());
+    let ddata = topic("DDATA", Some("pump"));
+    wait(&sub, &gw, "the 20 readings", |m| count(m, &ddata) >= 20);
+    // The gateway's own status keeps its topic (retained, no will of its own).
+    wait(&status, &gw, "P/status online", |m| {
+        latest_status(m).is_some_and(|s| s["state"] == "online")
+    });
+    for m in sub
+        .messages()
+        .iter()
+        .filter(|m| m.topic.starts_with("spBv1.0/plant/"))
+    {
+        assert_eq!((m.qos, m.retain), (1, false), "{}", m.topic);
+    }
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+    assert_eq!(
+        queued_rows(&config),
+        0,
+        "every row acknowledged and deleted"
+    );
+    let decoded = decode(&sub.messages());
+    seq_is_continuous(&decoded);
+    let values: Vec<&Value> = of(&decoded, "DDATA", Some("pump"))
+        .into_iter()
+        .filter_map(|m| metric(m, "v"))
+        .map(|v| &v["value"])
+        .collect();
+    assert_eq!(values.len(), 20, "each reading once: {values:?}");
 }
