@@ -384,7 +384,9 @@ fn a_host_asks_for_a_rebirth_and_writes_a_modbus_point_by_name_and_by_alias() {
         m.iter().any(|x| {
             x.topic == "fieldgate/gw/responses"
                 && x.json()["status"] == "rejected"
-                && x.json()["id"].as_str().is_some_and(|id| id.starts_with("spb-meter-"))
+                && x.json()["id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("spb-meter-"))
         })
     };
     wait(&answers, &gw, "the refusal on P/responses", rejected);
