@@ -34,13 +34,19 @@ if [ "$installed" != "$aedes_version" ]; then
     npm install --prefix "$aedes" --no-audit --no-fund --save-exact "aedes@$aedes_version" >/dev/null
 fi
 
-amqtt_version=0.12.1
-venv=target/amqtt-venv
-if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('amqtt') != '$amqtt_version')" 2>/dev/null; then
-    echo "installing amqtt $amqtt_version in $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "amqtt==$amqtt_version"
-fi
+# A Python package pinned to a version, in a virtualenv of its own.
+venv_with() { # venv package version
+    local venv=$1 package=$2 version=$3
+    if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('$package') != '$version')" 2>/dev/null; then
+        echo "installing $package $version in $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check "$package==$version"
+    fi
+}
+venv_with target/amqtt-venv amqtt 0.12.1
+# pysparkplug, a Sparkplug host library that is not ours, decodes what
+# tests/sparkplug.rs captures.
+venv_with target/sparkplug-venv pysparkplug 0.6.1
 
 cargo test --all-targets --locked "$@"

@@ -69,6 +69,9 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     let health = Health::new();
     let (info, info_rx) = watch::channel(info_of(&running));
     let (batches, batches_rx) = watch::channel(batches_of(&running));
+    let (model, model_rx) = watch::channel(uplink::sparkplug::Model::of(&running));
+    let (rebirth_tx, rebirth_rx) = watch::channel(0);
+    let (host_tx, host_rx) = watch::channel(None);
     // Retained from an earlier run, `P/config/state` may name a remote
     // configuration dropped since (`config clear-remote`): say what runs.
     let (state, state_rx) = watch::channel(Some(state_of(&running, store.clock().now_ms())));
@@ -80,6 +83,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         store: store.clone(),
         info,
         batches,
+        model,
         state,
     };
 
@@ -106,6 +110,9 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         info: info_rx,
         state: state_rx,
         batches: batches_rx,
+        model: model_rx,
+        rebirth: rebirth_rx,
+        host: host_rx,
     };
     // Commands and configurations come on a connection of their own, on a
     // session the broker keeps (see `uplink/downstream.rs`).
@@ -113,6 +120,9 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     let inbox = Inbox {
         commands: commands_tx,
         documents: received_tx,
+        rebirth: rebirth_tx,
+        host: host_tx,
+        model: gateway.model.subscribe(),
     };
     let downstream_task = tokio::spawn(uplink::run_downstream(
         uplink_settings.clone(),
@@ -196,6 +206,8 @@ struct Gateway {
     store: Store,
     info: watch::Sender<ConfigInfo>,
     batches: watch::Sender<HashMap<String, BatchConfig>>,
+    /// The metrics Sparkplug births declare.
+    model: watch::Sender<uplink::sparkplug::Model>,
     state: watch::Sender<Option<String>>,
 }
 
@@ -288,6 +300,7 @@ impl Gateway {
         forget_removed(&self.store, &self.running).await;
         self.info.send_replace(info_of(&self.running));
         self.batches.send_replace(batches_of(&self.running));
+        (self.model).send_replace(uplink::sparkplug::Model::of(&self.running));
     }
 }
 

@@ -6,7 +6,8 @@
 use serde::Deserialize;
 
 use super::ble::BleDevice;
-use super::modbus::ModbusDevice;
+use super::modbus::{ModbusDevice, ValueType};
+use super::report::{Aggregate, Function};
 use super::serial::SerialDevice;
 use super::simulated::SimulatedDevice;
 use super::{Bounded, ByteSize, Delivery, Duration, Name, Priority, Qos, yaml};
@@ -23,6 +24,12 @@ pub trait DeviceSpec {
     }
     /// The device's points, and which of them commands may write.
     fn points(&self) -> Vec<PointSpec>;
+    /// The points its readings carry, with their types, for protocols that
+    /// declare them up front (Sparkplug births). Kinds whose points come
+    /// from a decoder list none: their types are learned from the readings.
+    fn shapes(&self) -> Vec<PointShape> {
+        Vec::new()
+    }
     /// What it sends of its readings (deadbands, windows, heartbeat).
     fn report(&self) -> super::report::Report {
         super::report::Report::default()
@@ -63,6 +70,26 @@ pub struct PointSpec {
     pub writable: bool,
     pub min: Option<f64>,
     pub max: Option<f64>,
+}
+
+/// A point as its readings carry it: the type of its value and, when it
+/// is summarised in windows, the functions of its summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointShape {
+    pub name: String,
+    pub value_type: ValueType,
+    pub functions: Vec<Function>,
+}
+
+impl PointShape {
+    /// A point of `value_type`, summarised by `aggregate` when set.
+    pub fn new(name: &Name, value_type: ValueType, aggregate: Option<&Aggregate>) -> PointShape {
+        PointShape {
+            name: name.to_string(),
+            value_type,
+            functions: aggregate.map_or_else(Vec::new, |a| a.functions.clone()),
+        }
+    }
 }
 
 /// `batch:` of a device: one publish carries a JSON array of its readings.
@@ -182,5 +209,10 @@ impl DeviceConfig {
 
     pub(super) fn problems(&self) -> Vec<(String, String)> {
         self.spec().problems()
+    }
+
+    /// The points its readings carry, with their types (see [`DeviceSpec::shapes`]).
+    pub fn shapes(&self) -> Vec<PointShape> {
+        self.spec().shapes()
     }
 }

@@ -238,6 +238,7 @@ const LOCAL_ONLY: &[&str] = &[
     "metrics",
     "ble",
     "remote_config",
+    "sparkplug",
 ];
 
 /// Checks a remote configuration (`version` and `devices`, YAML or JSON)
@@ -374,6 +375,18 @@ impl Config {
             .unwrap_or(self.gateway.id.as_str());
         for (path, message) in self.commands.problems(telemetry_id) {
             push(path, message);
+        }
+        match (self.mqtt.format, &self.sparkplug) {
+            (super::Format::Sparkplug, None) => push(
+                "sparkplug.group_id".into(),
+                "missing: `mqtt.format: sparkplug` needs a `sparkplug:` section with `group_id`"
+                    .into(),
+            ),
+            (super::Format::Json, Some(_)) => push(
+                "mqtt.format".into(),
+                "a `sparkplug:` section is only used with `mqtt.format: sparkplug`".into(),
+            ),
+            _ => {}
         }
         if self.gateway.status_interval.get() < std::time::Duration::from_secs(1) {
             push(

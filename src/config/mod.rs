@@ -15,6 +15,7 @@ mod mqtt;
 pub mod report;
 pub mod serial;
 pub mod simulated;
+pub mod sparkplug;
 mod trust;
 pub mod units;
 pub mod yaml;
@@ -27,7 +28,7 @@ use crate::reading::{Delivery, Name, Priority, Qos};
 pub use ble::BleConfig;
 
 pub use device::{
-    BatchConfig, DEVICE_KINDS, DeviceConfig, DeviceSpec, PointSpec, duplicate_names,
+    BatchConfig, DEVICE_KINDS, DeviceConfig, DeviceSpec, PointShape, PointSpec, duplicate_names,
     duplicate_point_names,
 };
 pub use load::{Checked, Warnings, check, remote_warnings};
@@ -36,6 +37,7 @@ pub use load::{HIDDEN, RemoteDevices, show};
 pub use mqtt::{
     BrokerUrl, ClientIdError, Credentials, MACHINE_ID, MqttConfig, Protocol, Secret, TlsConfig,
 };
+pub use sparkplug::{Format, SparkplugConfig, SparkplugId};
 pub use trust::{Endpoint, RemoteTrust};
 pub use units::{ByteSize, Duration};
 
@@ -60,6 +62,9 @@ pub struct Config {
     /// local only.
     #[serde(default, deserialize_with = "null_as_default")]
     pub remote_config: RemoteTrust,
+    /// The Sparkplug B edge node, with `mqtt.format: sparkplug`.
+    #[serde(default)]
+    pub sparkplug: Option<SparkplugConfig>,
     /// `devices:` with nothing under it is an empty list, not an error.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub devices: Vec<DeviceConfig>,

@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
 use crate::config::{
-    BatchConfig, Bounded, DeviceConfig, DeviceSpec, Duration, PointSpec, duplicate_point_names,
+    BatchConfig, Bounded, DeviceConfig, DeviceSpec, Duration, PointShape, PointSpec,
+    duplicate_point_names,
 };
 use crate::reading::{Name, Priority, Qos};
 
@@ -368,6 +369,18 @@ impl DeviceSpec for ModbusDevice {
             max: p.max,
         };
         self.points.iter().map(spec).collect()
+    }
+
+    /// A scaled or offset value is a float whatever its registers hold.
+    fn shapes(&self) -> Vec<PointShape> {
+        let shape = |p: &ModbusPoint| {
+            let t = match (p.scale, p.offset) {
+                (None, None) => p.value_type(),
+                _ => ValueType::F64,
+            };
+            PointShape::new(&p.name, t, p.aggregate.as_ref())
+        };
+        self.points.iter().map(shape).collect()
     }
 
     fn offline_after(&self) -> Duration {

@@ -85,6 +85,10 @@ pub struct MqttConfig {
     /// the row goes to the dead letters.
     #[serde(default = "MqttConfig::default_max_attempts")]
     pub max_attempts: Bounded<1, 100>,
+    /// `json` (the gateway's own topics) or `sparkplug` (Sparkplug B 3.0,
+    /// set up in the `sparkplug:` section).
+    #[serde(default)]
+    pub format: super::Format,
 }
 
 impl MqttConfig {

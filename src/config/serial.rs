@@ -10,8 +10,9 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, de::value::MapAccessDeserializer};
 
+use crate::config::modbus::ValueType;
 use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
-use crate::config::{BatchConfig, Bounded, DeviceSpec, Duration, PointSpec};
+use crate::config::{BatchConfig, Bounded, DeviceSpec, Duration, PointShape, PointSpec};
 use crate::reading::{Name, Priority, Qos};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -176,6 +177,12 @@ impl DeviceSpec for SerialDevice {
                 max: None,
             })
             .collect()
+    }
+
+    /// Fields parse as numbers; one that carries text is learned as such.
+    fn shapes(&self) -> Vec<PointShape> {
+        let shape = |f: &Field| PointShape::new(&f.point, ValueType::F64, f.aggregate.as_ref());
+        self.fields.values().map(shape).collect()
     }
 
     fn offline_after(&self) -> Duration {

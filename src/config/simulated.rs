@@ -2,8 +2,11 @@
 
 use serde::Deserialize;
 
+use crate::config::modbus::ValueType;
 use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
-use crate::config::{BatchConfig, DeviceSpec, Duration, PointSpec, duplicate_point_names};
+use crate::config::{
+    BatchConfig, DeviceSpec, Duration, PointShape, PointSpec, duplicate_point_names,
+};
 use crate::reading::{Name, Priority, Qos};
 
 /// The shape of a simulated point's values over time.
@@ -63,6 +66,12 @@ impl DeviceSpec for SimulatedDevice {
             max: None,
         };
         self.points.iter().map(read_only).collect()
+    }
+
+    fn shapes(&self) -> Vec<PointShape> {
+        let shape =
+            |p: &SimulatedPoint| PointShape::new(&p.name, ValueType::F64, p.aggregate.as_ref());
+        self.points.iter().map(shape).collect()
     }
 
     fn offline_after(&self) -> Duration {

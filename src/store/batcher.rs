@@ -259,6 +259,9 @@ impl Batcher {
                 }
                 let _ = reply.send(self.outbox.correct_times(offset));
             }
+            Command::BdSeq(reply) => {
+                let _ = reply.send(self.outbox.next_bd_seq());
+            }
             Command::Flush(reply) => {
                 let _ = reply.send(self.commit());
             }

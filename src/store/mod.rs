@@ -19,6 +19,7 @@ mod queries;
 mod recover;
 mod remote_config;
 mod schema;
+mod sparkplug;
 mod times;
 
 use std::path::{Path, PathBuf};
@@ -109,6 +110,7 @@ enum Command {
         oneshot::Sender<Result<Vec<String>, StoreError>>,
     ),
     Availability(oneshot::Sender<Result<Vec<(String, DeviceState)>, StoreError>>),
+    BdSeq(oneshot::Sender<Result<i64, StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -247,6 +249,11 @@ impl Store {
     pub async fn save_remote_config(&self, config: RemoteConfig) -> Result<(), StoreError> {
         self.request(|reply| Command::SaveConfig(config, reply))
             .await
+    }
+
+    /// The Sparkplug `bdSeq` of the next CONNECT, counted on disk.
+    pub async fn next_bd_seq(&self) -> Result<i64, StoreError> {
+        self.request(Command::BdSeq).await
     }
 
     /// Records a command id before it is acknowledged; says whether it was

@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{self, Event, Incoming, LinkError, MqttLink, SessionKind};
 use super::reconnect::{Attempts, Next, Role};
-use super::{CommandIn, Settings, credentials, tls};
+use super::{CommandIn, Settings, credentials, sparkplug, tls};
 use crate::config::BrokerUrl;
 use crate::health::Health;
 use crate::reading::Qos;
@@ -74,6 +74,13 @@ pub struct Inbox {
     pub commands: mpsc::Sender<CommandIn>,
     /// Documents from `P/config/set`.
     pub documents: mpsc::Sender<Vec<u8>>,
+    /// Sparkplug: each NCMD rebirth adds one.
+    pub rebirth: watch::Sender<u64>,
+    /// Sparkplug: the declared metrics, whose aliases a DCMD may use.
+    pub model: watch::Receiver<sparkplug::Model>,
+    /// Sparkplug: whether the primary host says it is online (`None`:
+    /// not heard yet).
+    pub host: watch::Sender<Option<bool>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +189,8 @@ struct Connection<'a> {
     connected_at: Option<Instant>,
     /// The broker has acknowledged the subscriptions.
     subscribed: bool,
+    /// The timestamp of the newest primary host STATE seen.
+    host_seen: u64,
     /// Whether the CONNACK said the broker still had our session.
     resumed: bool,
     /// Commands handed over, acknowledged once journaled; at most
@@ -201,6 +210,7 @@ impl<'a> Connection<'a> {
             link: None,
             connected_at: None,
             subscribed: false,
+            host_seen: 0,
             resumed: false,
             journaling: FuturesUnordered::new(),
             unacked: VecDeque::new(),
@@ -302,6 +312,14 @@ impl<'a> Connection<'a> {
                 let client = self.client()?;
                 client.try_subscribe(topics.commands(), Qos::AtLeastOnce)?;
                 client.try_subscribe(topics.config_set(), Qos::AtLeastOnce)?;
+                // Hosts send NCMD and DCMD at QoS 0: nothing waits for us.
+                if let Some(spb) = &self.settings.sparkplug {
+                    client.try_subscribe(spb.commands_filter(false), Qos::AtMostOnce)?;
+                    client.try_subscribe(spb.commands_filter(true), Qos::AtMostOnce)?;
+                    if let Some(state) = spb.state_topic() {
+                        client.try_subscribe(state, Qos::AtLeastOnce)?;
+                    }
+                }
             }
             Event::SubAck(_, true) => {
                 let topics = &self.settings.topics;
@@ -369,6 +387,18 @@ impl<'a> Connection<'a> {
             }));
             return Ok(());
         }
+        let state = (self.settings.sparkplug.as_ref()).and_then(|s| s.state_topic());
+        if state.as_deref() == Some(message.topic.as_str()) {
+            self.host_state(&message.payload);
+            return self.ack(message);
+        }
+        if let Some(target) =
+            (self.settings.sparkplug.as_ref()).and_then(|spb| spb.command_target(&message.topic))
+        {
+            self.sparkplug(target.as_deref(), &message.payload, shutdown, health)
+                .await?;
+            return self.ack(message);
+        }
         if message.topic == topics.config_set() {
             let sent = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -391,6 +421,74 @@ impl<'a> Connection<'a> {
             tracing::warn!("ignored a message on {}", message.topic);
         }
         self.ack(message)
+    }
+
+    /// The primary host's STATE, `{"online": bool, "timestamp": ms}`: an
+    /// older one than the last seen is stale (Sparkplug 3.0) and ignored.
+    fn host_state(&mut self, payload: &[u8]) {
+        let Some((online, timestamp)) = sparkplug::host_state(payload) else {
+            tracing::warn!(
+                "Sparkplug: ignored a STATE that is not {{\"online\":…,\"timestamp\":…}}: {:?}",
+                String::from_utf8_lossy(payload)
+            );
+            return;
+        };
+        if timestamp < self.host_seen {
+            return;
+        }
+        self.host_seen = timestamp;
+        tracing::info!(
+            "Sparkplug: the primary host is {}",
+            if online { "online" } else { "offline" }
+        );
+        self.inbox.host.send_replace(Some(online));
+    }
+
+    /// An NCMD (`device` `None`) or a DCMD: a rebirth for the telemetry
+    /// connection, or commands for the gateway, which answers them on
+    /// `P/responses`. Refused ones are logged and counted.
+    async fn sparkplug(
+        &mut self,
+        device: Option<&str>,
+        payload: &[u8],
+        shutdown: &CancellationToken,
+        health: &Health,
+    ) -> Result<(), DownstreamError> {
+        let model = self.inbox.model.borrow().clone();
+        let commands = match sparkplug::request(device, payload, &model) {
+            Ok(sparkplug::Request::Rebirth) => {
+                tracing::info!("Sparkplug: rebirth requested by a host");
+                self.inbox.rebirth.send_modify(|n| *n += 1);
+                return Ok(());
+            }
+            Ok(sparkplug::Request::Commands(commands)) => commands,
+            Err(why) => {
+                health.commands_unreadable.fetch_add(1, Relaxed);
+                tracing::warn!("Sparkplug: ignored a command for {device:?}: {why}");
+                return Ok(());
+            }
+        };
+        for command in commands {
+            let sent = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                permit = tokio::time::timeout(HANDOVER_WAIT, self.inbox.commands.reserve()) => permit,
+            };
+            match sent {
+                Ok(Ok(permit)) => permit.send(CommandIn {
+                    payload: command.to_string().into_bytes(),
+                    response_topic: None,
+                    correlation: None,
+                    // At QoS 0 there is no ack to hold back.
+                    journaled: oneshot::channel().0,
+                }),
+                Ok(Err(_closed)) => return Ok(()),
+                Err(_elapsed) => {
+                    health.commands_dropped.fetch_add(1, Relaxed);
+                    return Err(DownstreamError::GatewayBusy("command"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Acknowledges `message` as soon as rumqttc has room, in order.

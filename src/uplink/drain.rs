@@ -44,6 +44,11 @@ impl Drain {
         self.backlog_end = next_seq;
     }
 
+    /// Whether the row `seq` was stored before this connection came up.
+    pub fn is_backlog(&self, seq: i64) -> bool {
+        seq < self.backlog_end
+    }
+
     /// Which of the ready messages (in order) to send next, if any; takes
     /// a token when it is backlog.
     pub fn pick<'a>(

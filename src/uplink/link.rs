@@ -26,13 +26,22 @@ pub struct Options<'a> {
     pub inflight: u16,
     /// Requests the client channel holds.
     pub capacity: usize,
-    /// The retained last will (topic, payload), if any.
-    pub will: Option<(String, String)>,
+    /// The last will at QoS 1, if any.
+    pub will: Option<Will>,
     /// Whether the broker keeps the session (and what it queued for us)
     /// after this connection ends.
     pub session: SessionKind,
     pub credentials: Option<(String, String)>,
     pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A last will, at QoS 1: the retained `P/status` offline message, or a
+/// Sparkplug NDEATH (not retained).
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
 }
 
 /// What the broker does with the session when the connection ends.
@@ -322,12 +331,12 @@ impl MqttLink {
                     .set_inflight(o.inflight)
                     .set_max_packet_size(1 << 20, 1 << 20)
                     .set_transport(transport);
-                if let Some((topic, payload)) = &o.will {
+                if let Some(will) = &o.will {
                     options.set_last_will(rumqttc::LastWill::new(
-                        topic,
-                        payload.clone(),
+                        &will.topic,
+                        will.payload.clone(),
                         rumqttc::QoS::AtLeastOnce,
-                        true,
+                        will.retain,
                     ));
                 }
                 if let Some((user, password)) = &o.credentials {
@@ -353,12 +362,12 @@ impl MqttLink {
                 if let SessionKind::Kept { expiry_s } = o.session {
                     options.set_session_expiry_interval(Some(expiry_s));
                 }
-                if let Some((topic, payload)) = &o.will {
+                if let Some(will) = &o.will {
                     options.set_last_will(v5b::LastWill::new(
-                        topic,
-                        payload.clone(),
+                        &will.topic,
+                        will.payload.clone(),
                         rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                        true,
+                        will.retain,
                         None,
                     ));
                 }

@@ -25,6 +25,7 @@ pub mod payload;
 mod poison;
 mod reconnect;
 mod session;
+pub mod sparkplug;
 mod throttle;
 mod tls;
 
@@ -77,6 +78,8 @@ pub struct Settings {
     /// Clean closes right after a row before it is dead-lettered.
     pub max_attempts: u32,
     pub topics: Topics,
+    /// `mqtt.format: sparkplug`: the edge node's group, id and QoS.
+    pub sparkplug: Option<sparkplug::Settings>,
     /// How often the retained status is refreshed.
     pub status_interval: Duration,
     /// How long a shutdown waits for outstanding acks.
@@ -109,6 +112,7 @@ impl Settings {
             drain_rate: mqtt.drain_rate,
             max_attempts: mqtt.max_attempts.get() as u32,
             topics: Topics::new(mqtt.topic_prefix.as_str(), config.gateway.id.as_str()),
+            sparkplug: sparkplug::Settings::from_config(config),
             status_interval: config.gateway.status_interval.get(),
             drain_grace: Duration::from_secs(3),
         })
@@ -139,6 +143,8 @@ enum UplinkError {
     Silent(Duration),
     #[error("reconnecting to reclaim packet ids held by refused QoS 2 messages")]
     Leaked,
+    #[error("the Sparkplug primary host went offline: NDEATH sent, connecting again")]
+    HostOffline,
 }
 
 /// A command received on `P/commands`, for the gateway to journal and run.
@@ -161,6 +167,12 @@ pub struct Channels {
     pub state: watch::Receiver<Option<String>>,
     /// Devices whose readings travel in batches.
     pub batches: watch::Receiver<HashMap<String, BatchConfig>>,
+    /// The metrics Sparkplug births declare.
+    pub model: watch::Receiver<sparkplug::Model>,
+    /// Sparkplug rebirths asked for by hosts (NCMD), counted.
+    pub rebirth: watch::Receiver<u64>,
+    /// Sparkplug: whether the primary host is online (`None`: not heard).
+    pub host: watch::Receiver<Option<bool>>,
 }
 
 /// Runs until `shutdown`: connect, drain, and reconnect with backoff,
@@ -176,6 +188,8 @@ pub async fn run(
     let mut clones = CloneWatch::default();
     let mut poison = PoisonWatch::default();
     let mut attempts = Attempts::new(&settings, Role::Telemetry);
+    let mut node = (settings.sparkplug.clone())
+        .map(|s| sparkplug::Node::new(s, config.model.borrow().clone()));
     loop {
         let broker = match attempts.next(&shutdown).await {
             Next::Connect(broker) => broker,
@@ -185,7 +199,14 @@ pub async fn run(
                 return;
             }
         };
-        let mut session = Session::new(&settings, &store, &health, config.clone(), &mut poison);
+        let mut session = Session::new(
+            &settings,
+            &store,
+            &health,
+            config.clone(),
+            &mut poison,
+            node.as_mut(),
+        );
         let Err(e) = session.run(broker, &shutdown, &mut link).await else {
             return;
         };

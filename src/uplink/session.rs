@@ -13,12 +13,13 @@ use super::drain::{Candidate, Drain};
 use super::inflight::{Inflight, Mismatch, Tracked};
 use super::link::{self, BrokerRefusal, Event, MqttLink, SessionKind};
 use super::poison::{self, PoisonWatch};
+use super::sparkplug::{self, Node};
 use super::throttle::Throttle;
 use super::{Channels, LinkLog, Settings, UplinkError, credentials, payload, tls};
 use crate::config::{BatchConfig, BrokerUrl, Protocol};
 use crate::health::Health;
 use crate::reading::Qos;
-use crate::store::{Row, RowKey, RowKind, Store, StoreError};
+use crate::store::{DeviceState, Row, RowKey, RowKind, Store, StoreError};
 
 /// A link is declared dead after this many keep-alive periods of silence.
 /// rumqttc pings once per period, so a live broker is never silent for
@@ -51,6 +52,11 @@ enum Pending {
 enum Control {
     /// A retained status message, at QoS 1.
     Status(String, String),
+    /// A Sparkplug birth or death, at the node's QoS, not retained.
+    Sparkplug(sparkplug::Message),
+    /// A Sparkplug DDATA and the rows it carries: it waits behind the
+    /// births queued before it, so that `seq` goes out in order.
+    Data(sparkplug::Message, Vec<RowKey>, Qos),
 }
 
 impl Pending {
@@ -119,6 +125,9 @@ pub(super) struct Session<'a> {
     connected_at: Option<Instant>,
     /// Whether the broker acknowledged anything on this connection.
     acked: bool,
+    /// `mqtt.format: sparkplug`: the edge node, and this connection's NDEATH.
+    node: Option<&'a mut Node>,
+    death: Option<sparkplug::Message>,
 }
 
 impl<'a> Session<'a> {
@@ -128,6 +137,7 @@ impl<'a> Session<'a> {
         health: &'a Health,
         config: Channels,
         poison: &'a mut PoisonWatch,
+        node: Option<&'a mut Node>,
     ) -> Self {
         Session {
             settings,
@@ -156,6 +166,8 @@ impl<'a> Session<'a> {
             leaked: 0,
             connected_at: None,
             acked: false,
+            node,
+            death: None,
         }
     }
 
@@ -189,6 +201,14 @@ impl<'a> Session<'a> {
         let check = (keep_alive / 4).max(Duration::from_millis(100));
         let mut liveness = tokio::time::interval(check);
         let mut config_state = self.config.state.clone();
+        // Sparkplug: a new configuration or a host's NCMD means births again.
+        let mut model = self.config.model.clone();
+        let mut rebirth = self.config.rebirth.clone();
+        let mut host = self.config.host.clone();
+        model.mark_unchanged();
+        rebirth.mark_unchanged();
+        host.mark_unchanged();
+        let sparkplug = self.node.is_some();
         loop {
             self.refill().await?;
             let wake = self.next_wake();
@@ -218,6 +238,20 @@ impl<'a> Session<'a> {
                 changed = config_state.changed(), if self.connected => {
                     if changed.is_ok() {
                         self.publish_config_state()?;
+                    }
+                }
+                Ok(()) = model.changed(), if self.connected && sparkplug => {
+                    self.publish_births().await?;
+                }
+                Ok(()) = rebirth.changed(), if self.connected && sparkplug => {
+                    self.publish_births().await?;
+                }
+                Ok(()) = host.changed(), if self.connected && sparkplug => {
+                    let alive = self.node.as_ref().is_some_and(|n| n.alive());
+                    match (self.host_online(), alive) {
+                        (true, false) => self.publish_births().await?,
+                        (false, true) => return self.die().await,
+                        _ => {}
                     }
                 }
                 _ = liveness.tick(), if self.connected && !keep_alive.is_zero() => {
@@ -250,6 +284,25 @@ impl<'a> Session<'a> {
             false => None,
         };
         let window = self.settings.max_inflight;
+        // Sparkplug: the NDEATH of this CONNECT's bdSeq, counted on disk
+        // first; `P/status` then has no will of its own.
+        let will = match self.node.as_deref_mut() {
+            Some(node) => {
+                let bd_seq = self.store.next_bd_seq().await?;
+                let death = node.will(bd_seq, self.store.clock().now_ms());
+                self.death = Some(death.clone());
+                link::Will {
+                    topic: death.topic,
+                    payload: death.payload,
+                    retain: false,
+                }
+            }
+            None => link::Will {
+                topic: self.settings.topics.status(),
+                payload: payload::offline().into_bytes(),
+                retain: true,
+            },
+        };
         self.link = Some(MqttLink::open(link::Options {
             broker,
             protocol: self.settings.protocol,
@@ -259,7 +312,7 @@ impl<'a> Session<'a> {
             // Room for a full window plus status messages and a disconnect,
             // so `try_publish` never finds the channel full.
             capacity: window + 8,
-            will: Some((self.settings.topics.status(), payload::offline())),
+            will: Some(will),
             // The store is the only truth: whatever rumqttc or the broker
             // held of an earlier connection is sent again from the store.
             session: SessionKind::Clean,
@@ -432,7 +485,10 @@ impl<'a> Session<'a> {
 
     fn publish_ready(&mut self, now: Instant) -> Result<(), UplinkError> {
         self.send_controls()?;
-        if !self.controls.is_empty() {
+        // Sparkplug: no data before NBIRTH (the primary host may not be
+        // online yet); the rows wait in the store.
+        let unborn = self.node.as_ref().is_some_and(|n| !n.alive());
+        if !self.controls.is_empty() || unborn {
             return Ok(());
         }
         while self.flight.outstanding() < self.window() && !self.ready.is_empty() {
@@ -483,12 +539,115 @@ impl<'a> Session<'a> {
             let Some(control) = self.controls.pop_front() else {
                 break;
             };
-            let Control::Status(topic, body) = control;
-            self.client()?
-                .try_publish(topic, Qos::AtLeastOnce, true, body.into_bytes())?;
-            self.flight.requested(Tracked::Control(Qos::AtLeastOnce));
+            match control {
+                Control::Status(topic, body) => {
+                    self.client()?
+                        .try_publish(topic, Qos::AtLeastOnce, true, body.into_bytes())?;
+                    self.flight.requested(Tracked::Control(Qos::AtLeastOnce));
+                }
+                Control::Sparkplug(m) => {
+                    let qos = self.node.as_ref().map_or(Qos::AtMostOnce, |n| n.qos());
+                    self.client()?.try_publish(m.topic, qos, false, m.payload)?;
+                    self.flight.requested(Tracked::Control(qos));
+                }
+                // Too large for the broker, it is refused unsent, which
+                // leaves a gap in `seq`: hosts then ask for a rebirth.
+                Control::Data(m, keys, qos) => {
+                    self.send_rows(m.topic, m.payload, None, keys, qos, false)?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Readings as Sparkplug: a DDATA, after the DBIRTH its device needs.
+    /// Readings without a value (failed polls) send nothing and are done.
+    fn publish_sparkplug(&mut self, rows: Vec<Row>) -> Result<(), UplinkError> {
+        let Some(node) = self.node.as_deref_mut() else {
+            return Ok(());
+        };
+        let keys: Vec<RowKey> = rows.iter().map(Row::key).collect();
+        let historical = rows.first().is_some_and(|r| self.drain.is_backlog(r.seq));
+        let mut messages = node.data(&rows, historical, self.store.clock().now_ms());
+        let Some(data) = messages.pop() else {
+            self.deliver(keys);
+            return Ok(());
+        };
+        let qos = node.qos();
+        self.controls
+            .extend(messages.into_iter().map(Control::Sparkplug));
+        self.controls.push_back(Control::Data(data, keys, qos));
+        self.send_controls()
+    }
+
+    /// A device's availability as Sparkplug: DDEATH when it goes offline,
+    /// DBIRTH when it comes back (its data would bear it too).
+    fn sparkplug_availability(&mut self, device: &str, state: &str) -> Result<(), UplinkError> {
+        let Some(node) = self.node.as_deref_mut() else {
+            return Ok(());
+        };
+        let now_ms = self.store.clock().now_ms();
+        let message = match state {
+            "online" if !node.is_born(device) => Some(node.birth(device, now_ms)),
+            "online" => None,
+            _ => node.death(device, now_ms),
+        };
+        if let Some(m) = message {
+            self.controls.push_back(Control::Sparkplug(m));
+        }
+        self.send_controls()
+    }
+
+    /// Whether births may go out: there is no primary host, or it said
+    /// it is online.
+    fn host_online(&self) -> bool {
+        let primary = (self.settings.sparkplug.as_ref()).is_some_and(|s| s.primary_host.is_some());
+        !primary || *self.config.host.borrow() == Some(true)
+    }
+
+    /// The primary host went offline: NDEATH, and a clean disconnect, as
+    /// Sparkplug 3.0 says; the next connection waits for it to be online.
+    async fn die(&mut self) -> Result<(), UplinkError> {
+        if let Some(node) = self.node.as_deref_mut() {
+            node.dead();
+        }
+        if let Some(death) = self.death.clone() {
+            self.controls.push_back(Control::Sparkplug(death));
+        }
+        self.send_controls()?;
+        self.client()?.try_disconnect()?;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while let Some(link) = self.link.as_mut() {
+            match tokio::time::timeout_at(deadline, link.events.recv()).await {
+                Ok(Some(Ok(Event::Disconnecting))) | Ok(None) | Err(_) => break,
+                Ok(Some(Ok(event))) => {
+                    self.handle(event).await?;
+                }
+                Ok(Some(Err(e))) => return Err(e.into()),
+            }
+        }
+        self.report().await?;
+        Err(UplinkError::HostOffline)
+    }
+
+    /// NBIRTH and the DBIRTHs, first on every connection.
+    async fn publish_births(&mut self) -> Result<(), UplinkError> {
+        if self.node.is_none() || !self.host_online() {
+            return Ok(());
+        }
+        let offline = (self.store.availability().await?.into_iter())
+            .filter(|(_, state)| *state == DeviceState::Offline)
+            .map(|(device, _)| device)
+            .collect();
+        let rows = self.store.status().await?.rows;
+        let now_ms = self.store.clock().now_ms();
+        if let Some(node) = self.node.as_deref_mut() {
+            node.set_model(self.config.model.borrow().clone());
+            let births = node.births(now_ms, crate::VERSION, rows, &offline);
+            self.controls
+                .extend(births.into_iter().map(Control::Sparkplug));
+        }
+        self.send_controls()
     }
 
     /// Routes a fetched row: straight to `ready`, or into its device's batch.
@@ -590,12 +749,19 @@ impl<'a> Session<'a> {
             Pending::Single(row) if row.kind == RowKind::Availability => {
                 let key = row.key();
                 let topic = self.settings.topics.availability(&row.device);
+                self.sparkplug_availability(&row.device, &row.values)?;
                 let body = row.values.into_bytes();
                 self.send_rows(topic, body, None, vec![key], row.qos, true)?;
                 if self.sizes.contains_key(&key) {
                     self.availability.insert(key);
                 }
                 return Ok(());
+            }
+            Pending::Single(row) if self.node.is_some() => {
+                return self.publish_sparkplug(vec![row]);
+            }
+            Pending::Batch(rows) if self.node.is_some() => {
+                return self.publish_sparkplug(rows);
             }
             Pending::Single(row) => {
                 let body = payload::telemetry(&row);
@@ -654,6 +820,7 @@ impl<'a> Session<'a> {
                 self.publish_status().await?;
                 self.publish_config_state()?;
                 self.publish_availability().await?;
+                self.publish_births().await?;
                 return Ok(true);
             }
             // Nothing is subscribed on this connection (commands and
@@ -836,13 +1003,18 @@ impl<'a> Session<'a> {
                 self.refill().await?;
             }
             self.send_controls()?;
+            // Sparkplug before NBIRTH: the rows wait for the next start.
+            let unborn = self.node.as_ref().is_some_and(|n| !n.alive());
             if self.flight.outstanding() == 0
-                && self.caught_up
-                && self.ready.is_empty()
+                && ((self.caught_up && self.ready.is_empty()) || unborn)
                 && self.controls.is_empty()
             {
                 if !offline_sent {
                     self.publish_control(self.settings.topics.status(), payload::offline())?;
+                    // A clean end says what the will would have said.
+                    if let Some(death) = self.death.take() {
+                        self.controls.push_back(Control::Sparkplug(death));
+                    }
                     offline_sent = true;
                 } else if !disconnect_sent {
                     self.client()?.try_disconnect()?;

@@ -20,6 +20,7 @@ pub mod pki;
 pub mod proxy;
 mod pty;
 mod rig;
+pub mod sparkplug;
 mod store;
 mod subscriber;
 

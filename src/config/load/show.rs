@@ -45,7 +45,8 @@ fn is_secret(key: &str) -> bool {
 /// given, its devices instead of the file's; as YAML with a comment after
 /// every value saying where it comes from (`file:line`, a variable's name,
 /// `remote VERSION:line`). Every top-level section is shown; one the file
-/// does not have is `{}` (all defaults).
+/// does not have is `{}` (all defaults), or `null` for one that is off
+/// unless set (`sparkplug`).
 pub fn show(
     text: &str,
     file: &str,
@@ -93,6 +94,11 @@ fn show_with(
                 Some((key, value)) => {
                     let origin = out.origin(key, value, section);
                     out.entry(0, section, value, section, &origin);
+                }
+                // A section whose absence turns its feature off has
+                // required keys: `{}` would not read back.
+                None if *section == "sparkplug" => {
+                    out.line(0, &format!("{section}: null"), "not set: off");
                 }
                 None => {
                     let empty = if *section == "devices" { "[]" } else { "{}" };
