@@ -10,6 +10,7 @@
 
 pub mod amqtt;
 mod availability;
+pub mod bluez;
 mod broker;
 mod config;
 mod gateway;
