@@ -20,7 +20,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-
 /// Telemetry payloads of `device`, in arrival order.
 fn readings(messages: &[Message], device: &str) -> Vec<Value> {
     let topic = format!("fieldgate/gw/telemetry/{device}");

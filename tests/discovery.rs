@@ -2,14 +2,15 @@
 //! core on a real mosquitto: a Modbus unit served by tokio-modbus, a BLE
 //! thermometer on a mock BlueZ and a simulated point appear as entities;
 //! a number set in Home Assistant writes the register; availability
-//! follows the unit and the gateway; a removed device goes away.
+//! follows the unit and the gateway; a restarted Home Assistant is told
+//! everything again; a removed device goes away.
 
 mod common;
 
 use std::time::Duration;
 
 use common::bluez::MockBluez;
-use common::homeassistant::HomeAssistant;
+use common::homeassistant::{HomeAssistant, publish_retained};
 use common::modbus_slave::{Slave, Tables};
 use common::*;
 use serde_json::{Value, json};
@@ -78,7 +79,7 @@ fn devices_appear_in_home_assistant_with_controls_availability_and_removal() {
     )]);
     let modbus_port = slave.serve_tcp(0);
     let bluez = MockBluez::start();
-    let ha = HomeAssistant::start(broker.port);
+    let mut ha = HomeAssistant::start(broker.port);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), broker.port, "", &devices(modbus_port, true));
     let dbus = [("DBUS_SYSTEM_BUS_ADDRESS", bluez.address.as_str())];
@@ -118,9 +119,16 @@ fn devices_appear_in_home_assistant_with_controls_availability_and_removal() {
     let setpoint = ha.entity_id("gw_meter_setpoint").expect("the set point");
     assert!(setpoint.starts_with("number."), "{setpoint}");
     let attributes = ha.state(&setpoint).unwrap()["attributes"].clone();
-    assert_eq!((&attributes["min"], &attributes["max"]), (&json!(5.0), &json!(80.0)));
+    assert_eq!(
+        (&attributes["min"], &attributes["max"]),
+        (&json!(5.0), &json!(80.0))
+    );
     assert!(gw.wait_for_commands(LONG), "{}", gw.log());
-    ha.call("number", "set_value", json!({"entity_id": setpoint, "value": 22.5}));
+    ha.call(
+        "number",
+        "set_value",
+        json!({"entity_id": setpoint, "value": 22.5}),
+    );
     let holding = |slave: &Slave| slave.state().units[&1].holding.get(&10).copied();
     assert!(
         poll_until(|| holding(&slave) == Some(225)),
@@ -128,26 +136,40 @@ fn devices_appear_in_home_assistant_with_controls_availability_and_removal() {
         holding(&slave),
         gw.log()
     );
-    wait(&ha, &gw, "the new set point", |ha| number(&ha.state(&setpoint).unwrap()) == Some(22.5));
+    wait(&ha, &gw, "the new set point", |ha| {
+        number(&ha.state(&setpoint).unwrap()) == Some(22.5)
+    });
     // Out of range: Home Assistant refuses it itself; nothing is written.
-    let (status, body) = ha.try_call("number", "set_value", json!({"entity_id": setpoint, "value": 500}));
+    let (status, body) = ha.try_call(
+        "number",
+        "set_value",
+        json!({"entity_id": setpoint, "value": 500}),
+    );
     assert!(!(200..300).contains(&status), "500 accepted: {body}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(holding(&slave), Some(225));
 
     // The unit stops answering: its entities go unavailable, then back.
     let tables = slave.state().units.remove(&1).unwrap();
-    wait(&ha, &gw, "meter unavailable", |ha| is(ha, "gw_meter_temp", "unavailable"));
+    wait(&ha, &gw, "meter unavailable", |ha| {
+        is(ha, "gw_meter_temp", "unavailable")
+    });
     assert!(is(&ha, "gw_room_temperature", "19.5"), "the others stay");
     slave.state().units.insert(1, tables);
-    wait(&ha, &gw, "meter back", |ha| shows(ha, "gw_meter_temp", 21.5, "°C", "temperature"));
+    wait(&ha, &gw, "meter back", |ha| {
+        shows(ha, "gw_meter_temp", 21.5, "°C", "temperature")
+    });
 
     // A killed gateway: everything unavailable (its will); started again: back.
     gw.kill9();
     wait(&ha, &gw, "all unavailable", |ha| {
-        ["gw_meter_temp", "gw_room_temperature", "gw_livingroom_temperature"]
-            .iter()
-            .all(|id| is(ha, id, "unavailable"))
+        [
+            "gw_meter_temp",
+            "gw_room_temperature",
+            "gw_livingroom_temperature",
+        ]
+        .iter()
+        .all(|id| is(ha, id, "unavailable"))
     });
     let mut gw = Gateway::start_with_env(&config, dir.path(), "info", &dbus);
     wait(&ha, &gw, "all back", |ha| {
@@ -155,10 +177,33 @@ fn devices_appear_in_home_assistant_with_controls_availability_and_removal() {
             && shows(ha, "gw_room_temperature", 19.5, "°C", "temperature")
     });
 
+    // Home Assistant restarts and the broker has lost the discovery
+    // messages: when Home Assistant says `online`, they come again.
+    ha.stop();
+    for id in ["gw", "gw_meter", "gw_room", "gw_livingroom"] {
+        publish_retained(
+            broker.port,
+            &format!("homeassistant/device/{id}/config"),
+            "",
+        );
+    }
+    ha.restart();
+    wait(&ha, &gw, "the devices announced again", |ha| {
+        shows(ha, "gw_meter_temp", 21.5, "°C", "temperature")
+            && shows(ha, "gw_room_temperature", 19.5, "°C", "temperature")
+    });
+    assert!(
+        gw.log().contains("Home Assistant is online"),
+        "{}",
+        gw.log()
+    );
+
     // `room` removed from the configuration: removed from Home Assistant.
     write_config(dir.path(), broker.port, "", &devices(modbus_port, false));
     gw.sighup();
-    wait(&ha, &gw, "room removed", |ha| ha.device("gw_room").is_none());
+    wait(&ha, &gw, "room removed", |ha| {
+        ha.device("gw_room").is_none()
+    });
     assert!(ha.device("gw_meter").is_some(), "the others stay");
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
