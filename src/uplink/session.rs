@@ -248,6 +248,8 @@ impl<'a> Session<'a> {
                 _ = status_tick.tick(), if self.connected => self.publish_status().await?,
                 changed = config_state.changed(), if self.connected => {
                     if changed.is_ok() {
+                        // The status names the running configuration too.
+                        self.publish_status().await?;
                         self.publish_config_state()?;
                     }
                 }
