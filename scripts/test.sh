@@ -4,7 +4,8 @@
 # the ptys of the serial tests; node runs aedes, a second broker) when they
 # are missing; needs root or sudo for that step only. aedes itself comes
 # from npm, into target/aedes; amqtt, the third broker (tests/faults.rs),
-# from PyPI into a virtualenv of its own under target/.
+# from PyPI into a virtualenv of its own under target/, and so is a Home
+# Assistant core (tests/homeassistant.rs), which needs pyenv's Python 3.13.0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,5 +49,28 @@ venv_with target/amqtt-venv amqtt 0.12.1
 # pysparkplug, a Sparkplug host library that is not ours, decodes what
 # tests/sparkplug.rs captures.
 venv_with target/sparkplug-venv pysparkplug 0.6.1
+
+# Home Assistant core 2025.4.4 for tests/homeassistant.rs, in target/ha-venv.
+# 2025.4.4 is the newest release that Python 3.13.0 runs, and pip alone
+# would pull later releases of its unpinned dependencies that break it:
+# tests/homeassistant/requirements-lock.txt pins the whole set. Byte-compiled
+# once, or every start pays for it (PYTHONDONTWRITEBYTECODE is often set).
+# A marker written last makes an interrupted install start over.
+ha_venv=target/ha-venv
+ha_python=/root/.pyenv/versions/3.13.0/bin/python3
+ha_lock=tests/homeassistant/requirements-lock.txt
+ha_stamp="homeassistant 2025.4.4 $(sha256sum "$ha_lock" | cut -d' ' -f1)"
+if [ "$(cat "$ha_venv/.installed" 2>/dev/null)" != "$ha_stamp" ]; then
+    if [ ! -x "$ha_python" ]; then
+        echo "$ha_python is missing: Home Assistant 2025.4.4 needs pyenv's Python 3.13.0 (pyenv install 3.13.0)" >&2
+        exit 1
+    fi
+    echo "installing Home Assistant 2025.4.4 in $ha_venv"
+    rm -rf "$ha_venv"
+    "$ha_python" -m venv "$ha_venv"
+    "$ha_venv/bin/pip" install -q --disable-pip-version-check -r "$ha_lock"
+    "$ha_venv/bin/python" -m compileall -q -j 0 "$ha_venv/lib" >/dev/null
+    echo "$ha_stamp" >"$ha_venv/.installed"
+fi
 
 cargo test --all-targets --locked "$@"

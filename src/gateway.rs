@@ -72,6 +72,8 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     let (model, model_rx) = watch::channel(uplink::sparkplug::Model::of(&running));
     let (rebirth_tx, rebirth_rx) = watch::channel(0);
     let (host_tx, host_rx) = watch::channel(None);
+    let (ha_model, ha_model_rx) = watch::channel(uplink::homeassistant::Model::of(&running));
+    let (ha_online_tx, ha_online_rx) = watch::channel(0);
     // Retained from an earlier run, `P/config/state` may name a remote
     // configuration dropped since (`config clear-remote`): say what runs.
     let (state, state_rx) = watch::channel(Some(state_of(&running, store.clock().now_ms())));
@@ -84,6 +86,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         info,
         batches,
         model,
+        ha_model,
         state,
     };
 
@@ -113,6 +116,8 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         model: model_rx,
         rebirth: rebirth_rx,
         host: host_rx,
+        ha_model: ha_model_rx,
+        ha_online: ha_online_rx,
     };
     // Commands and configurations come on a connection of their own, on a
     // session the broker keeps (see `uplink/downstream.rs`).
@@ -122,6 +127,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         documents: received_tx,
         rebirth: rebirth_tx,
         host: host_tx,
+        ha_online: ha_online_tx,
         model: gateway.model.subscribe(),
     };
     let downstream_task = tokio::spawn(uplink::run_downstream(
@@ -208,6 +214,8 @@ struct Gateway {
     batches: watch::Sender<HashMap<String, BatchConfig>>,
     /// The metrics Sparkplug births declare.
     model: watch::Sender<uplink::sparkplug::Model>,
+    /// The devices Home Assistant discovery announces.
+    ha_model: watch::Sender<uplink::homeassistant::Model>,
     state: watch::Sender<Option<String>>,
 }
 
@@ -301,6 +309,7 @@ impl Gateway {
         self.info.send_replace(info_of(&self.running));
         self.batches.send_replace(batches_of(&self.running));
         (self.model).send_replace(uplink::sparkplug::Model::of(&self.running));
+        (self.ha_model).send_replace(uplink::homeassistant::Model::of(&self.running));
     }
 }
 

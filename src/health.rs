@@ -11,6 +11,8 @@ use serde::Serialize;
 
 pub struct Health {
     started: Instant,
+    /// The last rate sample: when, `readings_in` then, and the rate it gave.
+    rate: Mutex<(Instant, u64, f64)>,
     /// Readings handed to the store.
     pub readings_in: AtomicU64,
     /// Readings the broker acknowledged (or that left at QoS 0).
@@ -87,6 +89,8 @@ impl DeviceHealth {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Snapshot {
     pub uptime_s: u64,
+    /// Readings taken per second lately (between two snapshots).
+    pub readings_per_s: f64,
     pub readings_in: u64,
     pub published: u64,
     pub answers_published: u64,
@@ -114,6 +118,7 @@ impl Health {
     pub fn new() -> Arc<Health> {
         Arc::new(Health {
             started: Instant::now(),
+            rate: Mutex::new((Instant::now(), 0, 0.0)),
             readings_in: AtomicU64::new(0),
             published: AtomicU64::new(0),
             answers_published: AtomicU64::new(0),
@@ -141,11 +146,28 @@ impl Health {
         devices.entry(device.to_owned()).or_default().clone()
     }
 
+    /// Readings taken per second since the previous sample (at least a
+    /// second ago; the last rate when it is more recent).
+    fn readings_per_s(&self, readings_in: u64) -> f64 {
+        let mut sample = self.rate.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, before, rate) = *sample;
+        let elapsed = at.elapsed().as_secs_f64();
+        if elapsed < 1.0 {
+            return rate;
+        }
+        let rate = readings_in.saturating_sub(before) as f64 / elapsed;
+        let rate = (rate * 100.0).round() / 100.0;
+        *sample = (Instant::now(), readings_in, rate);
+        rate
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        let readings_in = self.readings_in.load(Relaxed);
         Snapshot {
             uptime_s: self.started.elapsed().as_secs(),
-            readings_in: self.readings_in.load(Relaxed),
+            readings_per_s: self.readings_per_s(readings_in),
+            readings_in,
             published: self.published.load(Relaxed),
             answers_published: self.answers_published.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),

@@ -27,6 +27,8 @@ pub fn devices(count: usize, qos: Qos) -> Vec<Device> {
         value: None,
         deadband: None,
         aggregate: None,
+        unit: None,
+        homeassistant: Default::default(),
     };
     (0..count)
         .map(|i| Device {

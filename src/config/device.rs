@@ -6,6 +6,7 @@
 use serde::Deserialize;
 
 use super::ble::BleDevice;
+use super::entity::EntityHints;
 use super::modbus::{ModbusDevice, ValueType};
 use super::report::{Aggregate, Function};
 use super::serial::SerialDevice;
@@ -73,12 +74,26 @@ pub struct PointSpec {
 }
 
 /// A point as its readings carry it: the type of its value and, when it
-/// is summarised in windows, the functions of its summary.
-#[derive(Debug, Clone, PartialEq)]
+/// is summarised in windows, the functions of its summary; its unit and
+/// how Home Assistant shows it; and, when commands may write it, its range.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PointShape {
     pub name: String,
     pub value_type: ValueType,
     pub functions: Vec<Function>,
+    pub unit: Option<String>,
+    pub hints: EntityHints,
+    pub write: Option<WriteRange>,
+}
+
+/// What a command may write to a point.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WriteRange {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// The smallest change the point can take (its `scale`; 1 for whole
+    /// numbers); `None` for floats.
+    pub step: Option<f64>,
 }
 
 impl PointShape {
@@ -88,7 +103,15 @@ impl PointShape {
             name: name.to_string(),
             value_type,
             functions: aggregate.map_or_else(Vec::new, |a| a.functions.clone()),
+            ..PointShape::default()
         }
+    }
+
+    /// With its unit and Home Assistant hints.
+    pub fn shown(mut self, unit: Option<&String>, hints: &EntityHints) -> PointShape {
+        self.unit = unit.cloned();
+        self.hints = hints.clone();
+        self
     }
 }
 
@@ -161,6 +184,13 @@ macro_rules! device_kinds {
             pub fn spec(&self) -> &dyn DeviceSpec {
                 match self {
                     $(DeviceConfig::$variant(d) => d,)*
+                }
+            }
+
+            /// Its `kind`.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(DeviceConfig::$variant(_) => $kind,)*
                 }
             }
 

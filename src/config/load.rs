@@ -239,6 +239,7 @@ const LOCAL_ONLY: &[&str] = &[
     "ble",
     "remote_config",
     "sparkplug",
+    "homeassistant",
 ];
 
 /// Checks a remote configuration (`version` and `devices`, YAML or JSON)
@@ -375,6 +376,12 @@ impl Config {
             .unwrap_or(self.gateway.id.as_str());
         for (path, message) in self.commands.problems(telemetry_id) {
             push(path, message);
+        }
+        if self.homeassistant.is_some() && self.mqtt.format == super::Format::Sparkplug {
+            push(
+                "homeassistant".into(),
+                "Home Assistant discovery reads the JSON telemetry topics: not with `mqtt.format: sparkplug`".into(),
+            );
         }
         match (self.mqtt.format, &self.sparkplug) {
             (super::Format::Sparkplug, None) => push(

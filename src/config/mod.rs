@@ -8,7 +8,9 @@
 
 pub mod ble;
 mod device;
+pub mod entity;
 mod env;
+pub mod homeassistant;
 mod load;
 pub mod modbus;
 mod mqtt;
@@ -26,10 +28,11 @@ use serde::{Deserialize, Deserializer};
 
 use crate::reading::{Delivery, Name, Priority, Qos};
 pub use ble::BleConfig;
+pub use entity::EntityHints;
 
 pub use device::{
-    BatchConfig, DEVICE_KINDS, DeviceConfig, DeviceSpec, PointShape, PointSpec, duplicate_names,
-    duplicate_point_names,
+    BatchConfig, DEVICE_KINDS, DeviceConfig, DeviceSpec, PointShape, PointSpec, WriteRange,
+    duplicate_names, duplicate_point_names,
 };
 pub use load::{Checked, Warnings, check, remote_warnings};
 pub use load::{ConfigError, Problem, load, load_remote, load_str};
@@ -62,6 +65,9 @@ pub struct Config {
     /// local only.
     #[serde(default, deserialize_with = "null_as_default")]
     pub remote_config: RemoteTrust,
+    /// Home Assistant MQTT discovery; off when absent.
+    #[serde(default)]
+    pub homeassistant: Option<homeassistant::HomeAssistantConfig>,
     /// The Sparkplug B edge node, with `mqtt.format: sparkplug`.
     #[serde(default)]
     pub sparkplug: Option<SparkplugConfig>,

@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
 use crate::config::{
-    BatchConfig, Bounded, DeviceConfig, DeviceSpec, Duration, PointShape, PointSpec,
-    duplicate_point_names,
+    BatchConfig, Bounded, DeviceConfig, DeviceSpec, Duration, EntityHints, PointShape, PointSpec,
+    WriteRange, duplicate_point_names,
 };
 use crate::reading::{Name, Priority, Qos};
 
@@ -157,6 +157,9 @@ pub struct ModbusPoint {
     /// Engineering unit, for the reader of the configuration.
     #[serde(default)]
     pub unit: Option<String>,
+    /// How Home Assistant shows it.
+    #[serde(default)]
+    pub homeassistant: EntityHints,
     /// Publish only when the value moved more than this (a number, or a
     /// percentage such as `2%`) since it was last published (or `heartbeat`
     /// passed); unset: every poll.
@@ -378,7 +381,17 @@ impl DeviceSpec for ModbusDevice {
                 (None, None) => p.value_type(),
                 _ => ValueType::F64,
             };
-            PointShape::new(&p.name, t, p.aggregate.as_ref())
+            let shape = PointShape::new(&p.name, t, p.aggregate.as_ref());
+            let mut shape = shape.shown(p.unit.as_ref(), &p.homeassistant);
+            if p.writable {
+                let whole = !matches!(t, ValueType::F32 | ValueType::F64);
+                shape.write = Some(WriteRange {
+                    min: p.min,
+                    max: p.max,
+                    step: p.scale.or(whole.then_some(1.0)),
+                });
+            }
+            shape
         };
         self.points.iter().map(shape).collect()
     }
@@ -497,10 +510,11 @@ impl RegisterKind {
 }
 
 /// How the words of a point are read as a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ValueType {
     Bool,
+    #[default]
     U16,
     I16,
     U32,

@@ -12,7 +12,9 @@ use serde::{Deserialize, de::value::MapAccessDeserializer};
 
 use crate::config::modbus::ValueType;
 use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
-use crate::config::{BatchConfig, Bounded, DeviceSpec, Duration, PointShape, PointSpec};
+use crate::config::{
+    BatchConfig, Bounded, DeviceSpec, Duration, EntityHints, PointShape, PointSpec,
+};
 use crate::reading::{Name, Priority, Qos};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -181,7 +183,10 @@ impl DeviceSpec for SerialDevice {
 
     /// Fields parse as numbers; one that carries text is learned as such.
     fn shapes(&self) -> Vec<PointShape> {
-        let shape = |f: &Field| PointShape::new(&f.point, ValueType::F64, f.aggregate.as_ref());
+        let shape = |f: &Field| {
+            PointShape::new(&f.point, ValueType::F64, f.aggregate.as_ref())
+                .shown(f.unit.as_ref(), &f.homeassistant)
+        };
         self.fields.values().map(shape).collect()
     }
 
@@ -359,12 +364,14 @@ pub struct Field {
     /// The value sent is `raw * scale + offset`.
     pub scale: f64,
     pub offset: f64,
-    /// The unit of the point's values, for people reading the config.
+    /// The unit of the point's values.
     pub unit: Option<String>,
     /// Sent only when it moved beyond this; unset: every line.
     pub deadband: Option<Deadband>,
     /// Sent as one summary per window instead.
     pub aggregate: Option<Aggregate>,
+    /// How Home Assistant shows it.
+    pub homeassistant: EntityHints,
 }
 
 impl Field {
@@ -392,13 +399,15 @@ struct FieldDetail {
     /// Added after `scale`.
     #[serde(default)]
     offset: f64,
-    /// The unit of the point's values, for people reading the config.
+    /// The unit of the point's values.
     #[serde(default)]
     unit: Option<String>,
     #[serde(default)]
     deadband: Option<Deadband>,
     #[serde(default)]
     aggregate: Option<Aggregate>,
+    #[serde(default)]
+    homeassistant: EntityHints,
 }
 
 impl FieldDetail {
@@ -413,7 +422,9 @@ impl<'de> Deserialize<'de> for Field {
         impl<'de> Visitor<'de> for FieldVisitor {
             type Value = Field;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a point name or { point, scale, offset, unit, deadband, aggregate }")
+                f.write_str(
+                    "a point name or { point, scale, offset, unit, deadband, aggregate, homeassistant }",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
                 Ok(Field {
@@ -423,6 +434,7 @@ impl<'de> Deserialize<'de> for Field {
                     unit: None,
                     deadband: None,
                     aggregate: None,
+                    homeassistant: EntityHints::default(),
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Field, A::Error> {
@@ -434,6 +446,7 @@ impl<'de> Deserialize<'de> for Field {
                     unit: d.unit,
                     deadband: d.deadband,
                     aggregate: d.aggregate,
+                    homeassistant: d.homeassistant,
                 })
             }
         }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use crate::config::modbus::ValueType;
 use crate::config::report::{self, Aggregate, Deadband, PointReport, Report};
 use crate::config::{
-    BatchConfig, DeviceSpec, Duration, PointShape, PointSpec, duplicate_point_names,
+    BatchConfig, DeviceSpec, Duration, EntityHints, PointShape, PointSpec, duplicate_point_names,
 };
 use crate::reading::{Name, Priority, Qos};
 
@@ -69,8 +69,10 @@ impl DeviceSpec for SimulatedDevice {
     }
 
     fn shapes(&self) -> Vec<PointShape> {
-        let shape =
-            |p: &SimulatedPoint| PointShape::new(&p.name, ValueType::F64, p.aggregate.as_ref());
+        let shape = |p: &SimulatedPoint| {
+            PointShape::new(&p.name, ValueType::F64, p.aggregate.as_ref())
+                .shown(p.unit.as_ref(), &p.homeassistant)
+        };
         self.points.iter().map(shape).collect()
     }
 
@@ -145,6 +147,12 @@ pub struct SimulatedPoint {
     /// Sent as one summary per window instead.
     #[serde(default)]
     pub aggregate: Option<Aggregate>,
+    /// What its values are in (`°C`, `kW`, ...).
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// How Home Assistant shows it.
+    #[serde(default)]
+    pub homeassistant: EntityHints,
 }
 
 impl SimulatedPoint {

@@ -81,6 +81,8 @@ pub struct Inbox {
     /// Sparkplug: whether the primary host says it is online (`None`:
     /// not heard yet).
     pub host: watch::Sender<Option<bool>>,
+    /// Home Assistant said `online` on its status topic: discovery again.
+    pub ha_online: watch::Sender<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +193,8 @@ struct Connection<'a> {
     subscribed: bool,
     /// The timestamp of the newest primary host STATE seen.
     host_seen: u64,
+    /// Home Assistant settings so far: part of their commands' ids.
+    set_count: u64,
     /// Whether the CONNACK said the broker still had our session.
     resumed: bool,
     /// Commands handed over, acknowledged once journaled; at most
@@ -211,6 +215,7 @@ impl<'a> Connection<'a> {
             connected_at: None,
             subscribed: false,
             host_seen: 0,
+            set_count: 0,
             resumed: false,
             journaling: FuturesUnordered::new(),
             unacked: VecDeque::new(),
@@ -320,6 +325,11 @@ impl<'a> Connection<'a> {
                         client.try_subscribe(state, Qos::AtLeastOnce)?;
                     }
                 }
+                // Home Assistant's birth, and the controls it sets.
+                if let Some(ha) = &self.settings.homeassistant {
+                    client.try_subscribe(ha.status_topic(), Qos::AtLeastOnce)?;
+                    client.try_subscribe(topics.set_filter(), Qos::AtLeastOnce)?;
+                }
             }
             Event::SubAck(_, true) => {
                 let topics = &self.settings.topics;
@@ -355,7 +365,19 @@ impl<'a> Connection<'a> {
         health: &Health,
     ) -> Result<(), DownstreamError> {
         let topics = &self.settings.topics;
-        if message.topic == topics.commands() {
+        let ha = self.settings.homeassistant.as_ref();
+        if ha.is_some_and(|ha| message.topic == ha.status_topic()) {
+            if message.payload.as_slice() == b"online" {
+                tracing::info!("Home Assistant is online: discovery again");
+                self.inbox.ha_online.send_modify(|n| *n += 1);
+            }
+            return self.ack(message);
+        }
+        // A control in Home Assistant: a bare value, as a command.
+        let set = (ha.and_then(|_| topics.set_target(&message.topic)))
+            .map(|(device, point)| self.set_command(device, point, &message.payload));
+        if message.topic == topics.commands() || set.is_some() {
+            let payload = set.unwrap_or_else(|| message.payload.to_vec());
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 permit = tokio::time::timeout(HANDOVER_WAIT, self.inbox.commands.reserve()) => permit,
@@ -373,7 +395,7 @@ impl<'a> Connection<'a> {
             };
             let (journaled, answer) = oneshot::channel();
             permit.send(CommandIn {
-                payload: message.payload.clone(),
+                payload,
                 response_topic: message.response_topic.clone(),
                 correlation: message.correlation.clone(),
                 journaled,
@@ -421,6 +443,19 @@ impl<'a> Connection<'a> {
             tracing::warn!("ignored a message on {}", message.topic);
         }
         self.ack(message)
+    }
+
+    /// What Home Assistant sends to `P/set/{device}/{point}` (a bare
+    /// value: `22.5`, `true`, or text) as a command, with an id of its own.
+    fn set_command(&mut self, device: &str, point: &str, payload: &[u8]) -> Vec<u8> {
+        let value = serde_json::from_slice::<serde_json::Value>(payload)
+            .unwrap_or_else(|_| String::from_utf8_lossy(payload).into_owned().into());
+        self.set_count += 1;
+        let at = jiff::Timestamp::now().as_millisecond();
+        let id = format!("ha-{device}-{point}-{at}-{}", self.set_count);
+        let command =
+            serde_json::json!({"id": id, "device": device, "point": point, "value": value});
+        command.to_string().into_bytes()
     }
 
     /// The primary host's STATE, `{"online": bool, "timestamp": ms}`: an

@@ -19,6 +19,7 @@
 mod credentials;
 mod downstream;
 mod drain;
+pub mod homeassistant;
 mod inflight;
 mod link;
 pub mod payload;
@@ -80,6 +81,8 @@ pub struct Settings {
     pub topics: Topics,
     /// `mqtt.format: sparkplug`: the edge node's group, id and QoS.
     pub sparkplug: Option<sparkplug::Settings>,
+    /// Home Assistant discovery, with a `homeassistant:` section.
+    pub homeassistant: Option<homeassistant::Settings>,
     /// How often the retained status is refreshed.
     pub status_interval: Duration,
     /// How long a shutdown waits for outstanding acks.
@@ -113,6 +116,7 @@ impl Settings {
             max_attempts: mqtt.max_attempts.get() as u32,
             topics: Topics::new(mqtt.topic_prefix.as_str(), config.gateway.id.as_str()),
             sparkplug: sparkplug::Settings::from_config(config),
+            homeassistant: homeassistant::Settings::from_config(config),
             status_interval: config.gateway.status_interval.get(),
             drain_grace: Duration::from_secs(3),
         })
@@ -173,6 +177,10 @@ pub struct Channels {
     pub rebirth: watch::Receiver<u64>,
     /// Sparkplug: whether the primary host is online (`None`: not heard).
     pub host: watch::Receiver<Option<bool>>,
+    /// The devices Home Assistant discovery announces.
+    pub ha_model: watch::Receiver<homeassistant::Model>,
+    /// Each `online` Home Assistant says on `{prefix}/status` adds one.
+    pub ha_online: watch::Receiver<u64>,
 }
 
 /// Runs until `shutdown`: connect, drain, and reconnect with backoff,
@@ -190,6 +198,8 @@ pub async fn run(
     let mut attempts = Attempts::new(&settings, Role::Telemetry);
     let mut node = (settings.sparkplug.clone())
         .map(|s| sparkplug::Node::new(s, config.model.borrow().clone()));
+    let mut discovery = (settings.homeassistant.clone())
+        .map(|s| homeassistant::Discovery::new(s, config.ha_model.borrow().clone()));
     loop {
         let broker = match attempts.next(&shutdown).await {
             Next::Connect(broker) => broker,
@@ -206,6 +216,7 @@ pub async fn run(
             config.clone(),
             &mut poison,
             node.as_mut(),
+            discovery.as_mut(),
         );
         let Err(e) = session.run(broker, &shutdown, &mut link).await else {
             return;

@@ -69,6 +69,23 @@ impl Topics {
     pub fn config_state(&self) -> String {
         format!("{}/config/state", self.base)
     }
+
+    /// Where Home Assistant sets a writable point: a bare value.
+    pub fn set(&self, device: &str, point: &str) -> String {
+        format!("{}/set/{device}/{point}", self.base)
+    }
+
+    /// Every `set` topic.
+    pub fn set_filter(&self) -> String {
+        format!("{}/set/+/+", self.base)
+    }
+
+    /// The device and point of a `set` topic.
+    pub fn set_target<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix("/set/")?;
+        let (device, point) = rest.split_once('/')?;
+        (!device.is_empty() && !point.is_empty() && !point.contains('/')).then_some((device, point))
+    }
 }
 
 /// `2026-11-25T10:00:00.123Z` for a time in milliseconds since the epoch.
@@ -149,6 +166,7 @@ pub fn status(
         "config_version": config.version,
         "config_origin": config.origin.as_str(),
         "uptime_s": health.uptime_s,
+        "rates": { "readings_per_s": health.readings_per_s },
         "queue": {
             "rows": queue.rows,
             "bytes": queue.bytes,

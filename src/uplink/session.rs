@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::drain::{Candidate, Drain};
+use super::homeassistant::Discovery;
 use super::inflight::{Inflight, Mismatch, Tracked};
 use super::link::{self, BrokerRefusal, Event, MqttLink, SessionKind};
 use super::poison::{self, PoisonWatch};
@@ -128,6 +129,8 @@ pub(super) struct Session<'a> {
     /// `mqtt.format: sparkplug`: the edge node, and this connection's NDEATH.
     node: Option<&'a mut Node>,
     death: Option<sparkplug::Message>,
+    /// Home Assistant discovery, with a `homeassistant:` section.
+    discovery: Option<&'a mut Discovery>,
 }
 
 impl<'a> Session<'a> {
@@ -138,6 +141,7 @@ impl<'a> Session<'a> {
         config: Channels,
         poison: &'a mut PoisonWatch,
         node: Option<&'a mut Node>,
+        discovery: Option<&'a mut Discovery>,
     ) -> Self {
         Session {
             settings,
@@ -168,6 +172,7 @@ impl<'a> Session<'a> {
             acked: false,
             node,
             death: None,
+            discovery,
         }
     }
 
@@ -209,6 +214,12 @@ impl<'a> Session<'a> {
         rebirth.mark_unchanged();
         host.mark_unchanged();
         let sparkplug = self.node.is_some();
+        // Home Assistant: a new configuration, or Home Assistant (re)started.
+        let mut ha_model = self.config.ha_model.clone();
+        let mut ha_online = self.config.ha_online.clone();
+        ha_model.mark_unchanged();
+        ha_online.mark_unchanged();
+        let discovery = self.discovery.is_some();
         loop {
             self.refill().await?;
             let wake = self.next_wake();
@@ -237,6 +248,8 @@ impl<'a> Session<'a> {
                 _ = status_tick.tick(), if self.connected => self.publish_status().await?,
                 changed = config_state.changed(), if self.connected => {
                     if changed.is_ok() {
+                        // The status names the running configuration too.
+                        self.publish_status().await?;
                         self.publish_config_state()?;
                     }
                 }
@@ -245,6 +258,12 @@ impl<'a> Session<'a> {
                 }
                 Ok(()) = rebirth.changed(), if self.connected && sparkplug => {
                     self.publish_births().await?;
+                }
+                Ok(()) = ha_model.changed(), if self.connected && discovery => {
+                    self.publish_discovery()?;
+                }
+                Ok(()) = ha_online.changed(), if self.connected && discovery => {
+                    self.publish_discovery()?;
                 }
                 Ok(()) = host.changed(), if self.connected && sparkplug => {
                     let alive = self.node.as_ref().is_some_and(|n| n.alive());
@@ -630,6 +649,39 @@ impl<'a> Session<'a> {
         Err(UplinkError::HostOffline)
     }
 
+    /// Every Home Assistant discovery message, retained: on every
+    /// connection (the broker may have lost them), on a new configuration,
+    /// and when Home Assistant says it started.
+    fn publish_discovery(&mut self) -> Result<(), UplinkError> {
+        let Some(discovery) = self.discovery.as_deref_mut() else {
+            return Ok(());
+        };
+        discovery.set_model(self.config.ha_model.borrow().clone());
+        for (topic, body) in discovery.all() {
+            self.publish_control(topic, body)?;
+        }
+        Ok(())
+    }
+
+    /// Home Assistant: a device removed from the configuration is removed
+    /// there too; a BLE sensor's new measurement is announced before the
+    /// reading that carries it.
+    fn discovery_follows(&mut self, row: &Row) -> Result<(), UplinkError> {
+        let Some(discovery) = self.discovery.as_deref_mut() else {
+            return Ok(());
+        };
+        let message = match row.kind {
+            RowKind::Availability if row.values.is_empty() => Some(discovery.removed(&row.device)),
+            RowKind::Availability => None,
+            RowKind::Reading if row.topic.is_none() => discovery.learn(&row.device, &row.values),
+            RowKind::Reading => None,
+        };
+        match message {
+            Some((topic, body)) => self.publish_control(topic, body),
+            None => Ok(()),
+        }
+    }
+
     /// NBIRTH and the DBIRTHs, first on every connection.
     async fn publish_births(&mut self) -> Result<(), UplinkError> {
         if self.node.is_none() || !self.host_online() {
@@ -726,6 +778,16 @@ impl<'a> Session<'a> {
     }
 
     fn publish(&mut self, message: Pending) -> Result<(), UplinkError> {
+        if self.discovery.is_some() {
+            match &message {
+                Pending::Single(row) => self.discovery_follows(row)?,
+                Pending::Batch(rows) => {
+                    for row in rows {
+                        self.discovery_follows(row)?;
+                    }
+                }
+            }
+        }
         let (device, qos, keys, body) = match message {
             // Not a reading: an answer to a command, to its own topic.
             Pending::Single(row) if row.topic.is_some() => {
@@ -820,6 +882,7 @@ impl<'a> Session<'a> {
                 self.publish_status().await?;
                 self.publish_config_state()?;
                 self.publish_availability().await?;
+                self.publish_discovery()?;
                 self.publish_births().await?;
                 return Ok(true);
             }

@@ -1,18 +1,20 @@
 //! What the end-to-end tests start, one file per thing: a mosquitto
 //! ([`Broker`]), a subscriber to it ([`Subscriber`]), the gateway process
 //! ([`Gateway`]) with its config, socat ptys ([`Pty`]), Modbus slaves, test
-//! certificates and a TCP proxy. Everything blocks, for plain `#[test]`s;
-//! nothing uses a fixed port. Signals go through the `kill` command, so the
-//! tests need no libc binding.
+//! certificates, a TCP proxy and a Home Assistant core. Everything blocks,
+//! for plain `#[test]`s; nothing uses a fixed port. Signals go through the
+//! `kill` command, so the tests need no libc binding.
 //!
 //! Compiled into every test binary, and no binary uses all of it.
 #![allow(dead_code)]
 
 pub mod amqtt;
 mod availability;
+pub mod bluez;
 mod broker;
 mod config;
 mod gateway;
+pub mod homeassistant;
 mod messages;
 pub mod modbus_slave;
 pub mod mqtt_trace;

@@ -97,7 +97,7 @@ fn show_with(
                 }
                 // A section whose absence turns its feature off has
                 // required keys: `{}` would not read back.
-                None if *section == "sparkplug" => {
+                None if ["sparkplug", "homeassistant"].contains(section) => {
                     out.line(0, &format!("{section}: null"), "not set: off");
                 }
                 None => {

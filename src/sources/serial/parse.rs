@@ -468,6 +468,7 @@ mod tests {
             unit: None,
             deadband: None,
             aggregate: None,
+            homeassistant: Default::default(),
         };
         assert_eq!(field.convert(215.0), 21.5);
         assert_eq!(to_json(field.convert(215.0)), json!(21.5));

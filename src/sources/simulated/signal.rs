@@ -37,6 +37,8 @@ mod tests {
             value: None,
             deadband: None,
             aggregate: None,
+            unit: None,
+            homeassistant: Default::default(),
         }
     }
 

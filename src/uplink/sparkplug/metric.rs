@@ -301,6 +301,7 @@ mod tests {
             name: "t".into(),
             value_type: ValueType::F64,
             functions: vec![Function::Mean, Function::Count],
+            ..PointShape::default()
         }];
         let m = metrics_of(&shapes);
         assert_eq!(m.get("t/mean"), Some(&DataType::Double));
