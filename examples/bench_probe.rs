@@ -13,7 +13,8 @@
 //!   `--warmup` seconds, over `--seconds`: readings taken (the store's
 //!   `next_seq`), bytes written to disk per reading (`write_bytes`, deletes
 //!   after ack included), on-CPU time per reading (field 1 of
-//!   `/proc/<pid>/task/*/schedstat`, summed over the threads), and the
+//!   `/proc/<pid>/task/*/schedstat`, summed over the threads), write
+//!   calls per reading (`syscw`: sockets, files, wake-ups alike), and the
 //!   latency from each reading's `ts` to its arrival at the subscriber,
 //!   p50 and p99. With `--baseline-lines`, a `mosquitto_pub -l -q 1` runs
 //!   beside it in the same window, fed those payloads at `--baseline-rate`
@@ -179,10 +180,11 @@ async fn steady(
     let mut gateway = spawn(command)?;
     let pid = pid(&gateway)?;
     tokio::time::sleep(warmup).await;
-    let sample = || -> anyhow::Result<(i64, u64, u64)> {
+    let sample = || -> anyhow::Result<(i64, u64, u64, u64)> {
         let seq = Outbox::open_read_only(db)?.next_seq();
         let written = proc_field(pid, "io", "write_bytes:")?;
-        Ok((seq, written, on_cpu_ns(pid)?))
+        let calls = proc_field(pid, "io", "syscw:")?;
+        Ok((seq, written, on_cpu_ns(pid)?, calls))
     };
     while messages.try_recv().is_ok() {} // arrived during the warm-up
     let before = sample()?;
@@ -203,13 +205,15 @@ async fn steady(
     let baseline_figures = match (&mut baseline, baseline_before, baseline_after) {
         (Some(baseline), Some(b), Some(a)) => {
             baseline.stop().await?;
-            let per_message = (a.1 - b.1) as f64 / 1e3 / (a.0 - b.0).max(1) as f64;
+            let messages = (a.0 - b.0).max(1) as f64;
+            let per_message = (a.1 - b.1) as f64 / 1e3 / messages;
             let per_reading =
                 (after.2 - before.2) as f64 / 1e3 / (after.0 - before.0).max(1) as f64;
             format!(
-                " baseline_msgs_per_s={:.0} baseline_cpu_us_per_msg={per_message:.2} cpu_ratio={:.3}",
+                " baseline_msgs_per_s={:.0} baseline_cpu_us_per_msg={per_message:.2} cpu_ratio={:.3} baseline_write_calls_per_msg={:.2}",
                 (a.0 - b.0) as f64 / window.as_secs_f64(),
                 per_reading / per_message,
+                (a.2 - b.2) as f64 / messages,
             )
         }
         _ => String::new(),
@@ -224,10 +228,11 @@ async fn steady(
             .map_or(f64::NAN, |&us| us as f64 / 1e3)
     };
     println!(
-        "readings_per_s={:.0} bytes_per_reading={:.0} cpu_us_per_reading={:.2} latency_p50_ms={:.1} latency_p99_ms={:.1} received={}{baseline_figures}",
+        "readings_per_s={:.0} bytes_per_reading={:.0} cpu_us_per_reading={:.2} write_calls_per_reading={:.2} latency_p50_ms={:.1} latency_p99_ms={:.1} received={}{baseline_figures}",
         readings / window.as_secs_f64(),
         (after.1 - before.1) as f64 / readings,
         (after.2 - before.2) as f64 / 1e3 / readings,
+        (after.3 - before.3) as f64 / readings,
         pick(0.50),
         pick(0.99),
         latencies_us.len(),
@@ -400,9 +405,13 @@ impl Baseline {
         })
     }
 
-    /// Messages handed to it, and its on-CPU nanoseconds.
-    fn sample(&self) -> anyhow::Result<(u64, u64)> {
-        Ok((self.sent.load(Ordering::Relaxed), on_cpu_ns(self.pid)?))
+    /// Messages handed to it, its on-CPU nanoseconds and its write calls.
+    fn sample(&self) -> anyhow::Result<(u64, u64, u64)> {
+        Ok((
+            self.sent.load(Ordering::Relaxed),
+            on_cpu_ns(self.pid)?,
+            proc_field(self.pid, "io", "syscw:")?,
+        ))
     }
 
     async fn stop(&mut self) -> anyhow::Result<()> {

@@ -280,7 +280,7 @@ steady() {
             -- "$bin" run --config "$config/fieldgate.yaml")
         unlisten
         for figure in readings_per_s bytes_per_reading cpu_us_per_reading latency_p50_ms latency_p99_ms \
-            baseline_cpu_us_per_msg cpu_ratio; do
+            baseline_cpu_us_per_msg cpu_ratio write_calls_per_reading baseline_write_calls_per_msg; do
             record "$1$figure" "$(value "$out" "$figure")"
         done
     done
@@ -383,6 +383,8 @@ table() {
     row cpu_us_per_reading "on-CPU time per reading at that rate" "µs" 1 "<= 20"
     row baseline_cpu_us_per_msg "mosquitto_pub -l on-CPU time per message, same rate and payloads" "µs" 1 ""
     row cpu_ratio "CPU per reading / mosquitto_pub CPU per message, same run" "ratio" 2 "<= 0.4"
+    row write_calls_per_reading "write calls per reading at that rate (sockets, files, wake-ups; syscw)" "calls" 2 ""
+    row baseline_write_calls_per_msg "mosquitto_pub -l write calls per message, same run" "calls" 2 ""
     row latency_p50_ms "latency reading to subscriber at that rate, p50" "ms" 1 ""
     row latency_p99_ms "latency reading to subscriber at that rate, p99" "ms" 1 "<= 20"
     row fast_latency_p50_ms "… with store.flush_interval: $fast_flush: latency p50" "ms" 1 ""

@@ -192,10 +192,6 @@ fn init_logging(level: Option<&str>) {
     }
 }
 
-/// Runtime worker threads at most: the gateway waits on I/O almost all the
-/// time, and each worker costs a stack and an allocator arena. One per core
-/// on a single-core Pi, two anywhere else.
-const MAX_WORKERS: usize = 2;
 /// Threads for blocking calls (files, DNS, the BLE radio power cycle) at
 /// most, and how long an idle one is kept: enough that a DNS lookup hung
 /// on a dead network holds up nothing else, and gone soon after.
@@ -204,11 +200,12 @@ const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(
 
 fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
     limit_malloc_arenas();
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_WORKERS);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    // One thread runs every task: the gateway waits on I/O almost all the
+    // time, and a second worker cost more in wake-ups and hand-overs
+    // between the two (a third of the CPU per reading at 1,000 readings/s,
+    // `scripts/bench.sh`) than it ever gained, besides its stack and
+    // allocator arena. The store has a thread of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(MAX_BLOCKING)
         .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .enable_all()

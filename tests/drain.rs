@@ -69,3 +69,45 @@ fn a_backlog_drains_at_drain_rate_and_live_readings_follow_unpaced() {
     assert_ordered_per_device(&rig.sub.messages());
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 }
+
+/// Publishes already queued go out in one socket write, not one each
+/// (`vendor/README.md`): a write per publish was most of the CPU a reading
+/// cost, and what bounded the drain. `/proc/PID/io`'s `syscw` counts every
+/// write the process makes (SQLite's and the log's too).
+#[test]
+fn a_backlog_goes_out_in_far_fewer_socket_writes_than_messages() {
+    const BACKLOG: u64 = 3_000;
+    let old = sim_device("old", "1ms", BACKLOG, "");
+    let mut rig = Rig::with("check-writes", TELEMETRY, "", "  drain_rate: 0\n", &old);
+    rig.broker.stop();
+    let mut gw = rig.gateway();
+    let deadline = std::time::Instant::now() + LONG;
+    while queued_rows(&rig.config) < BACKLOG && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The readings, and the device's availability.
+    assert!(queued_rows(&rig.config) >= BACKLOG, "{}", gw.log());
+    let writes = || -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", gw.pid())).unwrap_or_default();
+        io.lines()
+            .find_map(|l| l.strip_prefix("syscw:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no syscw in /proc/{}/io: {io}", gw.pid()))
+    };
+    let before = writes();
+    rig.broker.restart();
+    let all = |m: &[Message]| {
+        telemetry(m)
+            .iter()
+            .map(|(_, seq, _)| *seq)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            >= BACKLOG as usize
+    };
+    rig.expect(&gw, LONG, all);
+    let made = writes() - before;
+    eprintln!("{BACKLOG} backlog messages took {made} write calls in all");
+    assert!(made < BACKLOG / 3, "{made} writes for {BACKLOG} messages");
+    assert_ordered_per_device(&rig.sub.messages());
+    assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
+}

@@ -23,8 +23,7 @@ pub enum Action {
 pub fn run(action: Action, configured_adapter: Option<String>) -> anyhow::Result<()> {
     let Action::Scan { seconds, adapter } = action;
     let adapter = adapter.or(configured_adapter);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -37,6 +37,8 @@ pub(super) struct Batcher {
     readings: Vec<Staged>,
     /// Where new readings go as they arrive, while the uplink is caught up.
     live: Option<mpsc::Sender<Row>>,
+    /// Rows of this round for `live`, in `seq` order.
+    forwarded: Vec<Row>,
     /// Per priority, the highest seq handed to the uplink (stored or
     /// staged): those up to it may be on their way, so neither the memory
     /// bound nor the store's limits drop them.
@@ -75,6 +77,7 @@ impl Batcher {
             memory_buffer: settings.memory_buffer.get() as usize,
             readings: Vec::new(),
             live: None,
+            forwarded: Vec::new(),
             handed: [0; 3],
             acks: Vec::new(),
             refused: Vec::new(),
@@ -113,6 +116,7 @@ impl Batcher {
                         };
                         self.handle(command);
                     }
+                    self.send_forwarded();
                     // After a failed commit, retry on the interval rather
                     // than on every message.
                     let pending = self.readings.len() + self.acks.len() + self.refused.len();
@@ -134,6 +138,10 @@ impl Batcher {
     }
 
     fn handle(&mut self, command: Command) {
+        if !matches!(command, Command::Append(_)) {
+            // The uplink's view stays in order with what comes next.
+            self.send_forwarded();
+        }
         match command {
             Command::Append(reading) => {
                 let mut staged = self.outbox.stage(&reading);
@@ -216,7 +224,7 @@ impl Batcher {
                 let result = self.outbox.answer_command(&id, &answer);
                 if result.is_ok() {
                     // The answer is in the table only: the uplink fetches it.
-                    self.live = None;
+                    self.end_forwarding();
                     self.committed.send_modify(|n| *n += 1);
                 }
                 let _ = reply.send(result);
@@ -228,7 +236,7 @@ impl Batcher {
                 let now_ms = self.clock.now_ms();
                 let result = self.outbox.set_availability(&device, state, now_ms);
                 if matches!(result, Ok(true)) {
-                    self.live = None;
+                    self.end_forwarding();
                     self.committed.send_modify(|n| *n += 1);
                 }
                 let _ = reply.send(result);
@@ -238,7 +246,7 @@ impl Batcher {
                 let _ = self.commit();
                 let result = self.outbox.forget_availability(&keep, now_ms);
                 if result.as_ref().is_ok_and(|gone| !gone.is_empty()) {
-                    self.live = None;
+                    self.end_forwarding();
                     self.committed.send_modify(|n| *n += 1);
                 }
                 let _ = reply.send(result);
@@ -311,16 +319,37 @@ impl Batcher {
         Ok(rows)
     }
 
-    /// Hands a staged reading to the uplink, while it is caught up. A full
-    /// or closed channel ends the forwarding: the uplink fetches again.
+    /// Hands a staged reading to the uplink, while it is caught up: queued
+    /// for [`Batcher::send_forwarded`], so that a round wakes the uplink once.
     fn forward(&mut self, row: &Row) {
-        let Some(live) = &self.live else { return };
-        if self.failing || !self.outbox.is_reserved(row.seq) || live.try_send(row.clone()).is_err()
-        {
-            self.live = None;
+        if self.live.is_none() {
+            return;
+        }
+        if self.failing || !self.outbox.is_reserved(row.seq) {
+            self.end_forwarding();
         } else {
+            self.forwarded.push(row.clone());
             self.handed[row.priority as usize] = row.seq;
         }
+    }
+
+    /// Sends what [`Batcher::forward`] queued. A full or closed channel
+    /// ends the forwarding: the uplink fetches again.
+    fn send_forwarded(&mut self) {
+        let Some(live) = &self.live else { return };
+        let sent = self
+            .forwarded
+            .drain(..)
+            .try_for_each(|row| live.try_send(row).map_err(drop));
+        if sent.is_err() {
+            self.end_forwarding();
+        }
+    }
+
+    /// Whatever comes next, the uplink fetches.
+    fn end_forwarding(&mut self) {
+        self.live = None;
+        self.forwarded.clear();
     }
 
     fn is_staged(&self, seq: i64) -> bool {

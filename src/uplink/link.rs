@@ -298,6 +298,11 @@ impl Client {
     }
 }
 
+/// Publishes already queued for rumqttc go out in one write with the one
+/// that woke it, up to this many: a write per wake-up, not per message, is
+/// most of the CPU a reading costs (see `vendor/README.md`).
+const REQUEST_BATCH: usize = 64;
+
 /// A connection being made: its client, its events, and the task polling
 /// rumqttc (aborted when this is dropped).
 pub struct MqttLink {
@@ -329,6 +334,7 @@ impl MqttLink {
                     .set_manual_acks(true)
                     .set_keep_alive(o.keep_alive)
                     .set_inflight(o.inflight)
+                    .set_max_request_batch(REQUEST_BATCH)
                     .set_max_packet_size(1 << 20, 1 << 20)
                     .set_transport(transport);
                 if let Some(will) = &o.will {
@@ -357,6 +363,7 @@ impl MqttLink {
                         k => k,
                     })
                     .set_outgoing_inflight_upper_limit(o.inflight)
+                    .set_max_request_batch(REQUEST_BATCH)
                     .set_max_packet_size(Some(1 << 20))
                     .set_transport(transport);
                 if let SessionKind::Kept { expiry_s } = o.session {
