@@ -111,11 +111,7 @@ fn pushed_devices_start_and_stop_while_untouched_ones_flow_on_and_survive_an_off
     let before = readings_of(&rig.sub.messages(), "fresh");
     let mut gw = rig.gateway();
     assert!(gw.wait_for_log("origin=\"remote\"", LONG), "{}", gw.log());
-    let deadline = Instant::now() + LONG;
-    while queued_rows(&rig.config) < 20 {
-        assert!(Instant::now() < deadline, "{}", gw.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_queued(&rig.config, &gw, 20, LONG);
     rig.broker.restart();
     rig.expect(&gw, LONG, |m| readings_of(m, "fresh") >= before + 20);
     let after = rig.sub.messages();
