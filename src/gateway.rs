@@ -158,6 +158,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         stop_time_sync.clone(),
     ));
     service::ready();
+    let trim = tokio::spawn(crate::resident::keep_trim());
 
     loop {
         tokio::select! {
@@ -171,6 +172,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
         }
     }
     service::stopping();
+    trim.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }

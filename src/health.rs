@@ -34,6 +34,11 @@ pub struct Health {
     /// Commands rejected unread (not JSON, unknown fields, too large): not
     /// journaled, answered at most a few per second.
     pub commands_unreadable: AtomicU64,
+    /// Home Assistant "online" messages and Sparkplug NCMD rebirths not
+    /// answered at once, each answered by the next pass, shared with others
+    /// (at most one per period: `uplink/pace.rs`).
+    pub discovery_coalesced: AtomicU64,
+    pub rebirths_coalesced: AtomicU64,
     /// What is wrong with the MQTT link beyond a retry, if anything
     /// (another client using our client id).
     uplink_problem: Mutex<Option<String>>,
@@ -98,6 +103,8 @@ pub struct Snapshot {
     pub commands_dropped: u64,
     pub commands_unanswered: u64,
     pub commands_unreadable: u64,
+    pub discovery_coalesced: u64,
+    pub rebirths_coalesced: u64,
     /// Whether commands can reach the gateway now (the downstream connection).
     pub downstream_up: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,6 +134,8 @@ impl Health {
             downstream_up: AtomicBool::new(false),
             commands_unanswered: AtomicU64::new(0),
             commands_unreadable: AtomicU64::new(0),
+            discovery_coalesced: AtomicU64::new(0),
+            rebirths_coalesced: AtomicU64::new(0),
             uplink_problem: Mutex::new(None),
             devices: Mutex::new(BTreeMap::new()),
         })
@@ -174,6 +183,8 @@ impl Health {
             commands_dropped: self.commands_dropped.load(Relaxed),
             commands_unanswered: self.commands_unanswered.load(Relaxed),
             commands_unreadable: self.commands_unreadable.load(Relaxed),
+            discovery_coalesced: self.discovery_coalesced.load(Relaxed),
+            rebirths_coalesced: self.rebirths_coalesced.load(Relaxed),
             downstream_up: self.downstream_up.load(Relaxed),
             uplink_problem: self
                 .uplink_problem

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("commands", 5),
     ("metrics", 6),
     ("service", 6),
+    ("resident", 6),
     ("time_sync", 6),
     ("gateway", 7),
 ];

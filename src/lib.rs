@@ -13,9 +13,10 @@
 //! 4. [`sources`] and [`uplink`], which never name each other: sources put
 //!    readings into the store, the uplink takes rows out of it;
 //! 5. [`commands`];
-//! 6. [`gateway`], which wires everything together, with [`metrics`],
-//!    [`service`] (systemd) and [`time_sync`] (honest timestamps); the CLI (`src/cli/`, `src/main.rs`) is the
-//!    binary on top.
+//! 6. [`metrics`], [`service`] (systemd), [`resident`] (memory) and
+//!    [`time_sync`] (honest timestamps);
+//! 7. [`gateway`], which wires everything together; the CLI (`src/cli/`,
+//!    `src/main.rs`) is the binary on top.
 
 pub mod backoff;
 pub mod clock;
@@ -25,6 +26,7 @@ pub mod gateway;
 pub mod health;
 pub mod metrics;
 pub mod reading;
+pub mod resident;
 pub mod service;
 pub mod sources;
 pub mod store;

@@ -199,7 +199,7 @@ const MAX_BLOCKING: usize = 16;
 const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
-    limit_malloc_arenas();
+    fieldgate::resident::limit_malloc_arenas();
     // One thread runs every task: the gateway waits on I/O almost all the
     // time, and a second worker cost more in wake-ups and hand-overs
     // between the two (a third of the CPU per reading at 1,000 readings/s,
@@ -214,25 +214,6 @@ fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
     runtime.block_on(fieldgate::gateway::run(config, path))?;
     Ok(())
 }
-
-/// glibc gives each thread that allocates its own arena (up to 8 per core),
-/// and each keeps freed memory for reuse: with a handful of threads that is
-/// most of the heap's RSS. Two arenas serve the runtime and the store thread
-/// without contention worth measuring. Same as `MALLOC_ARENA_MAX=2`, which,
-/// when set, wins.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only changes allocator tunables; it is called
-        // before any other thread of this process exists.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
 
 #[cfg(test)]
 mod tests {

@@ -18,10 +18,7 @@ fn a_backlog_drains_at_drain_rate_and_live_readings_follow_unpaced() {
     let mut rig = Rig::with("check-drain", TELEMETRY, "", MQTT, &old);
     rig.broker.stop();
     let mut gw = rig.gateway();
-    let deadline = std::time::Instant::now() + LONG;
-    while queued_rows(&rig.config) < 1_500 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_queued(&rig.config, &gw, 1_500, LONG);
     rig.broker.restart();
     // A device that starts reading once the link is back: all its readings
     // are live, and none of them waits for the old device's backlog.
@@ -81,12 +78,7 @@ fn a_backlog_goes_out_in_far_fewer_socket_writes_than_messages() {
     let mut rig = Rig::with("check-writes", TELEMETRY, "", "  drain_rate: 0\n", &old);
     rig.broker.stop();
     let mut gw = rig.gateway();
-    let deadline = std::time::Instant::now() + LONG;
-    while queued_rows(&rig.config) < BACKLOG && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // The readings, and the device's availability.
-    assert!(queued_rows(&rig.config) >= BACKLOG, "{}", gw.log());
+    wait_for_queued(&rig.config, &gw, BACKLOG, LONG);
     let writes = || -> u64 {
         let io = std::fs::read_to_string(format!("/proc/{}/io", gw.pid())).unwrap_or_default();
         io.lines()
@@ -96,15 +88,7 @@ fn a_backlog_goes_out_in_far_fewer_socket_writes_than_messages() {
     };
     let before = writes();
     rig.broker.restart();
-    let all = |m: &[Message]| {
-        telemetry(m)
-            .iter()
-            .map(|(_, seq, _)| *seq)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-            >= BACKLOG as usize
-    };
-    rig.expect(&gw, LONG, all);
+    rig.expect(&gw, LONG, |m| distinct_seqs(m).len() >= BACKLOG as usize);
     let made = writes() - before;
     eprintln!("{BACKLOG} backlog messages took {made} write calls in all");
     assert!(made < BACKLOG / 3, "{made} writes for {BACKLOG} messages");

@@ -30,16 +30,6 @@ fn mixed_devices(per_kind: usize, per_device: u64) -> String {
         .collect()
 }
 
-/// Waits until the gateway (which cannot reach its broker) has `rows` queued.
-#[track_caller]
-fn wait_for_backlog(config: &Path, gw: &Gateway, rows: u64) {
-    let deadline = Instant::now() + LONG;
-    while queued_rows(config) < rows {
-        assert!(Instant::now() < deadline, "no backlog\n{}", gw.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Waits until the broker has completed every seq below `end` but for
 /// `others` that are not readings (availability messages carry no seq).
 #[track_caller]
@@ -151,7 +141,7 @@ fn drain_to_mosquitto(mqtt: &str, readings: u64) {
     let mut gw = Gateway::start(&config, dir.path());
     // The readings and the four devices' `online`.
     let devices = 4;
-    wait_for_backlog(&config, &gw, readings + devices as u64);
+    wait_for_queued(&config, &gw, readings + devices as u64, LONG);
 
     let trace = MqttTrace::start_on(port, broker.port);
     let end = (readings + devices as u64) as i64 + 1;
@@ -273,7 +263,7 @@ fn an_aedes_restart_mid_drain_gives_one_new_session() {
     );
     let mut gw = Gateway::start(&config, dir.path());
     // The readings and the four devices' `online`.
-    wait_for_backlog(&config, &gw, 10_004);
+    wait_for_queued(&config, &gw, 10_004, LONG);
 
     let trace = MqttTrace::start_on(port, aedes.port);
     let deadline = Instant::now() + LONG;

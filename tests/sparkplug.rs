@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::modbus_slave::{Slave, Tables};
 use common::sparkplug::{decode, host_command, metric, of};
@@ -406,6 +406,49 @@ fn a_host_asks_for_a_rebirth_and_writes_a_modbus_point_by_name_and_by_alias() {
         "{}",
         decoded[births[1] + 1]
     );
+}
+
+/// A host gone wrong floods the node with NCMD rebirths: at most one set
+/// of births a second (`uplink/pace.rs`), the last ask answered, and the
+/// data flows on, in sequence.
+#[test]
+fn a_flood_of_rebirths_makes_at_most_one_set_of_births_a_second() {
+    const FLOOD: usize = 1_000;
+    let broker = Broker::start();
+    let sub = Subscriber::connect(broker.port, "check-spb-flood", ALL);
+    let dir = tempfile::tempdir().unwrap();
+    let room = sim_device("room", "50ms", 1_000_000, "");
+    let config = config(dir.path(), broker.port, &room);
+    let gw = Gateway::start(&config, dir.path());
+    let nbirth = topic("NBIRTH", None);
+    let ddata = topic("DDATA", Some("room"));
+    wait(&sub, &gw, "NBIRTH and DDATA", |m| {
+        count(m, &nbirth) >= 1 && count(m, &ddata) >= 1
+    });
+    assert!(gw.wait_for_commands(LONG), "{}", gw.log());
+
+    let started = Instant::now();
+    host_command(broker.port, &["rebirth", "plant", "gw", &FLOOD.to_string()]);
+    // One set at once, or a second after the last (at connection), and
+    // one more owed to the rest.
+    wait(&sub, &gw, "births for the flood", |m| {
+        count(m, &nbirth) >= 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let elapsed = started.elapsed().as_secs_f64();
+    let births = count(&sub.messages(), &nbirth) - 1;
+    eprintln!("{FLOOD} rebirths asked made {births} sets of births in {elapsed:.1} s");
+    assert!(
+        births as f64 <= 1.0 + elapsed,
+        "{births} sets of births in {elapsed:.1} s"
+    );
+    let before = count(&sub.messages(), &ddata);
+    wait(&sub, &gw, "DDATA after the flood", |m| {
+        count(m, &ddata) >= before + 20
+    });
+    let decoded = decode(&sub.messages());
+    seq_is_continuous(&decoded);
+    data_is_declared_by_its_birth(&decoded);
 }
 
 /// Polls `done` for up to a minute.

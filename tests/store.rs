@@ -231,10 +231,7 @@ fn a_damaged_store_is_moved_aside_and_the_gateway_starts() {
         &sim_device("c", "1ms", 3_000, ""),
     );
     let mut gw = Gateway::start(&config, dir.path());
-    let deadline = Instant::now() + LONG;
-    while queued_rows(&config) < 3_000 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_queued(&config, &gw, 3_000, LONG);
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
     let db = dir.path().join("state").join("fieldgate.db");
     let mut bytes = std::fs::read(&db).unwrap();

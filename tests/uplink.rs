@@ -16,19 +16,6 @@ fn devices(n: u64) -> String {
     sim_device("meter", "5ms", n, "")
 }
 
-/// Waits until the gateway's queue holds `rows`, or panics with its log.
-fn wait_queued(config: &std::path::Path, rows: u64, gw: &Gateway) {
-    let deadline = Instant::now() + LONG;
-    while queued_rows(config) < rows {
-        assert!(
-            Instant::now() < deadline,
-            "queue never reached {rows}\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn tls_verifies_the_broker_and_a_wrong_ca_keeps_every_row() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,7 +35,7 @@ fn tls_verifies_the_broker_and_a_wrong_ca_keeps_every_row() {
     let mut gw = Gateway::start(&config, dir.path());
     assert!(gw.wait_for_log("unknown CA", LONG), "{}", gw.log());
     // The readings and the device's `online`.
-    wait_queued(&config, 101, &gw);
+    wait_for_queued(&config, &gw, 101, LONG);
     assert_eq!(sub.count(), 0);
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 
@@ -84,7 +71,7 @@ fn mutual_tls_delivers_with_the_client_certificate_and_is_refused_without() {
         log.contains("client certificate"),
         "the cause must be named:\n{log}"
     );
-    wait_queued(&config, 50, &gw);
+    wait_for_queued(&config, &gw, 50, LONG);
     assert_eq!(sub.count(), 0);
     assert!(gw.sigterm_and_wait(Duration::from_secs(20)).success());
 
@@ -143,7 +130,7 @@ fn a_wrong_password_is_refused_and_retried_losing_nothing() {
         "{}",
         gw.log()
     );
-    wait_queued(&config, 61, &gw); // and the device's `online`
+    wait_for_queued(&config, &gw, 61, LONG); // and the device's `online`
     // Retried, not given up: several attempts while the password is wrong.
     let deadline = Instant::now() + LONG;
     while gw.log().matches("reconnecting in").count() < 3 {
@@ -307,7 +294,7 @@ fn a_backlog_drains_high_priority_first_within_the_throttle() {
         &devices,
     );
     let mut gw = Gateway::start(&config, dir.path());
-    wait_queued(&config, 3 * per_device, &gw);
+    wait_for_queued(&config, &gw, 3 * per_device, LONG);
     broker.restart();
     let total = 3 * per_device as usize;
     assert!(

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::limits::{Evicted, InFlight};
+use super::wait::{Next, Waiter};
 use super::{Changes, Command, Outbox, QueueStatus, Row, RowKey, Staged, StoreError};
 use crate::clock::Clock;
 use crate::config::StoreConfig;
@@ -89,22 +90,17 @@ impl Batcher {
         }
     }
 
-    pub(super) fn run(mut self, runtime: &tokio::runtime::Handle) {
+    pub(super) fn run(mut self) {
+        let waiter = Waiter::for_this_thread();
         loop {
             let deadline = self.oldest.map(|t| t + self.flush_interval);
-            let next = runtime.block_on(async {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d.into(), self.rx.recv()).await.ok(),
-                    None => Some(self.rx.recv().await),
-                }
-            });
-            match next {
+            match waiter.recv(&mut self.rx, deadline) {
                 // The flush interval is up; a failure is logged and retried.
-                None => {
+                Next::TimedOut => {
                     let _ = self.commit_due();
                 }
-                Some(None) => break, // every handle dropped
-                Some(Some(command)) => {
+                Next::Closed => break, // every handle dropped
+                Next::Item(command) => {
                     self.handle(command);
                     // Take what else is queued without parking again, so
                     // that under load one commit (one fsync) takes all

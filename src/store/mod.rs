@@ -21,6 +21,7 @@ mod remote_config;
 mod schema;
 mod sparkplug;
 mod times;
+mod wait;
 
 use std::path::{Path, PathBuf};
 
@@ -135,9 +136,9 @@ impl StoreThread {
 }
 
 impl Store {
-    /// Opens the database and starts the store thread. Must be called from
-    /// within a tokio runtime. `clock` stamps what the store dates (commits,
-    /// ages, the journal) and is handed to everyone who holds the store.
+    /// Opens the database and starts the store thread. `clock` stamps what
+    /// the store dates (commits, ages, the journal) and is handed to
+    /// everyone who holds the store.
     pub fn open(
         path: &Path,
         settings: &StoreConfig,
@@ -148,10 +149,9 @@ impl Store {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (committed_tx, committed) = watch::channel(0);
         let batcher = batcher::Batcher::new(outbox, rx, committed_tx, settings, clock.clone());
-        let runtime = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
             .name("fieldgate-store".into())
-            .spawn(move || batcher.run(&runtime))
+            .spawn(move || batcher.run())
             .map_err(|source| StoreError::StateDir {
                 path: "store thread".into(),
                 source,

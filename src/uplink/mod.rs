@@ -22,6 +22,7 @@ mod drain;
 pub mod homeassistant;
 mod inflight;
 mod link;
+mod pace;
 pub mod payload;
 mod poison;
 mod reconnect;

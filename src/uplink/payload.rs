@@ -183,6 +183,8 @@ pub fn status(
             "commands_dropped": health.commands_dropped,
             "commands_unanswered": health.commands_unanswered,
             "commands_unreadable": health.commands_unreadable,
+            "discovery_coalesced": health.discovery_coalesced,
+            "rebirths_coalesced": health.rebirths_coalesced,
         },
         "devices": health.devices,
         // The connection that takes commands: "down" means they wait at

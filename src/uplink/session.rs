@@ -13,6 +13,7 @@ use super::drain::{Candidate, Drain};
 use super::homeassistant::Discovery;
 use super::inflight::{Inflight, Mismatch, Tracked};
 use super::link::{self, BrokerRefusal, Event, MqttLink, SessionKind};
+use super::pace::Pace;
 use super::poison::{self, PoisonWatch};
 use super::sparkplug::{self, Node};
 use super::throttle::Throttle;
@@ -131,7 +132,24 @@ pub(super) struct Session<'a> {
     death: Option<sparkplug::Message>,
     /// Home Assistant discovery, with a `homeassistant:` section.
     discovery: Option<&'a mut Discovery>,
+    /// Discovery passes asked for by Home Assistant ("online").
+    discovery_pace: Pace,
+    /// Births asked for by Sparkplug hosts (NCMD rebirth).
+    rebirth_pace: Pace,
 }
+
+/// How many asks a watched counter got since `seen`, which it updates.
+fn asked(counter: &mut tokio::sync::watch::Receiver<u64>, seen: &mut u64) -> u64 {
+    let now = *counter.borrow_and_update();
+    let asks = now.wrapping_sub(*seen);
+    *seen = now;
+    asks
+}
+
+/// At most one discovery pass for Home Assistant's "online" messages per
+/// period, and one set of births for NCMD rebirths (`pace.rs`).
+const DISCOVERY_EVERY: Duration = Duration::from_secs(2);
+const REBIRTH_EVERY: Duration = Duration::from_secs(1);
 
 impl<'a> Session<'a> {
     pub(super) fn new(
@@ -173,6 +191,8 @@ impl<'a> Session<'a> {
             node,
             death: None,
             discovery,
+            discovery_pace: Pace::new(DISCOVERY_EVERY),
+            rebirth_pace: Pace::new(REBIRTH_EVERY),
         }
     }
 
@@ -211,17 +231,18 @@ impl<'a> Session<'a> {
         let mut rebirth = self.config.rebirth.clone();
         let mut host = self.config.host.clone();
         model.mark_unchanged();
-        rebirth.mark_unchanged();
+        let mut rebirths_seen = *rebirth.borrow_and_update();
         host.mark_unchanged();
         let sparkplug = self.node.is_some();
         // Home Assistant: a new configuration, or Home Assistant (re)started.
         let mut ha_model = self.config.ha_model.clone();
         let mut ha_online = self.config.ha_online.clone();
         ha_model.mark_unchanged();
-        ha_online.mark_unchanged();
+        let mut onlines_seen = *ha_online.borrow_and_update();
         let discovery = self.discovery.is_some();
         loop {
             self.refill().await?;
+            self.owed_passes().await?;
             let wake = self.next_wake();
             let room = self.connected && self.ready.len() < self.ahead();
             let Some(link) = self.link.as_mut() else {
@@ -257,13 +278,25 @@ impl<'a> Session<'a> {
                     self.publish_births().await?;
                 }
                 Ok(()) = rebirth.changed(), if self.connected && sparkplug => {
-                    self.publish_births().await?;
+                    let asks = asked(&mut rebirth, &mut rebirths_seen);
+                    let now = self.rebirth_pace.ask(Instant::now());
+                    if now {
+                        self.publish_births().await?;
+                    }
+                    let later = asks.saturating_sub(u64::from(now));
+                    self.health.rebirths_coalesced.fetch_add(later, Relaxed);
                 }
                 Ok(()) = ha_model.changed(), if self.connected && discovery => {
                     self.publish_discovery()?;
                 }
                 Ok(()) = ha_online.changed(), if self.connected && discovery => {
-                    self.publish_discovery()?;
+                    let asks = asked(&mut ha_online, &mut onlines_seen);
+                    let now = self.discovery_pace.ask(Instant::now());
+                    if now {
+                        self.publish_discovery()?;
+                    }
+                    let later = asks.saturating_sub(u64::from(now));
+                    self.health.discovery_coalesced.fetch_add(later, Relaxed);
                 }
                 Ok(()) = host.changed(), if self.connected && sparkplug => {
                     let alive = self.node.as_ref().is_some_and(|n| n.alive());
@@ -660,6 +693,22 @@ impl<'a> Session<'a> {
         for (topic, body) in discovery.all() {
             self.publish_control(topic, body)?;
         }
+        self.discovery_pace.done(Instant::now());
+        Ok(())
+    }
+
+    /// The passes owed to asks that came too soon after the last one.
+    async fn owed_passes(&mut self) -> Result<(), UplinkError> {
+        if !self.connected {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if self.discovery_pace.take_due(now) {
+            self.publish_discovery()?;
+        }
+        if self.rebirth_pace.take_due(now) {
+            self.publish_births().await?;
+        }
         Ok(())
     }
 
@@ -699,6 +748,7 @@ impl<'a> Session<'a> {
             self.controls
                 .extend(births.into_iter().map(Control::Sparkplug));
         }
+        self.rebirth_pace.done(Instant::now());
         self.send_controls()
     }
 
@@ -774,7 +824,13 @@ impl<'a> Session<'a> {
             Some(seq) if could_send => self.drain.next_at(seq, now).map(Instant::from_std),
             _ => None,
         };
-        batch.into_iter().chain(throttled).chain(drained).min()
+        let owed = [self.discovery_pace.due(), self.rebirth_pace.due()];
+        batch
+            .into_iter()
+            .chain(throttled)
+            .chain(drained)
+            .chain(owed.into_iter().flatten())
+            .min()
     }
 
     fn publish(&mut self, message: Pending) -> Result<(), UplinkError> {

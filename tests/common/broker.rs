@@ -254,6 +254,35 @@ fn new_broker_dir() -> tempfile::TempDir {
         .expect("create broker temp dir")
 }
 
+/// Publishes `payload` to `topic` `count` times, at QoS 0, in one
+/// connection and as fast as the broker takes it (`mosquitto_pub -l`).
+pub fn publish_many(port: u16, topic: &str, payload: &str, count: usize) {
+    use std::io::Write;
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-l",
+            "-t",
+            topic,
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run mosquitto_pub");
+    let lines = format!("{payload}\n").repeat(count);
+    let mut stdin = child.stdin.take().expect("mosquitto_pub's stdin");
+    stdin
+        .write_all(lines.as_bytes())
+        .expect("write to mosquitto_pub");
+    drop(stdin);
+    assert!(
+        child.wait().expect("wait for mosquitto_pub").success(),
+        "mosquitto_pub failed"
+    );
+}
+
 /// Publishes `payload` to `topic` at QoS 1 with mosquitto_pub.
 pub fn publish(port: u16, topic: &str, payload: &str) {
     let status = Command::new("mosquitto_pub")

@@ -33,7 +33,7 @@ pub use self::{
         AVAILABILITY, availability, availability_changes, clear_retained_availability,
         retained_availability,
     },
-    broker::{Broker, publish},
+    broker::{Broker, publish, publish_many},
     config::{sim_device, write_config, write_config_mqtt, write_config_with_store},
     gateway::{CLOCK_HOOK_ENV, COMMANDS_READY, Gateway},
     messages::{
@@ -42,7 +42,7 @@ pub use self::{
     },
     pty::Pty,
     rig::{Rig, TELEMETRY},
-    store::{next_seq, queue, queued_rows, stored_rows, stored_seqs},
+    store::{next_seq, queue, queued_rows, stored_rows, stored_seqs, wait_for_queued},
     subscriber::{Message, Subscriber},
 };
 

@@ -4,6 +4,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::Gateway;
 
 /// Runs `fieldgate queue --config <config> <args>`: (exit code, stdout).
 pub fn queue(config: &Path, args: &[&str]) -> (i32, String) {
@@ -29,6 +32,25 @@ pub fn queued_rows(config: &Path) -> u64 {
         .find_map(|l| l.strip_prefix("rows"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no rows line in {text}"))
+}
+
+/// Waits until the queue of `gw` (which cannot reach its broker) holds
+/// `rows`, or panics with its log after `timeout`.
+#[track_caller]
+pub fn wait_for_queued(config: &Path, gw: &Gateway, rows: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let queued = queued_rows(config);
+        if queued >= rows {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue holds {queued} rows, not {rows}, after {timeout:?}\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Rows left in the store of a stopped gateway.

@@ -1,11 +1,12 @@
 """Sends a command as a Sparkplug host does, encoded by pysparkplug, for
 tests/sparkplug.rs: an NCMD rebirth, or a DCMD writing one metric.
 
-    command.py PORT rebirth GROUP NODE
+    command.py PORT rebirth GROUP NODE [COUNT]
     command.py PORT dcmd GROUP NODE DEVICE (name NAME | alias N) DATATYPE|- VALUE
 
 DATATYPE is a pysparkplug DataType name (INT16, DOUBLE, ...); `-` sends
 the metric without one (the node then reads it as its DBIRTH declared).
+COUNT rebirths go out in one connection, as fast as the broker takes them.
 """
 
 import sys
@@ -26,6 +27,11 @@ def main():
             value=True,
         )
         payload = spb.NCmd(timestamp=now, metrics=(metric,)).encode(include_dtypes=True)
+        count = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+        if count > 1:
+            messages = [{"topic": topic, "payload": payload, "qos": 0}] * count
+            publish.multiple(messages, hostname="127.0.0.1", port=port)
+            return
     else:
         device, by, key, dtype, value = sys.argv[5:10]
         topic = f"spBv1.0/{group}/DCMD/{node}/{device}"
