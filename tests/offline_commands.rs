@@ -34,6 +34,11 @@ struct Offline {
 
 impl Offline {
     fn start(client: &str, mqtt_extra: &str) -> Offline {
+        Offline::start_with(client, mqtt_extra, "")
+    }
+
+    /// As `start`, with `tail` after the devices (top-level sections).
+    fn start_with(client: &str, mqtt_extra: &str, tail: &str) -> Offline {
         let broker = Broker::start();
         let proxy = Proxy::start(broker.port);
         let mut slave = Slave::new([(1, Tables::default().holding(10, &[200]))]);
@@ -44,7 +49,7 @@ impl Offline {
         let device = format!(
             "  - name: boiler\n    kind: modbus\n    tcp: {{ host: 127.0.0.1, port: {port} }}\n    poll: 1s\n    timeout: 1500ms\n    points:\n      - {{ name: setpoint, register: holding, address: 10, type: u16, writable: true, min: 5, max: 80 }}\n"
         );
-        let config = write_config_mqtt(dir.path(), &mqtt, &device);
+        let config = write_config_mqtt(dir.path(), &mqtt, &format!("{device}{tail}"));
         let gw = Gateway::start(&config, dir.path());
         assert!(gw.wait_for_log("connected to", LONG), "{}", gw.log());
         assert!(gw.wait_for_commands(LONG), "{}", gw.log());
@@ -222,4 +227,71 @@ fn a_configuration_pushed_while_offline_is_applied_after_the_link_returns() {
             .any(|m| m.json()["version"] == "while-away" && m.json()["status"] == "applied")
     };
     assert!(states.wait_until(LONG, applied), "{}", rig.gw.log());
+}
+
+/// A Home Assistant control set at QoS 1 whose ack is lost (the link goes
+/// mute upstream after the message came in, then drops): the broker sends
+/// it again with DUP set and the same packet id, and the journal answers
+/// the copy instead of writing the point a second time.
+#[test]
+fn a_set_whose_ack_was_lost_is_answered_again_not_written_twice() {
+    let rig = Offline::start_with("check-offline-set", "", "homeassistant: {}\n");
+    let set = "fieldgate/gw/set/boiler/setpoint";
+    // The controls' subscription is in place once a first set is answered.
+    let deadline = Instant::now() + LONG;
+    loop {
+        publish(rig.broker.port, set, "20");
+        let answered = |m: &[Message]| m.iter().any(|m| m.json()["status"] == "ok");
+        if rig.sub.wait_until(Duration::from_secs(2), answered) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no set answered\n{}",
+            rig.gw.log()
+        );
+    }
+    let before = rig.writes();
+    let answered_before = rig.sub.messages().len();
+
+    rig.proxy.set(Fault::Mute);
+    publish(rig.broker.port, set, "33");
+    let t0 = Instant::now();
+    while rig.writes() == before {
+        assert!(t0.elapsed() < LONG, "the set never ran\n{}", rig.gw.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Give the gateway time to journal and send the (lost) ack.
+    std::thread::sleep(Duration::from_millis(500));
+    rig.cut();
+    rig.proxy.set(Fault::Pass);
+
+    // The answer from before the cut (kept in the outbox) and the one to
+    // the copy.
+    let two = |m: &[Message]| m.len() >= answered_before + 2;
+    assert!(
+        rig.sub.wait_until(LONG, two),
+        "the broker did not deliver the set again\n{}",
+        rig.gw.log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let answers: Vec<Value> = rig.sub.messages()[answered_before..]
+        .iter()
+        .map(Message::json)
+        .collect();
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["id"] == answers[0]["id"] && a["status"] == "ok"),
+        "one id, answered ok each time: {answers:?}"
+    );
+    assert!(
+        rig.gw
+            .log()
+            .contains("seen before: answered again, not run"),
+        "{}",
+        rig.gw.log()
+    );
+    assert_eq!(rig.writes(), before + 1, "written once\n{}", rig.gw.log());
+    assert_eq!(rig.slave.state().units[&1].holding[&10], 33);
 }

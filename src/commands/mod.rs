@@ -118,7 +118,7 @@ impl Commands {
         }
         // A duplicate of a command this process is running waits for the
         // original's answer: it is journaled already.
-        if self.running.join(&command.id, reply.clone()) {
+        if !incoming.first_delivery && self.running.join(&command.id, reply.clone()) {
             let _ = incoming.journaled.send(true);
             tracing::info!("command {} is running: answered when it ends", command.id);
             return;
@@ -127,7 +127,10 @@ impl Commands {
             retention_ms: self.settings.journal_retention.get().as_millis() as i64,
             max_rows: i64::try_from(self.settings.journal_max).unwrap_or(i64::MAX),
         };
-        match self.store.journal_command(command.id.clone(), limits).await {
+        match (self.store)
+            .journal_command(command.id.clone(), incoming.first_delivery, limits)
+            .await
+        {
             Err(e) => {
                 tracing::error!(
                     "command {} not journaled ({e}): left unacknowledged",

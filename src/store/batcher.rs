@@ -206,9 +206,19 @@ impl Batcher {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Command::Journal { id, limits, reply } => {
+            Command::Journal {
+                id,
+                first,
+                limits,
+                reply,
+            } => {
                 let now = self.clock.stamp();
-                let _ = reply.send(self.outbox.journal_command(&id, now, limits));
+                let forgot = match first {
+                    true => self.outbox.forget_command(&id),
+                    false => Ok(()),
+                };
+                let _ =
+                    reply.send(forgot.and_then(|()| self.outbox.journal_command(&id, now, limits)));
             }
             Command::Running(id, reply) => {
                 let _ = reply.send(self.outbox.command_running(&id));

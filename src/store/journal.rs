@@ -121,6 +121,15 @@ impl Outbox {
         Ok(outcome)
     }
 
+    /// Forgets command `id`: the id was made by the gateway for a message
+    /// the broker delivers for the first time, so what the journal holds
+    /// under it belongs to an older message that happened to share it.
+    pub fn forget_command(&mut self, id: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM command_journal WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
     /// Marks command `id` as handed to its device: from here on, a stop of
     /// the gateway may have cut it off, so it is never started again.
     pub fn command_running(&mut self, id: &str) -> Result<(), StoreError> {
@@ -240,6 +249,30 @@ mod tests {
             store.journal_command("c-1", 100_001, KEEP).unwrap(),
             Journaled::New
         );
+    }
+
+    #[test]
+    fn a_forgotten_id_is_new_again_and_leaves_the_count_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir, Limits::default());
+        store.journal_command("ha-m7", 1_000, KEEP).unwrap();
+        store.answer_command("ha-m7", &answer("ha-m7")).unwrap();
+        store.forget_command("ha-m7").unwrap();
+        store.forget_command("never-seen").unwrap();
+        assert_eq!(journal_rows(&store), 0);
+        assert_eq!(
+            store.journal_command("ha-m7", 2_000, KEEP).unwrap(),
+            Journaled::New
+        );
+        let counted: i64 = store
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'journal_rows'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(counted, 1);
     }
 
     #[test]

@@ -90,6 +90,9 @@ enum Command {
     LoadConfig(oneshot::Sender<Result<Option<RemoteConfig>, StoreError>>),
     Journal {
         id: String,
+        /// The id is the gateway's own, for a first delivery: forget what
+        /// the journal holds under it first.
+        first: bool,
         limits: JournalLimits,
         reply: oneshot::Sender<Result<Journaled, StoreError>>,
     },
@@ -257,14 +260,22 @@ impl Store {
     }
 
     /// Records a command id before it is acknowledged; says whether it was
-    /// seen before.
+    /// seen before. With `first`, the id is the gateway's own for a
+    /// message delivered for the first time, and an entry under it is an
+    /// older message's: it is replaced.
     pub async fn journal_command(
         &self,
         id: String,
+        first: bool,
         limits: JournalLimits,
     ) -> Result<Journaled, StoreError> {
-        self.request(|reply| Command::Journal { id, limits, reply })
-            .await
+        self.request(|reply| Command::Journal {
+            id,
+            first,
+            limits,
+            reply,
+        })
+        .await
     }
 
     /// Marks a command as handed to its device; done when it is on disk.

@@ -375,9 +375,10 @@ impl<'a> Connection<'a> {
         }
         // A control in Home Assistant: a bare value, as a command.
         let set = (ha.and_then(|_| topics.set_target(&message.topic)))
-            .map(|(device, point)| self.set_command(device, point, &message.payload));
+            .map(|(device, point)| self.set_command(device, point, &message));
         if message.topic == topics.commands() || set.is_some() {
-            let payload = set.unwrap_or_else(|| message.payload.to_vec());
+            let (payload, first_delivery) =
+                set.unwrap_or_else(|| (message.payload.to_vec(), false));
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 permit = tokio::time::timeout(HANDOVER_WAIT, self.inbox.commands.reserve()) => permit,
@@ -398,6 +399,7 @@ impl<'a> Connection<'a> {
                 payload,
                 response_topic: message.response_topic.clone(),
                 correlation: message.correlation.clone(),
+                first_delivery,
                 journaled,
             });
             self.journaling.push(Box::pin(async move {
@@ -446,16 +448,33 @@ impl<'a> Connection<'a> {
     }
 
     /// What Home Assistant sends to `P/set/{device}/{point}` (a bare
-    /// value: `22.5`, `true`, or text) as a command, with an id of its own.
-    fn set_command(&mut self, device: &str, point: &str, payload: &[u8]) -> Vec<u8> {
-        let value = serde_json::from_slice::<serde_json::Value>(payload)
-            .unwrap_or_else(|_| String::from_utf8_lossy(payload).into_owned().into());
-        self.set_count += 1;
-        let at = jiff::Timestamp::now().as_millisecond();
-        let id = format!("ha-{device}-{point}-{at}-{}", self.set_count);
+    /// value: `22.5`, `true`, or text) as a command, with an id of its
+    /// own, and whether that id is new to the journal.
+    ///
+    /// At QoS 1 and 2 the id is the packet id, which the broker keeps when
+    /// it delivers the message again (DUP) after a lost ack, so the
+    /// journal answers the copy instead of writing the point twice. A
+    /// first delivery replaces what the journal holds under that id: an
+    /// older message's, from before the packet ids went round. At QoS 0
+    /// there is no copy, and the id only has to be unique.
+    fn set_command(&mut self, device: &str, point: &str, message: &Incoming) -> (Vec<u8>, bool) {
+        let value =
+            serde_json::from_slice::<serde_json::Value>(&message.payload).unwrap_or_else(|_| {
+                String::from_utf8_lossy(&message.payload)
+                    .into_owned()
+                    .into()
+            });
+        let (id, first) = match message.delivery() {
+            (0, _) => {
+                self.set_count += 1;
+                let at = jiff::Timestamp::now().as_millisecond();
+                (format!("ha-{device}-{point}-{at}-{}", self.set_count), true)
+            }
+            (pkid, dup) => (format!("ha-{device}-{point}-m{pkid}"), !dup),
+        };
         let command =
             serde_json::json!({"id": id, "device": device, "point": point, "value": value});
-        command.to_string().into_bytes()
+        (command.to_string().into_bytes(), first)
     }
 
     /// The primary host's STATE, `{"online": bool, "timestamp": ms}`: an
@@ -513,6 +532,7 @@ impl<'a> Connection<'a> {
                     payload: command.to_string().into_bytes(),
                     response_topic: None,
                     correlation: None,
+                    first_delivery: false,
                     // At QoS 0 there is no ack to hold back.
                     journaled: oneshot::channel().0,
                 }),

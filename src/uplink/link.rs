@@ -67,6 +67,19 @@ pub struct Incoming {
     ack: Ack,
 }
 
+impl Incoming {
+    /// The message's packet id (0 at QoS 0, where there is none) and
+    /// whether the broker marked it as a redelivery (DUP).
+    pub fn delivery(&self) -> (u16, bool) {
+        let (pkid, dup) = match &self.ack {
+            Ack::V4(p) => (p.pkid, p.dup),
+            Ack::V5(p) => (p.pkid, p.dup),
+        };
+        // MQTT 3.1.1 §3.3.1.1: DUP is 0 on every QoS 0 message.
+        (pkid, dup && pkid != 0)
+    }
+}
+
 /// What rumqttc needs to acknowledge a message: its packet id and QoS
 /// (topic and payload are taken out).
 #[derive(Debug, Clone, PartialEq, Eq)]

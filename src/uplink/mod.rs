@@ -159,6 +159,11 @@ pub struct CommandIn {
     /// MQTT 5: where to answer instead of `P/responses`, and what to send back.
     pub response_topic: Option<String>,
     pub correlation: Option<Vec<u8>>,
+    /// The command's id was made by the gateway (Home Assistant's
+    /// `P/set`) from the packet id of a first delivery: whatever the
+    /// journal holds under it is an older message's. A redelivery keeps
+    /// the id, so the journal still answers it instead of running it again.
+    pub first_delivery: bool,
     /// `true` once journaled: only then is it acknowledged to the broker.
     pub journaled: tokio::sync::oneshot::Sender<bool>,
 }

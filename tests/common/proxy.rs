@@ -5,6 +5,8 @@
 //! - [`Fault::Blackhole`]: bytes vanish both ways and nothing is closed;
 //!   a connection that saw a black hole stays dead (as after a lost NAT
 //!   mapping), and connections opened meanwhile carry nothing either;
+//! - [`Fault::Mute`]: what the client sends vanishes, what the server
+//!   sends still arrives (a lost ack, a half-dead uplink);
 //! - [`Fault::Reset`]: every connection is closed on both sides with a
 //!   RST (SO_LINGER 0), and new ones are reset at once;
 //! - [`Fault::Latency`]: every chunk is delayed, each way;
@@ -30,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Fault {
     Pass,
     Blackhole,
+    /// The client's bytes vanish; the server's go through.
+    Mute,
     Reset,
     /// Added to every chunk, each way.
     Latency(Duration),
@@ -238,6 +242,7 @@ async fn connection(client: TcpStream, target: u16, shared: Arc<Shared>, kill: C
         conn.suffer(*mode.borrow());
     }
     let up = tokio::spawn(pipe(
+        true,
         conn.client.clone(),
         conn.server.clone(),
         mode.clone(),
@@ -245,6 +250,7 @@ async fn connection(client: TcpStream, target: u16, shared: Arc<Shared>, kill: C
         conn.kill.clone(),
     ));
     let down = tokio::spawn(pipe(
+        false,
         conn.server.clone(),
         conn.client.clone(),
         mode,
@@ -269,8 +275,10 @@ async fn discard(from: &TcpStream, kill: &CancellationToken) {
 
 /// One direction: a reader that stamps each chunk with its release time,
 /// and a writer that releases it (at the capped rate, if any). A bounded
-/// queue between them keeps the backpressure of a real link.
+/// queue between them keeps the backpressure of a real link. `upstream`:
+/// from the client to the server.
 async fn pipe(
+    upstream: bool,
     from: Arc<TcpStream>,
     to: Arc<TcpStream>,
     mode: watch::Receiver<Fault>,
@@ -296,7 +304,7 @@ async fn pipe(
                 }
                 let mut sent = 0;
                 while sent < bytes.len() {
-                    if dead.load(Relaxed) {
+                    if dead.load(Relaxed) || (upstream && *mode.borrow() == Fault::Mute) {
                         break;
                     }
                     let step = match *mode.borrow() {
