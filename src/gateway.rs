@@ -46,6 +46,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     // Before anything else: a client id that cannot be made is fatal.
     let uplink_settings = uplink::Settings::from_config(&local)?;
     let path = store::db_path(&local.gateway.state_dir);
+    let gather = tokio::spawn(store::gather_wakes());
     let (store, store_thread) =
         Store::open(&path, &local.store, Clock::system()).map_err(|source| RunError::Store {
             path: path.display().to_string(),
@@ -200,6 +201,7 @@ pub async fn run(local: Config, file: PathBuf) -> Result<(), RunError> {
     drop((store, gateway, sources, commands));
     // The store thread commits the last acks and checkpoints the WAL.
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+    gather.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -28,11 +28,14 @@ struct Unpark(Thread);
 
 impl Wake for Unpark {
     fn wake(self: Arc<Self>) {
-        self.0.unpark();
+        self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
+        // From the runtime thread, at the end of its round (`gather.rs`).
+        if !super::gather::unpark_later(&self.0) {
+            self.0.unpark();
+        }
     }
 }
 
