@@ -68,6 +68,12 @@ fn a_flood_of_home_assistant_online_messages_makes_two_discovery_passes() {
         passes as f64 <= 1.0 + elapsed / 2.0,
         "{passes} passes in {elapsed:.1} s"
     );
+    // The log says so at powers of two, not a thousand times.
+    let logged = gw.log().matches("Home Assistant is online").count();
+    assert!(
+        (1..=11).contains(&logged),
+        "{logged} log lines for {FLOOD} \"online\" messages"
+    );
     // Telemetry went on: a reading every 50 ms, in order.
     let before = readings(&messages);
     assert!(

@@ -57,6 +57,22 @@ fn int(v: &Value) -> i64 {
     v.as_i64().unwrap_or_else(|| panic!("not an integer: {v}"))
 }
 
+/// The `bdSeq` of an NBIRTH or NDEATH.
+fn bd_seq(message: &Value) -> i64 {
+    int(&metric(message, "bdSeq").unwrap()["value"])
+}
+
+/// The `bdSeq`s of the node's births and of its deaths, in order.
+fn bd_seqs(decoded: &[Value]) -> (Vec<i64>, Vec<i64>) {
+    let of_type = |kind: &str| {
+        of(decoded, kind, None)
+            .into_iter()
+            .map(bd_seq)
+            .collect::<Vec<i64>>()
+    };
+    (of_type("NBIRTH"), of_type("NDEATH"))
+}
+
 /// Every DDATA metric is declared, with the same datatype, by the last
 /// DBIRTH of its device before it; returns how many were checked.
 fn data_is_declared_by_its_birth(decoded: &[Value]) -> usize {
@@ -265,15 +281,7 @@ fn the_will_carries_the_births_bd_seq_and_a_backlog_comes_back_historical() {
     wait(&sub, &gw, "a third NBIRTH", |m| count(m, &nbirth) >= 3);
 
     let decoded = decode(&sub.messages());
-    let bd_seq = |m: &Value| int(&metric(m, "bdSeq").unwrap()["value"]);
-    let births: Vec<i64> = of(&decoded, "NBIRTH", None)
-        .into_iter()
-        .map(bd_seq)
-        .collect();
-    let deaths: Vec<i64> = of(&decoded, "NDEATH", None)
-        .into_iter()
-        .map(bd_seq)
-        .collect();
+    let (births, deaths) = bd_seqs(&decoded);
     // The broker may say the first session's will too when it stops.
     assert_eq!(
         deaths.last(),
@@ -398,8 +406,7 @@ fn a_host_asks_for_a_rebirth_and_writes_a_modbus_point_by_name_and_by_alias() {
     // The rebirth: same bdSeq, and the DBIRTH straight after the NBIRTH.
     let births = positions(&decoded, "NBIRTH");
     assert_eq!(births.len(), 2);
-    let bd_seq = |i: usize| metric(&decoded[i], "bdSeq").unwrap()["value"].clone();
-    assert_eq!(bd_seq(births[0]), bd_seq(births[1]));
+    assert_eq!(bd_seq(&decoded[births[0]]), bd_seq(&decoded[births[1]]));
     assert_eq!(
         decoded[births[1] + 1]["type"],
         "DBIRTH",
@@ -524,15 +531,7 @@ fn with_a_primary_host_the_node_is_born_only_while_the_host_is_online() {
     let decoded = decode(&sub.messages());
     seq_is_continuous(&decoded);
     data_is_declared_by_its_birth(&decoded);
-    let bd_seq = |m: &Value| int(&metric(m, "bdSeq").unwrap()["value"]);
-    let births: Vec<i64> = of(&decoded, "NBIRTH", None)
-        .into_iter()
-        .map(bd_seq)
-        .collect();
-    let deaths: Vec<i64> = of(&decoded, "NDEATH", None)
-        .into_iter()
-        .map(bd_seq)
-        .collect();
+    let (births, deaths) = bd_seqs(&decoded);
     assert_eq!(deaths, [births[0]], "births {births:?}");
     assert!(births[1] > births[0], "a new connection: {births:?}");
     // Nothing of the node's between its NDEATH and its next NBIRTH.

@@ -368,8 +368,15 @@ impl<'a> Connection<'a> {
         let ha = self.settings.homeassistant.as_ref();
         if ha.is_some_and(|ha| message.topic == ha.status_topic()) {
             if message.payload.as_slice() == b"online" {
-                tracing::info!("Home Assistant is online: discovery again");
                 self.inbox.ha_online.send_modify(|n| *n += 1);
+                let n = *self.inbox.ha_online.borrow();
+                if n.is_power_of_two() {
+                    // A flood of them (the uplink paces the passes) must
+                    // not flood the log too.
+                    tracing::info!(
+                        "Home Assistant is online: discovery again ({n} time(s) since start, logged at powers of two)"
+                    );
+                }
             }
             return self.ack(message);
         }
@@ -511,8 +518,13 @@ impl<'a> Connection<'a> {
         let model = self.inbox.model.borrow().clone();
         let commands = match sparkplug::request(device, payload, &model) {
             Ok(sparkplug::Request::Rebirth) => {
-                tracing::info!("Sparkplug: rebirth requested by a host");
                 self.inbox.rebirth.send_modify(|n| *n += 1);
+                let n = *self.inbox.rebirth.borrow();
+                if n.is_power_of_two() {
+                    tracing::info!(
+                        "Sparkplug: rebirth requested by a host ({n} time(s) since start, logged at powers of two)"
+                    );
+                }
                 return Ok(());
             }
             Ok(sparkplug::Request::Commands(commands)) => commands,
