@@ -205,6 +205,18 @@ mod tests {
         }
     }
 
+    /// The row count the triggers keep, which the cap reads.
+    fn counted_rows(store: &Outbox) -> i64 {
+        store
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'journal_rows'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
     fn journal_rows(store: &Outbox) -> i64 {
         store
             .conn
@@ -264,14 +276,7 @@ mod tests {
             store.journal_command("ha-m7", 2_000, KEEP).unwrap(),
             Journaled::New
         );
-        let counted: i64 = store
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'journal_rows'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let counted = counted_rows(&store);
         assert_eq!(counted, 1);
     }
 
@@ -305,14 +310,7 @@ mod tests {
         );
         assert_eq!(journal_rows(&store), 10);
         // The counter the cap reads agrees with the table.
-        let counted: i64 = store
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'journal_rows'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let counted = counted_rows(&store);
         assert_eq!(counted, 10);
     }
 
